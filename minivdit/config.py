@@ -1,0 +1,54 @@
+"""Config (de)serialisation: frozen dataclasses <-> JSON-able dicts, for ``config.json`` and checkpoints.
+
+Union-typed fields (``objective: DDPMConfig | FlowConfig``) are written with a ``"_type"`` tag holding the class
+name, so a run directory alone rebuilds the model and objective (``python -m minivdit.sample``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        out = {"_type": type(cfg).__name__}
+        out.update({f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+        return out
+    if isinstance(cfg, tuple | list):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if isinstance(value, dict):
+            for a in options:
+                if dataclasses.is_dataclass(a) and value.get("_type", a.__name__) == a.__name__:
+                    return from_dict(a, value)
+            raise ValueError(f"config value tagged {value.get('_type')!r} matches none of {options}")
+        return _convert(options[0], value) if len(options) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+    return value
+
+
+def from_dict(cls: type, d: dict) -> Any:
+    """Rebuild dataclass ``cls`` from :func:`to_dict` output; unknown keys raise ``ValueError``."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names - {"_type"}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields in config: {sorted(unknown)}")
+    return cls(**{k: _convert(hints[k], v) for k, v in d.items() if k != "_type"})

@@ -1,0 +1,339 @@
+"""Data: ``DataConfig``, ``Batch``, ``build_loader(cfg, rank, world)``; an exact-resume sampler.
+
+A dataset is any object with ``__len__`` and ``get(index: int, rng: numpy.random.Generator) -> dict``, where
+the dict holds ``"video"`` (float ``[F, 3, H, W]`` in ``[-1, 1]``), ``"label"`` (int) and optionally
+``"latents"`` and ``"feats"`` (precomputed tensors). The dataset draws every random choice it makes
+(temporal crop, flip, …) from ``rng``; it never touches global RNGs.
+
+Exact resume. Everything that decides which sample comes next is a pure function of the config and of two
+integers, ``(epoch, batch_in_epoch)``:
+
+- epoch ``e`` shuffles ``range(len(dataset))`` with a ``torch.Generator`` seeded from ``(seed, e)``;
+- rank ``r`` of ``W`` takes ``perm[r::W]``, truncated to ``len // W`` so that all ranks run the same number of
+  steps and no index is seen twice in an epoch;
+- each index comes with ``sample_seed = f(seed, e, index)`` (independent of rank and world), which seeds the
+  ``rng`` handed to ``get``: a sample's augmentation does not depend on which worker or rank produced it.
+
+``Loader.state_dict()`` records ``(epoch, batch_in_epoch)`` of the batches the caller has *consumed* (not the
+ones prefetched by workers), and ``load_state_dict`` restarts the sampler there: the next batch is the one the
+uninterrupted run would have produced, for any ``num_workers``. Resuming requires the same ``seed``,
+``batch_size``, ``drop_last``, dataset and world size.
+
+Adding a dataset: a file ``minivdit/data/<name>.py`` with a class implementing ``get``/``__len__``, its name
+in the ``DataConfig.dataset`` ``Literal`` and a builder in ``DATASETS``.
+"""
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from minivdit.data.synthetic import CLASS_NAMES, SyntheticVideos
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: Literal["synthetic"] = "synthetic"
+    """Which dataset to load (a key of ``minivdit.data.DATASETS``). "synthetic" is procedurally generated and
+    needs no files; its classes are described in ``minivdit/data/synthetic.py``."""
+    root: str | None = None
+    """Directory holding the dataset's files; unused by "synthetic"."""
+    num_frames: int = 8
+    """Frames per clip (F)."""
+    image_size: int = 32
+    """Side of the square frames in pixels (H = W)."""
+    frame_interval: int = 3
+    """Stride between sampled frames when decoding real videos; unused by "synthetic", whose clips always span
+    the whole motion."""
+    num_classes: int = 8
+    """Number of classes of "synthetic" (at most 10); real datasets define their own."""
+    batch_size: int = 8
+    """Clips per batch PER RANK: the global batch is ``batch_size × world size``."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 loads in the training process)."""
+    seed: int = 0
+    """Seeds the shuffling, the per-sample augmentation seeds, the workers and the synthetic clips."""
+    synthetic_size: int = 10000
+    """Number of distinct clips of "synthetic", i.e. the length of one epoch."""
+    drop_last: bool = True
+    """Drop each epoch's last, incomplete batch (keeps every batch the same shape)."""
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        for name in (
+            "num_frames",
+            "image_size",
+            "frame_interval",
+            "num_classes",
+            "batch_size",
+            "synthetic_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.seed < 0:
+            raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
+        if self.dataset == "synthetic" and self.num_classes > len(CLASS_NAMES):
+            raise ValueError(
+                f"DataConfig.num_classes must be <= {len(CLASS_NAMES)} for the synthetic dataset, "
+                f"got {self.num_classes}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+class VideoDataset(Protocol):
+    """What ``build_loader`` needs from a dataset (see the module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, index: int, rng: np.random.Generator) -> dict: ...
+
+
+def _synthetic(cfg: DataConfig) -> VideoDataset:
+    return SyntheticVideos(cfg.num_frames, cfg.image_size, cfg.num_classes, cfg.synthetic_size, cfg.seed)
+
+
+DATASETS: dict[str, Callable[[DataConfig], VideoDataset]] = {"synthetic": _synthetic}
+"""Dataset name -> builder from the config."""
+
+
+def build_dataset(cfg: DataConfig) -> VideoDataset:
+    """The dataset named by ``cfg.dataset``."""
+    return DATASETS[cfg.dataset](cfg)
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch. ``video`` is None when the dataset serves precomputed ``latents`` only."""
+
+    video: Tensor | None  # [B, F, 3, H, W] float32 in [-1, 1]
+    label: Tensor  # [B] int64
+    latents: Tensor | None = None  # [B, F', C, h, w], already scaled by the VAE
+    feats: Tensor | None = None  # teacher features, layout owned by the teacher
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """A new ``Batch`` with every tensor on ``device``."""
+        return Batch(
+            **{
+                f.name: _apply(getattr(self, f.name), lambda t: t.to(device, non_blocking=non_blocking))
+                for f in fields(self)
+            }
+        )
+
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True) on custom batch types."""
+        return Batch(**{f.name: _apply(getattr(self, f.name), Tensor.pin_memory) for f in fields(self)})
+
+
+def _apply(x: Tensor | None, fn: Callable[[Tensor], Tensor]) -> Tensor | None:
+    return None if x is None else fn(x)
+
+
+def collate(samples: Sequence[dict]) -> Batch:
+    """Stack dataset samples ``{"video", "label", "latents"?, "feats"?}`` into a ``Batch``."""
+    if not samples:
+        raise ValueError("collate: got an empty list of samples")
+    stacked = {}
+    for key in ("video", "latents", "feats"):
+        present = [key in s and s[key] is not None for s in samples]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"collate: {sum(present)} of {len(samples)} samples carry {key!r}; all or none must"
+            )
+        if all(present):
+            tensors = [torch.as_tensor(s[key]) for s in samples]
+            if len({t.shape for t in tensors}) > 1:
+                raise ValueError(
+                    f"collate: {key!r} shapes differ: {sorted({tuple(t.shape) for t in tensors})}"
+                )
+            stacked[key] = torch.stack(tensors)
+    video = stacked.get("video")
+    if video is not None and (video.ndim != 5 or video.shape[2] != 3):
+        raise ValueError(
+            f"collate: video must be [F, 3, H, W] per sample, got batch shape {tuple(video.shape)}"
+        )
+    label = torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64)
+    return Batch(video=video, label=label, latents=stacked.get("latents"), feats=stacked.get("feats"))
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+
+
+def _mix(*keys: int) -> int:
+    """A well-mixed 63-bit seed (non-negative, as ``torch.Generator.manual_seed`` wants) from integer keys."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    # Vectorised, so an epoch's seeds cost one numpy pass even for millions of clips; uint64 arithmetic wraps.
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """The augmentation seed of each index in an epoch: a function of ``(seed, epoch, index)`` only."""
+    key = np.uint64(_mix(seed, epoch))
+    return (_splitmix64(key ^ _splitmix64(indices.astype(np.uint64))) >> np.uint64(1)).astype(np.int64)
+
+
+class _ResumableBatchSampler:
+    """Infinite iterable of batches of ``(index, sample_seed)``, starting at ``start = (epoch, batch)``.
+
+    Infinite, so that the DataLoader's workers keep prefetching across epoch boundaries.
+    """
+
+    def __init__(self, size: int, cfg: DataConfig, rank: int, world: int):
+        self.size, self.rank, self.world = size, rank, world
+        self.seed, self.batch_size, self.drop_last = cfg.seed, cfg.batch_size, cfg.drop_last
+        self.per_rank = size // world
+        self.steps_per_epoch = (
+            self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
+        )
+        self.start = (0, 0)
+
+    def epoch_pairs(self, epoch: int) -> list[tuple[int, int]]:
+        """This rank's ``(index, sample_seed)`` pairs of ``epoch``, in order."""
+        gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        perm = torch.randperm(self.size, generator=gen).numpy()
+        mine = perm[self.rank :: self.world][: self.per_rank]
+        return list(zip(mine.tolist(), sample_seeds(self.seed, epoch, mine).tolist(), strict=True))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batch = self.start
+        while True:
+            pairs = self.epoch_pairs(epoch)
+            for k in range(batch, self.steps_per_epoch):
+                yield pairs[k * self.batch_size : (k + 1) * self.batch_size]
+            epoch, batch = epoch + 1, 0
+
+
+class _Keyed(Dataset):
+    """Maps the sampler's ``(index, sample_seed)`` to ``dataset.get(index, default_rng(sample_seed))``."""
+
+    def __init__(self, dataset: VideoDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        return self.dataset.get(index, np.random.default_rng(seed))
+
+
+def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
+    # Datasets should only use the rng they are handed; this makes stray global-RNG use reproducible anyway.
+    s = _mix(seed, rank, worker_id)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+class Loader:
+    """Infinite iterator of ``Batch`` with exact resume (module docstring). Built by ``build_loader``."""
+
+    def __init__(self, dataset: VideoDataset, cfg: DataConfig, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"build_loader: need 0 <= rank < world, got rank={rank}, world={world}")
+        self.dataset = dataset
+        self._sampler = _ResumableBatchSampler(len(dataset), cfg, rank, world)
+        if self._sampler.per_rank < cfg.batch_size:
+            raise ValueError(
+                f"build_loader: {len(dataset)} clips over {world} ranks leave {self._sampler.per_rank} "
+                f"per rank, fewer than one batch of {cfg.batch_size}"
+            )
+        workers = cfg.num_workers
+        self._loader = DataLoader(
+            _Keyed(dataset),
+            batch_sampler=self._sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=partial(_seed_worker, cfg.seed, rank) if workers > 0 else None,
+            # Each new iterator draws a base seed from this generator; without one it would draw from the
+            # global torch RNG and perturb the training run's randomness (and its own resume).
+            generator=torch.Generator().manual_seed(_mix(cfg.seed, rank)),
+        )
+        self._iterator: Iterator[Batch] | None = None
+        self._epoch, self._batch = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch on each rank."""
+        return self._sampler.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self._epoch
+
+    def __iter__(self) -> "Loader":
+        return self
+
+    def __next__(self) -> Batch:
+        if self._iterator is None:
+            # With persistent workers, iter() resets the live iterator: the workers drop what they prefetched.
+            self._sampler.start = (self._epoch, self._batch)
+            self._iterator = iter(self._loader)
+        batch = next(self._iterator)
+        self._batch += 1
+        if self._batch == self.steps_per_epoch:
+            self._epoch, self._batch = self._epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        """Position after the batches consumed so far: ``{"epoch": e, "batch_in_epoch": k}``."""
+        return {"epoch": self._epoch, "batch_in_epoch": self._batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next batch the one an uninterrupted run would yield after ``state`` was taken."""
+        epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        if epoch < 0 or not 0 <= batch < self.steps_per_epoch:
+            raise ValueError(
+                f"Loader.load_state_dict: need epoch >= 0 and 0 <= batch_in_epoch < "
+                f"{self.steps_per_epoch}, got {state}"
+            )
+        self._epoch, self._batch = epoch, batch
+        self._iterator = None
+
+
+def build_loader(
+    cfg: DataConfig, rank: int = 0, world: int = 1, *, dataset: VideoDataset | None = None
+) -> Loader:
+    """The infinite, resumable loader of rank ``rank`` of ``world``; ``dataset`` overrides ``cfg.dataset``."""
+    return Loader(build_dataset(cfg) if dataset is None else dataset, cfg, rank, world)
+
+
+__all__ = [
+    "DATASETS",
+    "Batch",
+    "DataConfig",
+    "Loader",
+    "VideoDataset",
+    "build_dataset",
+    "build_loader",
+    "collate",
+    "sample_seeds",
+]

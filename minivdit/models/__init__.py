@@ -1,0 +1,1 @@
+"""Model zoo: hand-written, forkable backbones and their shared layers."""

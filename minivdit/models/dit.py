@@ -1,0 +1,310 @@
+"""V-DiT: the video diffusion transformer of Latte ("variant 1") and a full-3D variant, in one file.
+
+Reference: Latte (Ma et al., 2024; Vchitect/Latte ``models/latte.py`` @ b27c24a), itself DiT (Peebles & Xie,
+2023) made video-aware; see ``anchors-latte-repa.md`` §1.2-1.3.
+
+``block_type="spatiotemporal"`` (Latte variant 1):
+  per-frame 2-D patch embed → + frozen 2-D sin-cos spatial table → blocks alternating spatial (attention
+  within a frame, ``(B F) N D``) and temporal (attention across frames at one patch position, ``(B N) F D``),
+  with a frozen 1-D sin-cos temporal table added once, before the first temporal block → adaLN final layer →
+  per-frame unpatchify. Timestep (+ class) conditioning is one vector per sample (Latte's "S-AdaLN").
+``block_type="full3d"``:
+  the same blocks, each attending jointly over all F·N tokens of a clip, positions given by 3-D RoPE.
+
+Indexing rule for ``tap`` (DESIGN.md §2): ``tap=k`` returns the output of ``blocks[k-1]`` ("block k",
+1-indexed as REPA's ``encoder_depth``); spatial and temporal blocks count separately, as in Latte's flat
+``blocks`` list, so for the spatiotemporal layout odd k is after a spatial block and even k after a temporal one.
+
+Notable deviations from Latte:
+- the sin-cos tables are non-persistent buffers rebuilt by ``init_weights()`` (Latte: frozen Parameters, which
+  its EMA and checkpoints carry); the Latte key map drops them;
+- non-square latents are supported (``input_size=(h, w)``); Latte's unpatchify assumes square frames;
+- adaLN modulation is computed once per sample and broadcast (``blocks.py``); Latte repeats it per sequence;
+- optional RepVideo gate, 3-D RoPE, QK-norm and activation checkpointing; all off for Latte parity.
+
+Axis legend: B batch, F frames, C channels, H/W latent height/width, N tokens per frame, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from minivdit.models.attention import Backend
+from minivdit.models.blocks import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    TimestepEmbedder,
+    rope_3d,
+    sincos_1d,
+    sincos_2d,
+)
+from minivdit.models.repvideo import RepVideoGate
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiTConfig:
+    """Architecture of a V-DiT. Presets in ``PRESETS``; recipes ``dataclasses.replace`` them."""
+
+    block_type: Literal["spatiotemporal", "full3d"] = "spatiotemporal"
+    """Latte variant 1 (alternating spatial / temporal blocks) or joint attention over all F·N tokens (3-D RoPE)."""
+    depth: int = 28
+    """Number of blocks. Spatiotemporal: spatial and temporal blocks count separately (Latte-XL: 28 = 14 + 14)."""
+    hidden_size: int = 1152
+    """Token width D."""
+    num_heads: int = 16
+    """Attention heads."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width / D."""
+    patch_size: int = 2
+    """Per-frame square patch (p=2 on 32x32 latents gives N = 256 tokens per frame)."""
+    in_channels: int = 4
+    """Input channels C (4 for SD-VAE latents, 3 in pixel space)."""
+    input_size: tuple[int, int] = (32, 32)
+    """Latent (or pixel) frame size (H, W) the spatial position table is built for."""
+    num_frames: int = 16
+    """Frames F the temporal position table is built for (spatiotemporal); RoPE needs no fixed F."""
+    num_classes: int = 0
+    """Class-conditional when > 0 (UCF-101: 101); the CFG null label is index ``num_classes``."""
+    class_dropout_prob: float = 0.1
+    """Probability of replacing a label by the null class in training (CFG; Latte/DiT: 0.1)."""
+    learn_sigma: bool = True
+    """Output 2·C channels (ε and the learned-variance interpolation v), as Latte; must match the objective."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head (off in Latte)."""
+    attn_backend: Backend = "sdpa"
+    """Attention kernel: ``sdpa`` | ``flash`` (flash-attn) | ``xformers``; unavailable ones fall back to SDPA."""
+    rope_theta: float = 10000.0
+    """RoPE base (full3d only)."""
+    repvideo_gate: Literal["off", "raw", "sigmoid"] = "off"
+    """RepVideo feature-cache gate: ``raw`` is the released scalar per layer (init 0.5), ``sigmoid`` keeps it in
+    (0, 1)."""
+    repvideo_window: Literal["cumulative", "fixed"] = "cumulative"
+    """RepVideo cache: cumulative mean reset every ``repvideo_group`` layers (released) or a sliding window."""
+    repvideo_group: int = 6
+    """RepVideo group / window size in layers."""
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        if self.block_type == "spatiotemporal" and self.depth % 2:
+            raise ValueError(f"spatiotemporal depth must be even (spatial + temporal pairs), got {self.depth}")
+        if self.block_type == "spatiotemporal" and self.hidden_size % 4:
+            raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos table, got {self.hidden_size}")
+        h, w = self.input_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
+        if min(self.depth, self.patch_size, self.in_channels, self.num_frames) < 1 or self.num_classes < 0:
+            raise ValueError(f"invalid DiTConfig sizes: {self}")
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (h, w) of one frame."""
+        return self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class DiTOutput:
+    pred: Tensor  # [B, F, C_out, H, W]
+    hidden: Tensor | None = field(default=None)  # [B, F, N, D], output of block `tap`; None without tap
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame 2-D patchify as a strided conv (timm ``PatchEmbed``; key ``x_embedder.proj``)."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rearrange(self.proj(x), "s d h w -> s (h w) d")  # [B·F, N, D]
+
+
+class VDiT(nn.Module):
+    """Video DiT. ``forward(x_t [B,F,C,H,W], t_model [B], y [B] | None, *, tap) -> DiTOutput``."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden_size
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm, backend=cfg.attn_backend)
+            for _ in range(cfg.depth)
+        )
+        self.final_layer = FinalLayer(D, cfg.patch_size, cfg.out_channels)
+        self.repvideo = (
+            RepVideoGate(cfg.depth, group=cfg.repvideo_group, param=cfg.repvideo_gate, window=cfg.repvideo_window)
+            if cfg.repvideo_gate != "off" else None
+        )
+        N = cfg.grid[0] * cfg.grid[1]
+        # Frozen position tables are derived data: non-persistent, rebuilt in init_weights() (meta-safe).
+        self.register_buffer("pos_embed", torch.empty(1, N, D), persistent=False)
+        self.register_buffer("temp_embed", torch.empty(1, cfg.num_frames, D), persistent=False)
+        self.grad_checkpointing = False  # set by minivdit.dist.parallelize
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Latte/DiT init; works after ``to_empty()`` on a meta-built model. A fresh model outputs exactly 0."""
+        cfg = self.cfg
+
+        def _basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(_basic)
+        self.reset_buffers()
+        w = self.x_embedder.proj.weight  # xavier as if it were a Linear (DiT)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        if self.repvideo is not None:
+            self.repvideo.init_weights()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Rebuild the frozen sin-cos tables (non-persistent buffers: not in checkpoints, garbage after
+        ``to_empty``)."""
+        cfg = self.cfg
+        self.pos_embed.copy_(sincos_2d(cfg.hidden_size, *cfg.grid)[None])
+        self.temp_embed.copy_(sincos_1d(cfg.hidden_size, torch.arange(cfg.num_frames))[None])
+
+    # --------------------------------------------------------------- forward
+    def _check(self, x_t: Tensor, t_model: Tensor, y: Tensor | None, tap: int | None) -> None:
+        cfg = self.cfg
+        if x_t.ndim != 5:
+            raise ValueError(f"x_t must be [B, F, C, H, W], got shape {tuple(x_t.shape)}")
+        B, F, C, H, W = x_t.shape
+        if cfg.in_channels != C:
+            raise ValueError(f"x_t has {C} channels, model expects in_channels={cfg.in_channels}")
+        if tuple(cfg.input_size) != (H, W):
+            raise ValueError(f"x_t frames are {H}x{W}, model expects input_size={tuple(cfg.input_size)}")
+        if cfg.block_type == "spatiotemporal" and cfg.num_frames != F:
+            raise ValueError(f"x_t has {F} frames but the temporal table holds num_frames={cfg.num_frames}")
+        if t_model.shape != (B,):
+            raise ValueError(f"t_model must be [B]=[{B}], got shape {tuple(t_model.shape)}")
+        if (y is None) != (self.y_embedder is None):
+            raise ValueError(f"y must be given iff num_classes > 0 (num_classes={cfg.num_classes}, y={y is not None})")
+        if y is not None and y.shape != (B,):
+            raise ValueError(f"y must be [B]=[{B}] integer labels, got shape {tuple(y.shape)}")
+        if tap is not None and not 1 <= tap <= cfg.depth:
+            raise ValueError(f"tap={tap} out of range: blocks are 1-indexed, 1..{cfg.depth}")
+
+    def _run_block(self, i: int, x: Tensor, c: Tensor, rope: Tensor | None) -> Tensor:
+        """Block i on canonical tokens x [B, F, N, D]; the layout rearranges live here and only here."""
+        B, F, N, _ = x.shape
+        if self.cfg.block_type == "full3d":
+            seq = rearrange(x, "b f n d -> b (f n) d")
+            return rearrange(self.blocks[i](seq, c, rope), "b (f n) d -> b f n d", f=F)
+        if i % 2 == 0:  # spatial: attention within each frame
+            seq = rearrange(x, "b f n d -> (b f) n d")
+            return rearrange(self.blocks[i](seq, c), "(b f) n d -> b f n d", b=B)
+        seq = rearrange(x, "b f n d -> (b n) f d")  # temporal: attention across frames at each patch position
+        return rearrange(self.blocks[i](seq, c), "(b n) f d -> b f n d", b=B)
+
+    def forward(self, x_t: Tensor, t_model: Tensor, y: Tensor | None = None, *, tap: int | None = None) -> DiTOutput:
+        self._check(x_t, t_model, y, tap)
+        cfg = self.cfg
+        B, F, _, H, W = x_t.shape
+        gh, gw = cfg.grid
+        x = self.x_embedder(rearrange(x_t, "b f c h w -> (b f) c h w"))  # [B·F, N, D]
+        x = rearrange(x, "(b f) n d -> b f n d", b=B)  # [B, F, N, D]
+        rope = None
+        if cfg.block_type == "spatiotemporal":
+            x = x + self.pos_embed[:, None]  # [B, F, N, D]
+        else:
+            rope = rope_3d(cfg.head_dim, F, gh, gw, cfg.rope_theta).to(x.device)  # [F·N, Dh/2]
+        c = self.t_embedder(t_model)  # [B, D]
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(y)  # [B, D]
+
+        hidden = None
+        cache = [x]  # RepVideo: the cache starts from the embedding output, as released
+        for i in range(len(self.blocks)):
+            if self.repvideo is not None:
+                x = self.repvideo.mix(i, x, cache)
+            if i == 1 and cfg.block_type == "spatiotemporal":
+                x = x + self.temp_embed[:, :, None]  # once, before the first temporal block (Latte)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(self._run_block, i, x, c, rope, use_reentrant=False)
+            else:
+                x = self._run_block(i, x, c, rope)  # [B, F, N, D]
+            if self.repvideo is not None:
+                cache = self.repvideo.update(i, x, cache)
+            if tap == i + 1:
+                hidden = x
+
+        x = self.final_layer(rearrange(x, "b f n d -> (b f) n d"), c)  # [B·F, N, p·p·C_out]
+        p = cfg.patch_size
+        pred = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=gh, w=gw, p=p, q=p)
+        return DiTOutput(pred=pred, hidden=hidden)  # pred [B, F, C_out, H, W]
+
+
+def num_params(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _preset(depth: int, width: int, heads: int) -> DiTConfig:
+    return DiTConfig(depth=depth, hidden_size=width, num_heads=heads, patch_size=2)
+
+
+# Latte's sizes (models/latte.py ``Latte_models``): 16 frames of 32x32x4 SD-VAE latents (256² video).
+PRESETS: dict[str, DiTConfig] = {
+    "V-DiT-S/2": _preset(12, 384, 6),
+    "V-DiT-B/2": _preset(12, 768, 12),
+    "V-DiT-L/2": _preset(24, 1024, 16),
+    "V-DiT-XL/2": _preset(28, 1152, 16),
+}
+
+
+def preset(name: str) -> DiTConfig:
+    """``PRESETS[name]`` with a ValueError listing the valid names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def flops_per_sample(cfg: DiTConfig, num_frames: int | None = None) -> float:
+    """Forward FLOPs (2·MAC) of one clip through the blocks and the embed/final layers (matmuls only)."""
+    F = num_frames or cfg.num_frames
+    N = cfg.grid[0] * cfg.grid[1]
+    D, L = cfg.hidden_size, F * N
+    mlp = int(cfg.mlp_ratio * D)
+    linear = L * (4 * D * D + 2 * D * mlp)  # qkv + proj + fc1 + fc2, MACs
+    if cfg.block_type == "full3d":
+        attn = [2 * L * L * D] * cfg.depth  # QK^T and AV over the whole clip
+    else:  # spatial blocks attend over N tokens in F sequences; temporal over F tokens in N sequences
+        attn = [2 * F * N * N * D if i % 2 == 0 else 2 * N * F * F * D for i in range(cfg.depth)]
+    embed = L * cfg.in_channels * cfg.patch_size**2 * D + L * D * cfg.patch_size**2 * cfg.out_channels
+    return 2.0 * (cfg.depth * linear + sum(attn) + embed)
+
+
+__all__ = ["DiTConfig", "DiTOutput", "VDiT", "PRESETS", "preset", "num_params", "flops_per_sample"]

@@ -1,0 +1,401 @@
+"""The training loop: ``TrainConfig``, ``train(cfg)``, ``train_step(...)``, ``main(default)``.
+
+``train_step`` is the only orchestrator (DESIGN.md §3): it calls each module once, in one direction; the model
+does not know the objective and the objective does not know the model. ``train`` owns the bookkeeping around it:
+distributed setup, meta-device build → parallelize → init, AdamW with warm-up and (Latte-style delayed)
+gradient clipping, EMA, logging, atomic checkpoints, exact resume, periodic samples.
+
+Randomness. Every micro-batch reseeds the global torch RNG from ``(seed, step, rank·grad_accum + micro)``. The
+noise, the timesteps and the CFG label drop of a sample therefore depend only on where it sits in the global
+batch: a resumed run repeats the uninterrupted one exactly, and N ranks with accumulation A match one process
+with accumulation N·A (up to float reduction order).
+
+Deviations from Latte's ``train.py`` (anchors-latte-repa.md §1.5): the optimizer state is checkpointed and
+resume is exact; the first step's gradients are zeroed; gradient accumulation is supported; lr, betas and
+weight decay are read from the config (Latte hard-codes lr 1e-4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+from torch import Tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+from minivdit import ckpt, dist
+from minivdit.config import to_dict
+from minivdit.data import Batch, DataConfig, build_loader
+from minivdit.log import MetricLogger, setup_logging
+from minivdit.models.dit import DiTConfig, VDiT, num_params
+from minivdit.objectives.ddpm import DDPM, DDPMConfig
+from minivdit.objectives.flow import Flow, FlowConfig
+from minivdit.sample import generate, write_samples
+
+log = logging.getLogger("minivdit")
+MAX_NONFINITE_IN_A_ROW = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with linear warm-up then a constant learning rate (Latte / DiT / REPA)."""
+
+    lr: float = 1e-4
+    """Peak learning rate (Latte/DiT/REPA: 1e-4)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (Latte: 0)."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many optimizer steps."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    clip_start_step: int = 0
+    """Clip only from this step on (Latte: measure until ``start_clip_iter``, 20k sky/ffs, 100k UCF)."""
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.clip_start_step < 0:
+            raise ValueError(f"invalid OptimConfig: {self}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EMAConfig:
+    """Exponential moving average of the model weights (used for sampling)."""
+
+    decay: float = 0.9999
+    """EMA decay per optimizer step (Latte/DiT: 0.9999)."""
+    start_step: int = 0
+    """Before this step the EMA copies the weights (decay 0)."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"EMAConfig.decay must be in [0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    every: int = 50
+    """Status line / metrics.jsonl / tensorboard every this many steps."""
+    tensorboard: bool = True
+    """Write tensorboard events under ``<run>/tb``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CkptConfig:
+    every: int = 10_000
+    """Checkpoint every this many steps (and at the end); 0 saves only at the end."""
+    keep: int = 3
+    """Keep the newest K checkpoints (0 keeps all)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleEvalConfig:
+    """What ``sample_every`` draws: a few EMA samples written to ``<run>/samples/step_<N>/``."""
+
+    num: int = 8
+    """Videos per sample grid (labels 0, 1, 2, … cycling over the classes)."""
+    steps: int = 50
+    """Sampler steps."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale (1 = none)."""
+    seed: int = 0
+    """Noise seed, fixed so grids are comparable across steps."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a run needs. Recipes build one in Python; the CLI overrides values (``--optim.lr 2e-4``)."""
+
+    model: DiTConfig = field(default_factory=DiTConfig)
+    """The backbone (``minivdit/models/dit.py``)."""
+    objective: DDPMConfig | FlowConfig = field(default_factory=FlowConfig)
+    """Diffusion objective; the recipe picks the class, the CLI tweaks its fields."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and loader."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    parallel: dist.ParallelConfig = field(default_factory=dist.ParallelConfig)
+    sample: SampleEvalConfig = field(default_factory=SampleEvalConfig)
+    vae: Literal["none"] = "none"
+    """Autoencoder between pixels and the DiT: "none" trains in pixel space (model.in_channels = 3)."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str = "run"
+    """Run directory is ``<out_dir>/<run_name>``."""
+    seed: int = 0
+    """Seeds the init and every micro-batch's noise, timesteps and label drop."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (in total, counting steps before a resume)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (global batch = data.batch_size × world × grad_accum)."""
+    precision: dist.Precision = "fp32"
+    """"fp32" or "bf16" (FSDP2 bf16 params with fp32 reduction on CUDA; bf16 autocast otherwise)."""
+    resume: str | None = None
+    """None: start fresh; "auto": the latest checkpoint of this run if any; or a checkpoint folder path."""
+    sample_every: int = 0
+    """Write EMA samples every this many steps (and at the end); 0 only at the end; -1 never."""
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ValueError(f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}")
+        if self.vae == "none" and self.model.in_channels != 3:
+            raise ValueError(f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}")
+        if self.vae == "none" and tuple(self.model.input_size) != (self.data.image_size, self.data.image_size):
+            raise ValueError(f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
+                             f"({self.data.image_size}, {self.data.image_size}) when vae='none'")
+        if self.model.block_type == "spatiotemporal" and self.model.num_frames != self.data.num_frames:
+            raise ValueError(f"model.num_frames={self.model.num_frames} must equal data.num_frames="
+                             f"{self.data.num_frames} (the temporal position table)")
+        if self.model.num_classes not in (0, self.data.num_classes):
+            raise ValueError(f"model.num_classes={self.model.num_classes} must be 0 (unconditional) or "
+                             f"data.num_classes={self.data.num_classes}")
+        pred = build_objective(self.objective).pred_channels(self.model.in_channels)
+        if pred != self.model.out_channels:
+            raise ValueError(f"objective needs {pred} output channels but model.learn_sigma={self.model.learn_sigma} "
+                             f"gives {self.model.out_channels}; set --model.learn-sigma to match the objective")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+
+def build_objective(cfg: DDPMConfig | FlowConfig) -> DDPM | Flow:
+    return DDPM(cfg) if isinstance(cfg, DDPMConfig) else Flow(cfg)
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of one micro-batch: a function of the global position only (see the module docstring)."""
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+
+def train_step(batch: Batch, *, model: torch.nn.Module, objective: DDPM | Flow, num_classes: int,
+               precision: dist.Precision, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """One micro-batch forward: data → objective.corrupt → model → objective.loss. Returns the scalar loss to
+    backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
+    if num_classes and (batch.label.min() < 0 or batch.label.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
+                         f"got {batch.label.tolist()}")
+    batch = batch.to(device, non_blocking=True)
+    x_data = batch.latents if batch.latents is not None else batch.video  # [B, F, C, H, W]; VAEs: later issues
+    noised = objective.corrupt(x_data)
+    with dist.autocast(device, precision):
+        out = model(noised.x_t, noised.t_model, batch.label if num_classes else None)
+    terms = objective.loss_terms(out.pred.float(), noised)  # each [B], fp32
+    loss = torch.stack(list(terms.values())).sum(0).mean()
+    metrics = {"loss": loss.detach(), **{f"loss/{k}": v.detach().mean() for k, v in terms.items()}}
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def build_models(cfg: TrainConfig, ctx: dist.DistContext) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Model and EMA: built on ``meta``, parallelised, materialised on the device, initialised identically on
+    every rank (a seeded CPU reference init, loaded shard-wise, so FSDP matches a single process exactly)."""
+    with torch.device("meta"):
+        model, ema = VDiT(cfg.model), VDiT(cfg.model)
+    model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
+    ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
+    sharded = dist.resolve_strategy(cfg.parallel, ctx) == "fsdp"
+    torch.manual_seed(cfg.seed)
+    if sharded:
+        dist.materialize(model, ctx.device, init=False)
+        model.reset_buffers()
+        reference = VDiT(cfg.model)
+        reference.init_weights()
+        set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
+        del reference
+    else:
+        dist.materialize(model, ctx.device)
+    dist.materialize(ema, ctx.device, init=False)
+    ema.reset_buffers()
+    ema.requires_grad_(False).eval()
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), dist.unwrap(model).parameters(), strict=True):
+            dist.local(pe).copy_(dist.local(pm))
+    return model, ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_p = [dist.local(p) for p in ema.parameters()]
+    model_p = [dist.local(p) for p in dist.unwrap(model).parameters()]
+    torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def _peak_mem_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        return ckpt.latest(cfg.run_dir / "checkpoints")
+    path = Path(cfg.resume)
+    if not (path / "meta.json").is_file():
+        raise ValueError(f"resume={cfg.resume!r}: no checkpoint there (expected a folder "
+                         f".../checkpoints/step_NNNNNNN with meta.json), or use resume='auto' / None")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train to ``cfg.max_steps``; returns the run directory."""
+    ctx = dist.init()
+    run_dir = cfg.run_dir
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    setup_logging(ctx.rank, run_dir)
+    resume_from = _resume_path(cfg)
+    if ctx.is_main:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    torch.backends.cuda.matmul.allow_tf32 = True  # as Latte/DiT: TF32 matmuls on Ampere+
+    torch.backends.cudnn.allow_tf32 = True
+
+    model, ema = build_models(cfg, ctx)
+    objective = build_objective(cfg.objective)
+    optimizer = torch.optim.AdamW(dist.unwrap(model).parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+    loader = build_loader(cfg.data, ctx.rank, ctx.world)
+    step = 0
+    if resume_from is not None:
+        meta, rank_state = ckpt.load(resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, ctx=ctx)
+        step = meta["step"]
+        loader.load_state_dict(rank_state["data"])
+        log.info(f"resumed from {resume_from} at step {step}")
+    elif cfg.resume is None and ckpt.latest(run_dir / "checkpoints") is not None:
+        log.warning(f"{run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)")
+
+    log.info(f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
+             f"{cfg.model.depth} blocks × {cfg.model.hidden_size}; objective {type(objective).__name__}; "
+             f"world {ctx.world} on {ctx.device.type}; strategy {dist.resolve_strategy(cfg.parallel, ctx)}; "
+             f"precision {cfg.precision}")
+    log.info(f"run dir: {run_dir.resolve()}")
+    logger = MetricLogger(run_dir, is_main=ctx.is_main, max_steps=cfg.max_steps, tensorboard=cfg.log.tensorboard)
+    samples_per_step = cfg.data.batch_size * ctx.world * cfg.grad_accum
+    sums: dict[str, Tensor] = {}
+    logged_steps, nonfinite_in_a_row, nonfinite_total = 0, 0, 0
+    model.train()
+    logger.start(step)
+    while step < cfg.max_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.optim)
+        step_metrics: dict[str, Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = next(loader)
+            torch.manual_seed(micro_seed(cfg.seed, step, ctx.rank * cfg.grad_accum + micro))
+            with dist.sync_grads(model, enabled=micro == cfg.grad_accum - 1):
+                loss, metrics = train_step(batch, model=model, objective=objective,
+                                           num_classes=cfg.model.num_classes, precision=cfg.precision,
+                                           device=ctx.device)
+                (loss / cfg.grad_accum).backward()
+            for k, v in metrics.items():
+                step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(dist.unwrap(model).parameters(), clip)
+        grad_norm = dist.local(grad_norm).float()
+        if not torch.isfinite(grad_norm):  # one sync per step; also catches a non-finite loss
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite_in_a_row += 1
+            nonfinite_total += 1
+            log.warning(f"step {step}: non-finite loss/gradient, step skipped ({nonfinite_in_a_row} in a row)")
+            if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise RuntimeError(f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
+                                   f"--optim.lr, enable --optim.grad-clip, or check the data")
+            continue
+        nonfinite_in_a_row = 0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, model, 0.0 if step < cfg.ema.start_step else cfg.ema.decay)
+        step += 1
+
+        step_metrics["grad_norm"] = grad_norm
+        for k, v in step_metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        logged_steps += 1
+        if step % cfg.log.every == 0 or step == cfg.max_steps:
+            means = {k: dist.all_reduce_mean(v / logged_steps).item() for k, v in sums.items()}
+            means["lr"] = optimizer.param_groups[0]["lr"]
+            means["nonfinite_skipped"] = float(nonfinite_total)
+            means["epoch"] = float(loader.epoch)
+            logger.log(step, means, samples_per_step=samples_per_step, peak_mem_gib=_peak_mem_gib(ctx.device))
+            sums, logged_steps = {}, 0
+        last = step == cfg.max_steps
+        if (cfg.ckpt.every and step % cfg.ckpt.every == 0) or last:
+            path = ckpt.save(run_dir / "checkpoints", step, model=dist.unwrap(model), ema=ema, optimizer=optimizer,
+                             ctx=ctx, rank_state={"data": loader.state_dict()}, meta={"config": to_dict(cfg)},
+                             keep=cfg.ckpt.keep)
+            log.info(f"saved checkpoint {path}")
+        if cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
+            _sample_grid(cfg, ema, objective, ctx, logger, step)
+            model.train()
+    logger.close()
+    dist.barrier()
+    return run_dir
+
+
+def _sample_grid(cfg: TrainConfig, ema: torch.nn.Module, objective, ctx: dist.DistContext, logger: MetricLogger,
+                 step: int) -> None:
+    """Every rank samples (FSDP needs all of them in the forward); rank 0 writes."""
+    t0 = time.perf_counter()
+    n, k = cfg.sample.num, max(cfg.model.num_classes, 1)
+    labels = torch.arange(n) % k if cfg.model.num_classes else None
+    shape = (n, cfg.model.num_frames, cfg.model.in_channels, *cfg.model.input_size)
+    videos = generate(ema, objective, labels=labels, shape=shape, steps=cfg.sample.steps,
+                      cfg_scale=cfg.sample.cfg_scale, seed=cfg.sample.seed, device=ctx.device,
+                      precision=cfg.precision)
+    if ctx.is_main:
+        names = _label_names(cfg, labels)
+        out = write_samples(cfg.run_dir / "samples" / f"step_{step:07d}", videos, names)
+        logger.video("samples", out["uint8"], step)
+        logger.image("samples/contact_sheet", out["contact"], step)
+        log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {time.perf_counter() - t0:.1f}s)")
+
+
+def _label_names(cfg: TrainConfig, labels: Tensor | None) -> list[str] | None:
+    if labels is None:
+        return None
+    if cfg.data.dataset == "synthetic":
+        from minivdit.data.synthetic import CLASS_NAMES
+
+        return [f"{int(y)}: {CLASS_NAMES[int(y)]}" for y in labels]
+    return [str(int(y)) for y in labels]
+
+
+def main(default: TrainConfig, args: list[str] | None = None) -> None:
+    """CLI entry of every recipe: ``tyro`` over the recipe's config, then ``train``."""
+    cfg = tyro.cli(TrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
+    try:
+        train(cfg)
+    finally:
+        dist.teardown()
+
+
+__all__ = ["TrainConfig", "OptimConfig", "EMAConfig", "LogConfig", "CkptConfig", "SampleEvalConfig", "train",
+           "train_step", "main", "replace"]
