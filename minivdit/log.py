@@ -20,6 +20,9 @@ log = logging.getLogger("minivdit")
 def setup_logging(rank: int, run_dir: Path | None = None) -> None:
     """Rank 0 logs INFO to stdout (and ``run_dir/log.txt``); other ranks only warnings."""
     root = logging.getLogger()
+    for h in root.handlers:  # a previous run's log.txt (train() called again in one process): close it
+        if isinstance(h, logging.FileHandler):
+            h.close()
     root.handlers.clear()
     fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
@@ -69,6 +72,7 @@ class MetricLogger:
             for k, v in row.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
+            self.tb.flush()  # as metrics.jsonl: nothing is lost if the run dies (e.g. non-finite losses)
         parts = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
         extra = " ".join(f"{k} {v:.3g}" for k, v in metrics.items() if not k.startswith("loss"))
         mem = f" | mem {peak_mem_gib:.2f} GiB" if peak_mem_gib is not None else ""

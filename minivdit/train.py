@@ -5,10 +5,11 @@ does not know the objective and the objective does not know the model. ``train``
 distributed setup, meta-device build → parallelize → init, AdamW with warm-up and (Latte-style delayed)
 gradient clipping, EMA, logging, atomic checkpoints, exact resume, periodic samples.
 
-Randomness. Every micro-batch reseeds the global torch RNG from ``(seed, step, rank·grad_accum + micro)``. The
-noise, the timesteps and the CFG label drop of a sample therefore depend only on where it sits in the global
-batch: a resumed run repeats the uninterrupted one exactly, and N ranks with accumulation A match one process
-with accumulation N·A (up to float reduction order).
+Randomness. Every micro-batch reseeds the global torch RNG from ``(seed, step, micro·world + rank)``: the
+index of its block in the global batch, in the loader's order (rank r's k-th batch is global block
+``k·world + r``, see ``minivdit.data``). The noise, the timesteps and the CFG label drop of a sample therefore
+depend only on where it sits in the global batch: a resumed run repeats the uninterrupted one exactly, and
+N ranks with accumulation A match one process with accumulation N·A (up to float reduction order).
 
 Deviations from Latte's ``train.py`` (anchors-latte-repa.md §1.5): the optimizer state is checkpointed and
 resume is exact; the first step's gradients are zeroed; gradient accumulation is supported; lr, betas and
@@ -217,7 +218,9 @@ def build_models(cfg: TrainConfig, ctx: dist.DistContext) -> tuple[torch.nn.Modu
     if sharded:
         dist.materialize(model, ctx.device, init=False)
         model.reset_buffers()
-        reference = VDiT(cfg.model)
+        with torch.device("meta"):  # not on CPU: the constructor's default init would consume the seeded RNG
+            reference = VDiT(cfg.model)
+        reference.to_empty(device="cpu")
         reference.init_weights()
         set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
         del reference
@@ -309,7 +312,7 @@ def train(cfg: TrainConfig) -> Path:
         step_metrics: dict[str, Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = next(loader)
-            torch.manual_seed(micro_seed(cfg.seed, step, ctx.rank * cfg.grad_accum + micro))
+            torch.manual_seed(micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank))
             with dist.sync_grads(model, enabled=micro == cfg.grad_accum - 1):
                 loss, metrics = train_step(batch, model=model, objective=objective,
                                            num_classes=cfg.model.num_classes, precision=cfg.precision,

@@ -9,8 +9,10 @@ Exact resume. Everything that decides which sample comes next is a pure function
 integers, ``(epoch, batch_in_epoch)``:
 
 - epoch ``e`` shuffles ``range(len(dataset))`` with a ``torch.Generator`` seeded from ``(seed, e)``;
-- rank ``r`` of ``W`` takes ``perm[r::W]``, truncated to ``len // W`` so that all ranks run the same number of
-  steps and no index is seen twice in an epoch;
+- the epoch is cut into consecutive global batches of ``W × batch_size`` indices, and rank ``r`` takes block
+  ``r`` of each: its k-th batch is ``perm[(k·W + r)·b : (k·W + r + 1)·b]``. No index is seen twice in an epoch,
+  all ranks run the same number of steps, and the k-th global batch is the same set of clips for any split of
+  ``W × grad_accum``: one process accumulating 2 micro-batches sees what 2 ranks see in one step;
 - each index comes with ``sample_seed = f(seed, e, index)`` (independent of rank and world), which seeds the
   ``rng`` handed to ``get``: a sample's augmentation does not depend on which worker or rank produced it.
 
@@ -213,7 +215,12 @@ class _ResumableBatchSampler:
         """This rank's ``(index, sample_seed)`` pairs of ``epoch``, in order."""
         gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
         perm = torch.randperm(self.size, generator=gen).numpy()
-        mine = perm[self.rank :: self.world][: self.per_rank]
+        b, W = self.batch_size, self.world
+        full = self.per_rank // b  # complete batches per rank
+        blocks = perm[: full * W * b].reshape(full, W, b)[:, self.rank].reshape(-1)  # [full·b]
+        # The remainder (< W·b clips) is split as perm[r::W] so drop_last=False still covers the epoch.
+        rest = perm[full * W * b :][self.rank :: W][: self.per_rank - full * b]
+        mine = np.concatenate([blocks, rest])
         return list(zip(mine.tolist(), sample_seeds(self.seed, epoch, mine).tolist(), strict=True))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

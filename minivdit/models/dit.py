@@ -170,6 +170,8 @@ class VDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()  # qk-norm gains -> 1 (garbage after to_empty otherwise)
 
         self.apply(_basic)
         self.reset_buffers()

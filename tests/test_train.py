@@ -1,0 +1,380 @@
+"""The training loop end to end on a tiny CPU model: run directory, exact resume, non-finite steps, atomic
+checkpoints, EMA, bad input, the CLI.
+
+Run: ``pytest -q tests/test_train.py`` (CPU, well under a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import minivdit.ckpt as ckpt_mod
+import minivdit.train as train_mod
+from minivdit import ckpt, dist
+from minivdit.config import from_dict, to_dict
+from minivdit.data import Batch, DataConfig, build_loader
+from minivdit.models.dit import VDiT
+from minivdit.objectives.ddpm import DDPMConfig
+from minivdit.objectives.flow import FlowConfig
+from minivdit.train import (
+    OptimConfig,
+    TrainConfig,
+    build_models,
+    build_objective,
+    main,
+    train,
+    train_step,
+    update_ema,
+)
+
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
+
+CPU = torch.device("cpu")
+SOLO = dist.DistContext(rank=0, world=1, local_rank=0, device=CPU)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+def test_train_end_to_end_writes_run_dir(tiny_cfg, metrics, objective):
+    cfg = tiny_cfg(objective, max_steps=4, ckpt={"every": 1, "keep": 2}, sample_every=2, log={"every": 2})
+    run_dir = train(cfg)
+    assert run_dir == cfg.run_dir
+
+    # config.json: the resolved config, rebuilt into an equal TrainConfig (the objective keeps its class).
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert from_dict(TrainConfig, saved) == cfg
+
+    # metrics.jsonl: one object per logged step.
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [2, 4]
+    expected = {"step", "loss", "loss/mse", "grad_norm", "it_s", "samples_s", "lr", "nonfinite_skipped"}
+    if objective == "ddpm":
+        expected.add("loss/vb")
+    for r in rows:
+        assert expected <= r.keys(), r.keys()
+        assert all(math.isfinite(r[k]) for k in expected), r
+        assert r["nonfinite_skipped"] == 0
+        assert r["samples_s"] == pytest.approx(r["it_s"] * cfg.data.batch_size)
+    if objective == "ddpm":
+        assert rows[0]["loss"] == pytest.approx(rows[0]["loss/mse"] + rows[0]["loss/vb"], rel=1e-5)
+    else:
+        assert rows[0]["loss"] == pytest.approx(rows[0]["loss/mse"], rel=1e-6)
+
+    # checkpoints: keep=2 prunes steps 1 and 2.
+    root = run_dir / "checkpoints"
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_0000003", "step_0000004"]
+    assert not list(root.glob(".tmp_*"))
+    last = root / "step_0000004"
+    for name in ("model.safetensors", "ema.safetensors", "meta.json", "rank0.pt"):
+        assert (last / name).is_file(), name
+    assert (last / "optim").is_dir() and any((last / "optim").iterdir())
+    meta = json.loads((last / "meta.json").read_text())
+    assert meta["step"] == 4 and meta["world"] == 1
+    assert from_dict(TrainConfig, meta["config"]) == cfg
+    model_sd = _weights(last / "model.safetensors")
+    assert model_sd.keys() == VDiT(cfg.model).state_dict().keys()
+    assert all(torch.isfinite(v).all() for v in model_sd.values())
+    rank_state = torch.load(last / "rank0.pt", weights_only=True)
+    assert rank_state["data"] == {"epoch": 0, "batch_in_epoch": 4}
+
+    # samples at step 2 (sample_every) and at the end.
+    for step in (2, 4):
+        out = run_dir / "samples" / f"step_{step:07d}"
+        for name in ("grid.mp4", "grid.gif", "contact.png", "0000.mp4", "0001.mp4"):
+            assert (out / name).is_file() and (out / name).stat().st_size > 0, out / name
+
+
+def test_tensorboard_events(tiny_cfg):
+    pytest.importorskip("tensorboard")
+    run_dir = train(tiny_cfg(max_steps=1, log={"tensorboard": True}))
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+
+
+@pytest.mark.parametrize(("objective", "grad_accum"), [("flow", 1), ("ddpm", 1), ("flow", 2)])
+def test_exact_resume(tiny_cfg, metrics, objective, grad_accum):
+    n = 3
+    full = train(tiny_cfg(objective, run_name="full", max_steps=2 * n, grad_accum=grad_accum))
+    # resume="auto": the same run directory, interrupted after n steps.
+    half = tiny_cfg(objective, run_name="auto", max_steps=n, grad_accum=grad_accum)
+    train(half)
+    train(replace(half, max_steps=2 * n, resume="auto"))
+    # An explicit checkpoint path, resumed into another run directory.
+    explicit = train(tiny_cfg(objective, run_name="explicit", max_steps=2 * n, grad_accum=grad_accum,
+                              resume=str(half.run_dir / "checkpoints" / f"step_{n:07d}")))
+
+    ref = {r["step"]: r["loss"] for r in metrics(full)}
+    assert sorted(ref) == list(range(1, 2 * n + 1))
+    auto = {r["step"]: r["loss"] for r in metrics(half.run_dir)}
+    assert auto == ref  # bitwise: every step's noise, t and label drop is reseeded from its global position
+    assert {r["step"]: r["loss"] for r in metrics(explicit)} == {s: ref[s] for s in range(n + 1, 2 * n + 1)}
+    last = f"checkpoints/step_{2 * n:07d}"
+    for other in (half.run_dir, explicit):
+        for name in ("model.safetensors", "ema.safetensors"):
+            _assert_same_weights(_weights(full / last / name), _weights(other / last / name))
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tiny_cfg, metrics):
+    run_dir = train(tiny_cfg(max_steps=2, resume="auto"))
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- learning
+
+
+def test_loss_decreases_on_a_repeated_batch(tiny_cfg):
+    """Fixed batch, fixed noise and times: a deterministic regression the model must fit."""
+    cfg = tiny_cfg(model={"class_dropout_prob": 0.0})
+    model, _ = build_models(cfg, SOLO)
+    objective = build_objective(cfg.objective)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = next(build_loader(replace(cfg.data, batch_size=4)))
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(0)
+        loss, _ = train_step(batch, model=model, objective=objective, num_classes=4, precision="fp32",
+                             device=CPU)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_loss_decreases_over_training(tiny_cfg, metrics):
+    run_dir = train(tiny_cfg(max_steps=30, data={"batch_size": 4}, optim={"lr": 3e-3}))
+    losses = [r["loss"] for r in metrics(run_dir)]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, losses
+
+
+# ---------------------------------------------------------------------------------------------- non-finite
+
+
+def _nan_on(monkeypatch, bad_calls: set[int] | None) -> list[int]:
+    """Make ``train_step`` return a NaN loss on the given call indices (all calls if None)."""
+    real, calls = train_mod.train_step, []
+
+    def fake(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        i = len(calls)
+        calls.append(i)
+        if bad_calls is None or i in bad_calls:
+            loss = loss * float("nan")
+            metrics = {k: v * float("nan") for k, v in metrics.items()}
+        return loss, metrics
+
+    monkeypatch.setattr(train_mod, "train_step", fake)
+    return calls
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tiny_cfg, metrics, monkeypatch):
+    calls = _nan_on(monkeypatch, {1, 2})
+    run_dir = train(tiny_cfg(max_steps=4))
+    assert len(calls) == 6  # 4 optimizer steps + 2 skipped attempts
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["nonfinite_skipped"] for r in rows] == [0, 2, 2, 2]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
+    for name in ("model.safetensors", "ema.safetensors"):
+        weights = _weights(run_dir / "checkpoints" / "step_0000004" / name)
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_ten_nonfinite_in_a_row_raise(tiny_cfg, monkeypatch):
+    calls = _nan_on(monkeypatch, None)
+    with pytest.raises(RuntimeError, match=r"10 non-finite losses in a row"):
+        train(tiny_cfg(max_steps=20))
+    assert len(calls) == 10
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "dcp"])
+def test_crash_mid_checkpoint_keeps_previous(tiny_cfg, metrics, monkeypatch, writer):
+    cfg = tiny_cfg(max_steps=4, ckpt={"every": 2, "keep": 0})
+    root = cfg.run_dir / "checkpoints"
+    name, real = ("save_file", ckpt_mod.save_file) if writer == "safetensors" else ("save", ckpt_mod.dcp.save)
+
+    def crashing(*args, **kwargs):
+        target = str(kwargs.get("checkpoint_id", args[1] if len(args) > 1 else ""))
+        if "step_0000004" in target:
+            raise OSError("disk full (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt_mod if writer == "safetensors" else ckpt_mod.dcp, name, crashing)
+    with pytest.raises(OSError, match="simulated"):
+        train(cfg)
+    monkeypatch.undo()
+
+    # The half-written checkpoint is a stale .tmp_ folder; the previous one is complete and is the latest.
+    assert (root / ".tmp_step_0000004").is_dir()
+    assert not (root / "step_0000004").exists()
+    prev = root / "step_0000002"
+    assert ckpt.latest(root) == prev
+    assert json.loads((prev / "meta.json").read_text())["step"] == 2
+    assert _weights(prev / "model.safetensors").keys() == VDiT(cfg.model).state_dict().keys()
+    # A stale folder that even carries meta.json, and a step folder without one, are ignored too.
+    (root / ".tmp_step_0000009").mkdir()
+    (root / ".tmp_step_0000009" / "meta.json").write_text("{}")
+    (root / "step_0000008").mkdir()
+    assert ckpt.latest(root) == prev
+
+    # Resuming continues from step 2 and cleans the stale folders up on the next save.
+    train(replace(cfg, resume="auto"))
+    assert [r["step"] for r in metrics(cfg.run_dir)] == [1, 2, 3, 4, 3, 4]
+    assert ckpt.latest(root) == root / "step_0000004"
+    assert not list(root.glob(".tmp_*"))
+
+
+def test_load_rejects_non_checkpoint(tmp_path, tiny_cfg):
+    cfg = tiny_cfg()
+    model, ema = build_models(cfg, SOLO)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="no meta.json"):
+        ckpt.load(tmp_path, model=model, ema=ema, optimizer=opt, ctx=SOLO)
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+
+
+def test_update_ema_formula():
+    torch.manual_seed(0)
+    ema, model = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    old = [p.detach().clone() for p in ema.parameters()]
+    update_ema(ema, model, 0.75)
+    for e, o, m in zip(ema.parameters(), old, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.75 * o + 0.25 * m.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("start_step", "expected_decay"), [(0, 0.75), (5, 0.0)])
+def test_ema_after_one_training_step(tiny_cfg, start_step, expected_decay):
+    cfg = tiny_cfg(max_steps=1, ema={"decay": 0.75, "start_step": start_step})
+    init, _ = build_models(cfg, SOLO)  # the seeded init the run starts from (EMA starts equal to it)
+    old = {k: v.detach().clone() for k, v in init.state_dict().items()}
+    run_dir = train(cfg)
+    new = _weights(run_dir / "checkpoints" / "step_0000001" / "model.safetensors")
+    ema = _weights(run_dir / "checkpoints" / "step_0000001" / "ema.safetensors")
+    moved = [k for k in new if not torch.equal(new[k], old[k])]
+    assert moved  # the step changed the weights
+    d = expected_decay
+    for k in new:
+        torch.testing.assert_close(ema[k], d * old[k] + (1 - d) * new[k], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_train_step_rejects_out_of_range_labels(tiny_cfg):
+    cfg = tiny_cfg()
+    model, _ = build_models(cfg, SOLO)
+    video = torch.zeros(2, 2, 3, 8, 8)
+    for bad in ([0, 4], [-1, 0]):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 4\).*got " + re.escape(str(bad))):
+            train_step(Batch(video=video, label=torch.tensor(bad)), model=model,
+                       objective=build_objective(cfg.objective), num_classes=4, precision="fp32", device=CPU)
+
+
+def test_missing_resume_path(tiny_cfg, tmp_path):
+    missing = tmp_path / "nope" / "step_0000001"
+    with pytest.raises(ValueError, match=r"resume=.*nope"):
+        train(tiny_cfg(resume=str(missing)))
+
+
+def test_config_validation(tiny_cfg):
+    with pytest.raises(ValueError, match=r"model.num_frames=2 must equal data.num_frames=3"):
+        tiny_cfg(data={"num_frames": 3})
+    with pytest.raises(ValueError, match=r"6 output channels but model.learn_sigma=False"):
+        tiny_cfg(objective=DDPMConfig(learn_sigma=True))
+    with pytest.raises(ValueError, match=r"3 output channels but model.learn_sigma=True"):
+        tiny_cfg(model={"learn_sigma": True})
+    with pytest.raises(ValueError, match=r"in_channels=3, got 4"):
+        tiny_cfg(model={"in_channels": 4})
+    with pytest.raises(ValueError, match=r"input_size \(16, 16\)"):
+        tiny_cfg(model={"input_size": (16, 16)})
+    with pytest.raises(ValueError, match=r"num_classes=3 must be 0 .* data.num_classes=4"):
+        tiny_cfg(model={"num_classes": 3})
+    with pytest.raises(ValueError, match="max_steps"):
+        tiny_cfg(max_steps=0)
+    with pytest.raises(ValueError, match=r"invalid OptimConfig"):
+        OptimConfig(lr=-1.0)
+
+
+def test_data_config_rejects_unknown_values():
+    with pytest.raises(ValueError, match=r"dataset must be one of .*'ucf'"):
+        DataConfig(dataset="ucf")
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
+        DataConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"num_classes must be <= 10 .* got 11"):
+        DataConfig(num_classes=11)
+    with pytest.raises(ValueError, match=r"unknown DataConfig fields in config: \['frames'\]"):
+        from_dict(DataConfig, {"frames": 8})
+
+
+def test_config_json_roundtrip_keeps_objective_class(tiny_cfg):
+    for cfg in (tiny_cfg(), tiny_cfg("ddpm")):
+        d = json.loads(json.dumps(to_dict(cfg)))
+        assert from_dict(TrainConfig, d) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        from_dict(TrainConfig, {**to_dict(tiny_cfg()), "lr": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parse(monkeypatch, default: TrainConfig, args: list[str]) -> TrainConfig:
+    got = []
+    monkeypatch.setattr(train_mod, "train", got.append)
+    main(default, args=args)
+    assert len(got) == 1
+    return got[0]
+
+
+def test_main_parses_cli_overrides(tiny_cfg, monkeypatch):
+    default = tiny_cfg()
+    cfg = _parse(monkeypatch, default, ["--objective.shift", "3", "--optim.lr", "2e-4", "--max-steps", "7",
+                                        "--model.depth", "4", "--log.every", "5"])
+    assert isinstance(cfg.objective, FlowConfig) and cfg.objective.shift == 3.0
+    assert cfg.optim.lr == 2e-4 and cfg.max_steps == 7 and cfg.model.depth == 4 and cfg.log.every == 5
+    assert cfg.model.hidden_size == default.model.hidden_size and cfg.data == default.data  # the rest kept
+    assert _parse(monkeypatch, default, []) == default
+
+    ddpm = _parse(monkeypatch, tiny_cfg("ddpm"), ["--objective.num-timesteps", "500", "--resume", "auto"])
+    assert isinstance(ddpm.objective, DDPMConfig) and ddpm.objective.num_timesteps == 500
+    assert ddpm.resume == "auto"
+
+
+def test_main_rejects_bad_cli(tiny_cfg, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _parse(monkeypatch, tiny_cfg(), ["--optim.lr", "fast"])
+    assert "fast" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # tyro reports the config's validation (__post_init__) as a usage error
+        _parse(monkeypatch, tiny_cfg(), ["--data.num-frames", "3"])
+    assert "must equal data.num_frames=3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a DDPM field on a flow recipe
+        _parse(monkeypatch, tiny_cfg(), ["--objective.num-timesteps", "10"])
