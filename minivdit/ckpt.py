@@ -48,8 +48,12 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Completed checkpoints under ``root``, oldest first."""
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / "meta.json").exists()]
-    return sorted(done, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+    done = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / "meta.json").exists()
+    ]
+    return sorted(done, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
 
 
 def latest(root: Path) -> Path | None:
@@ -83,9 +87,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(root: Path, step: int, *, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-         ctx: dist.DistContext, rank_state: dict, meta: dict, extra: nn.Module | None = None,
-         keep: int = 3) -> Path:
+def save(
+    root: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    ctx: dist.DistContext,
+    rank_state: dict,
+    meta: dict,
+    extra: nn.Module | None = None,
+    keep: int = 3,
+) -> Path:
     """Write checkpoint ``step`` atomically (collective: every rank calls it) and keep the newest ``keep``."""
     final = step_dir(root, step)
     tmp = root / f".tmp_{final.name}"
@@ -103,7 +117,10 @@ def save(root: Path, step: int, *, model: nn.Module, ema: nn.Module | None, opti
         if ema_sd is not None:
             save_file({k: v.contiguous() for k, v in ema_sd.items()}, str(tmp / "ema.safetensors"))
         if extra_sd:
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra_sd.items()}, str(tmp / "extra.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in extra_sd.items()},
+                str(tmp / "extra.safetensors"),
+            )
         (tmp / "meta.json").write_text(json.dumps({"step": step, "world": ctx.world, **meta}, indent=2))
     dist.barrier()
     if ctx.is_main:
@@ -124,11 +141,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
-def load(path: Path, *, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-         ctx: dist.DistContext, extra: nn.Module | None = None) -> tuple[dict, dict]:
+def load(
+    path: Path,
+    *,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    ctx: dist.DistContext,
+    extra: nn.Module | None = None,
+) -> tuple[dict, dict]:
     """Restore a checkpoint written by :func:`save` (any world size). Returns (meta, this rank's state)."""
     if not (path / "meta.json").exists():
-        raise ValueError(f"{path} is not a minivdit checkpoint (no meta.json); expected .../checkpoints/step_NNNNNNN")
+        raise ValueError(
+            f"{path} is not a minivdit checkpoint (no meta.json); expected .../checkpoints/step_NNNNNNN"
+        )
     meta = json.loads((path / "meta.json").read_text())
     load_weights(model, path / "model.safetensors")
     if ema is not None:

@@ -1,6 +1,7 @@
 """Config (de)serialisation: frozen dataclasses <-> JSON-able dicts, for ``config.json`` and checkpoints.
 
-Union-typed fields (``objective: DDPMConfig | FlowConfig``) are written with a ``"_type"`` tag holding the class
+Union-typed fields (``objective: DDPMConfig | FlowConfig``) are written with a ``"_type"`` tag holding the
+class
 name, so a run directory alone rebuilds the model and objective (``python -m minivdit.sample``).
 """
 

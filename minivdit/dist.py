@@ -2,8 +2,10 @@
 
 - ``init()`` works under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) and as a plain ``python``
   process (a world of one, no process group). NCCL on CUDA, gloo on CPU.
-- ``parallelize(model, cfg, ctx)`` applies, in torchtitan's order: activation checkpointing → ``torch.compile``
-  per block → FSDP2 (``fully_shard`` per block, then the root) or DDP. Call it on a model built on the ``meta``
+- ``parallelize(model, cfg, ctx)`` applies, in torchtitan's order: activation checkpointing →
+  ``torch.compile``
+  per block → FSDP2 (``fully_shard`` per block, then the root) or DDP. Call it on a model built on the
+  ``meta``
   device, then ``to_empty`` + ``init_weights`` (or load weights): one code path for one GPU and many nodes.
 - Precision: ``"bf16"`` means FSDP2 ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` on CUDA, and
   bf16 autocast otherwise (``autocast()``); master weights and optimizer state stay fp32 either way.
@@ -65,8 +67,11 @@ def init() -> DistContext:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            timeout=datetime.timedelta(minutes=30),
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
@@ -109,9 +114,11 @@ def resolve_strategy(cfg: ParallelConfig, ctx: DistContext) -> str:
     return "fsdp" if ctx.device.type == "cuda" else "ddp"
 
 
-def parallelize(model: nn.Module, cfg: ParallelConfig, ctx: DistContext, precision: Precision,
-                *, trainable: bool = True) -> nn.Module:
-    """AC → compile → FSDP2 / DDP on a (meta-built) model with a ``blocks`` ModuleList. ``trainable=False`` (the
+def parallelize(
+    model: nn.Module, cfg: ParallelConfig, ctx: DistContext, precision: Precision, *, trainable: bool = True
+) -> nn.Module:
+    """AC → compile → FSDP2 / DDP on a (meta-built) model with a ``blocks`` ModuleList. ``trainable=False``
+    (the
     EMA copy) skips AC and compile and never uses DDP (it has no gradients to reduce)."""
     strategy = resolve_strategy(cfg, ctx)
     if trainable and cfg.activation_checkpointing:
@@ -181,7 +188,8 @@ def sync_grads(model: nn.Module, enabled: bool):
 
 
 def autocast(device: torch.device, precision: Precision):
-    """bf16 autocast for ``precision="bf16"`` (also on top of FSDP's bf16 params: it handles stray fp32 ops)."""
+    """bf16 autocast for ``precision="bf16"`` (also on top of FSDP's bf16 params: it handles stray fp32
+    ops)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

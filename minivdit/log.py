@@ -56,7 +56,9 @@ class MetricLogger:
     def start(self, step: int) -> None:
         self._t0, self._step0 = time.perf_counter(), step
 
-    def log(self, step: int, metrics: dict[str, float], *, samples_per_step: int, peak_mem_gib: float | None) -> None:
+    def log(
+        self, step: int, metrics: dict[str, float], *, samples_per_step: int, peak_mem_gib: float | None
+    ) -> None:
         now = time.perf_counter()
         steps = step - (self._step0 if self._step0 is not None else step - 1)
         it_s = steps / max(now - self._t0, 1e-9)
@@ -77,11 +79,14 @@ class MetricLogger:
         extra = " ".join(f"{k} {v:.3g}" for k, v in metrics.items() if not k.startswith("loss"))
         mem = f" | mem {peak_mem_gib:.2f} GiB" if peak_mem_gib is not None else ""
         eta = _fmt_eta((self.max_steps - step) / max(it_s, 1e-9))
-        log.info(f"step {step:>7d}/{self.max_steps} | {parts} | {extra} | {it_s:.2f} it/s "
-                 f"{row['samples_s']:.1f} samples/s | eta {eta}{mem}")
+        log.info(
+            f"step {step:>7d}/{self.max_steps} | {parts} | {extra} | {it_s:.2f} it/s "
+            f"{row['samples_s']:.1f} samples/s | eta {eta}{mem}"
+        )
 
     def video(self, tag: str, videos_uint8: np.ndarray, step: int, fps: int = 8) -> None:
-        """Sample videos [B, F, H, W, 3] uint8 to tensorboard (needs moviepy<2, else tensorboard skips them)."""
+        """Sample videos [B, F, H, W, 3] uint8 to tensorboard (needs moviepy<2, else tensorboard skips
+        them)."""
         if self.tb is None:
             return
         import torch

@@ -5,8 +5,10 @@ loads the run's ``config.json``, the EMA weights (``--no-use-ema`` for the raw o
 objective, and writes one mp4 per video, a grid (mp4 and gif) and ``contact.png`` (one row per sample, a few
 frames across) for a quick look.
 
-CFG (Ho & Salimans 2022): ``pred = uncond + s·(cond − uncond)`` on a doubled batch whose second half carries the
-null label (index ``num_classes``). With learned σ only the first C channels (ε or the velocity) are guided; the
+CFG (Ho & Salimans 2022): ``pred = uncond + s·(cond − uncond)`` on a doubled batch whose second half carries
+the
+null label (index ``num_classes``). With learned σ only the first C channels (ε or the velocity) are guided;
+the
 variance channels are the conditional ones. DiT/Latte take the variance channels of the *first half* after
 mixing, i.e. the conditional half too, so numbers match; unlike DiT we do not restrict guidance to 3 of 4
 latent channels (DiT's "exact reproducibility" quirk).
@@ -34,9 +36,17 @@ from minivdit.objectives.flow import Flow, FlowConfig
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def cfg_denoise_fn(model: torch.nn.Module, labels: Tensor | None, *, scale: float, guided_channels: int,
-                   num_classes: int, precision: Precision = "fp32") -> DenoiseFn:
-    """``denoise_fn(x_t, t_model) -> pred`` for the sampler, with classifier-free guidance when ``scale != 1``."""
+def cfg_denoise_fn(
+    model: torch.nn.Module,
+    labels: Tensor | None,
+    *,
+    scale: float,
+    guided_channels: int,
+    num_classes: int,
+    precision: Precision = "fp32",
+) -> DenoiseFn:
+    """``denoise_fn(x_t, t_model) -> pred`` for the sampler, with classifier-free guidance when ``scale !=
+    1``."""
     device = next(model.parameters()).device
 
     def run(x: Tensor, t_model: Tensor, y: Tensor | None) -> Tensor:
@@ -58,9 +68,20 @@ def cfg_denoise_fn(model: torch.nn.Module, labels: Tensor | None, *, scale: floa
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, objective: DDPM | Flow, *, labels: Tensor | None, shape: tuple[int, ...],
-             steps: int, cfg_scale: float, seed: int, device: torch.device, precision: Precision = "fp32") -> Tensor:
-    """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) with a seeded noise."""
+def generate(
+    model: torch.nn.Module,
+    objective: DDPM | Flow,
+    *,
+    labels: Tensor | None,
+    shape: tuple[int, ...],
+    steps: int,
+    cfg_scale: float,
+    seed: int,
+    device: torch.device,
+    precision: Precision = "fp32",
+) -> Tensor:
+    """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) with a seeded
+    noise."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -69,8 +90,9 @@ def generate(model: torch.nn.Module, objective: DDPM | Flow, *, labels: Tensor |
     num_classes = model.cfg.num_classes
     if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"sample labels must be in [0, {num_classes}), got {labels.tolist()}")
-    fn = cfg_denoise_fn(model, labels, scale=cfg_scale, guided_channels=shape[2], num_classes=num_classes,
-                        precision=precision)
+    fn = cfg_denoise_fn(
+        model, labels, scale=cfg_scale, guided_channels=shape[2], num_classes=num_classes, precision=precision
+    )
     out = objective.sample(fn, noise, steps, generator=gen)
     model.train(was_training)
     return out
@@ -116,6 +138,16 @@ class SampleConfig:
     """"fp32" or "bf16" (autocast)."""
 
 
+def _import_class(path: str | None) -> type:
+    """``"package.module:Class"`` (recorded by the trainer) -> the class; VDiT for older checkpoints."""
+    if path is None:
+        return VDiT
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _find_ckpt(path: Path) -> Path:
     if (path / "meta.json").is_file():
         return path
@@ -123,7 +155,9 @@ def _find_ckpt(path: Path) -> Path:
 
     found = latest(path / "checkpoints")
     if found is None:
-        raise ValueError(f"--ckpt {path}: neither a checkpoint folder (with meta.json) nor a run with checkpoints/")
+        raise ValueError(
+            f"--ckpt {path}: neither a checkpoint folder (with meta.json) nor a run with checkpoints/"
+        )
     return found
 
 
@@ -135,11 +169,15 @@ def sample(cfg: SampleConfig) -> Path:
     run_cfg = json.loads((ckpt_dir / "meta.json").read_text())["config"]
     model_cfg = from_dict(DiTConfig, run_cfg["model"])
     obj_dict = run_cfg["objective"]
-    objective = DDPM(from_dict(DDPMConfig, obj_dict)) if obj_dict["_type"] == "DDPMConfig" else Flow(
-        from_dict(FlowConfig, obj_dict))
+    objective = (
+        DDPM(from_dict(DDPMConfig, obj_dict))
+        if obj_dict["_type"] == "DDPMConfig"
+        else Flow(from_dict(FlowConfig, obj_dict))
+    )
     device = torch.device(cfg.device)
+    model_cls = _import_class(json.loads((ckpt_dir / "meta.json").read_text()).get("model_class"))
     with torch.device("meta"):
-        model = VDiT(model_cfg)
+        model = model_cls(model_cfg)
     model.to_empty(device=device)
     model.reset_buffers()
     load_weights(model, ckpt_dir / ("ema.safetensors" if cfg.use_ema else "model.safetensors"))
@@ -151,8 +189,17 @@ def sample(cfg: SampleConfig) -> Path:
         labels = None
     n = len(labels) if labels is not None else cfg.num
     shape = (n, model_cfg.num_frames, model_cfg.in_channels, *model_cfg.input_size)
-    videos = generate(model, objective, labels=labels, shape=shape, steps=cfg.steps, cfg_scale=cfg.cfg_scale,
-                      seed=cfg.seed, device=device, precision=cfg.precision)
+    videos = generate(
+        model,
+        objective,
+        labels=labels,
+        shape=shape,
+        steps=cfg.steps,
+        cfg_scale=cfg.cfg_scale,
+        seed=cfg.seed,
+        device=device,
+        precision=cfg.precision,
+    )
     names = None
     if labels is not None:
         names = [str(int(y)) for y in labels]

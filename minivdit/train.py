@@ -1,7 +1,8 @@
 """The training loop: ``TrainConfig``, ``train(cfg)``, ``train_step(...)``, ``main(default)``.
 
 ``train_step`` is the only orchestrator (DESIGN.md §3): it calls each module once, in one direction; the model
-does not know the objective and the objective does not know the model. ``train`` owns the bookkeeping around it:
+does not know the objective and the objective does not know the model. ``train`` owns the bookkeeping around
+it:
 distributed setup, meta-device build → parallelize → init, AdamW with warm-up and (Latte-style delayed)
 gradient clipping, EMA, logging, atomic checkpoints, exact resume, periodic samples.
 
@@ -151,22 +152,37 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.max_steps < 1 or self.grad_accum < 1:
-            raise ValueError(f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}")
+            raise ValueError(
+                f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"
+            )
         if self.vae == "none" and self.model.in_channels != 3:
-            raise ValueError(f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}")
-        if self.vae == "none" and tuple(self.model.input_size) != (self.data.image_size, self.data.image_size):
-            raise ValueError(f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
-                             f"({self.data.image_size}, {self.data.image_size}) when vae='none'")
+            raise ValueError(
+                f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}"
+            )
+        if self.vae == "none" and tuple(self.model.input_size) != (
+            self.data.image_size,
+            self.data.image_size,
+        ):
+            raise ValueError(
+                f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
+                f"({self.data.image_size}, {self.data.image_size}) when vae='none'"
+            )
         if self.model.block_type == "spatiotemporal" and self.model.num_frames != self.data.num_frames:
-            raise ValueError(f"model.num_frames={self.model.num_frames} must equal data.num_frames="
-                             f"{self.data.num_frames} (the temporal position table)")
+            raise ValueError(
+                f"model.num_frames={self.model.num_frames} must equal data.num_frames="
+                f"{self.data.num_frames} (the temporal position table)"
+            )
         if self.model.num_classes not in (0, self.data.num_classes):
-            raise ValueError(f"model.num_classes={self.model.num_classes} must be 0 (unconditional) or "
-                             f"data.num_classes={self.data.num_classes}")
+            raise ValueError(
+                f"model.num_classes={self.model.num_classes} must be 0 (unconditional) or "
+                f"data.num_classes={self.data.num_classes}"
+            )
         pred = build_objective(self.objective).pred_channels(self.model.in_channels)
         if pred != self.model.out_channels:
-            raise ValueError(f"objective needs {pred} output channels but model.learn_sigma={self.model.learn_sigma} "
-                             f"gives {self.model.out_channels}; set --model.learn-sigma to match the objective")
+            raise ValueError(
+                f"objective needs {pred} output channels but model.learn_sigma={self.model.learn_sigma} "
+                f"gives {self.model.out_channels}; set --model.learn-sigma to match the objective"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -185,15 +201,26 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 # ---------------------------------------------------------------------------------------------- the step
 
 
-def train_step(batch: Batch, *, model: torch.nn.Module, objective: DDPM | Flow, num_classes: int,
-               precision: dist.Precision, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+def train_step(
+    batch: Batch,
+    *,
+    model: torch.nn.Module,
+    objective: DDPM | Flow,
+    num_classes: int,
+    precision: dist.Precision,
+    device: torch.device,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """One micro-batch forward: data → objective.corrupt → model → objective.loss. Returns the scalar loss to
     backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
     if num_classes and (batch.label.min() < 0 or batch.label.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
-                         f"got {batch.label.tolist()}")
+        raise ValueError(
+            f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
+            f"got {batch.label.tolist()}"
+        )
     batch = batch.to(device, non_blocking=True)
-    x_data = batch.latents if batch.latents is not None else batch.video  # [B, F, C, H, W]; VAEs: later issues
+    x_data = (
+        batch.latents if batch.latents is not None else batch.video
+    )  # [B, F, C, H, W]; VAEs: later issues
     noised = objective.corrupt(x_data)
     with dist.autocast(device, precision):
         out = model(noised.x_t, noised.t_model, batch.label if num_classes else None)
@@ -206,32 +233,30 @@ def train_step(batch: Batch, *, model: torch.nn.Module, objective: DDPM | Flow, 
 # ---------------------------------------------------------------------------------------------- setup
 
 
-def build_models(cfg: TrainConfig, ctx: dist.DistContext) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Model and EMA: built on ``meta``, parallelised, materialised on the device, initialised identically on
-    every rank (a seeded CPU reference init, loaded shard-wise, so FSDP matches a single process exactly)."""
+def build_models(
+    cfg: TrainConfig, ctx: dist.DistContext, model_cls: type[VDiT] = VDiT
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Model and EMA: built on ``meta``, parallelised, materialised on the device. The weights come from one
+    seeded CPU reference init, loaded shard-wise, so every strategy (none / DDP / FSDP), world size and device
+    starts from bitwise the same model."""
     with torch.device("meta"):
-        model, ema = VDiT(cfg.model), VDiT(cfg.model)
+        model, ema = model_cls(cfg.model), model_cls(cfg.model)
+        reference = model_cls(
+            cfg.model
+        )  # on meta: a CPU constructor's default init would consume the seeded RNG
     model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
     ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
-    sharded = dist.resolve_strategy(cfg.parallel, ctx) == "fsdp"
     torch.manual_seed(cfg.seed)
-    if sharded:
-        dist.materialize(model, ctx.device, init=False)
-        model.reset_buffers()
-        with torch.device("meta"):  # not on CPU: the constructor's default init would consume the seeded RNG
-            reference = VDiT(cfg.model)
-        reference.to_empty(device="cpu")
-        reference.init_weights()
-        set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
-        del reference
-    else:
-        dist.materialize(model, ctx.device)
-    dist.materialize(ema, ctx.device, init=False)
-    ema.reset_buffers()
+    reference.to_empty(device="cpu")
+    reference.init_weights()
+    state = reference.state_dict()
+    for m in (model, ema):
+        dist.materialize(m, ctx.device, init=False)
+        inner = dist.unwrap(m)
+        inner.reset_buffers()
+        set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    del reference, state
     ema.requires_grad_(False).eval()
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), dist.unwrap(model).parameters(), strict=True):
-            dist.local(pe).copy_(dist.local(pm))
     return model, ema
 
 
@@ -259,16 +284,19 @@ def _resume_path(cfg: TrainConfig) -> Path | None:
         return ckpt.latest(cfg.run_dir / "checkpoints")
     path = Path(cfg.resume)
     if not (path / "meta.json").is_file():
-        raise ValueError(f"resume={cfg.resume!r}: no checkpoint there (expected a folder "
-                         f".../checkpoints/step_NNNNNNN with meta.json), or use resume='auto' / None")
+        raise ValueError(
+            f"resume={cfg.resume!r}: no checkpoint there (expected a folder "
+            f".../checkpoints/step_NNNNNNN with meta.json), or use resume='auto' / None"
+        )
     return path
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train to ``cfg.max_steps``; returns the run directory."""
+def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
+    """Train to ``cfg.max_steps``; returns the run directory. ``model_cls`` is the backbone class: a fork of
+    ``VDiT`` (same constructor and forward contract) plugs in here without touching this file."""
     ctx = dist.init()
     run_dir = cfg.run_dir
     if ctx.is_main:
@@ -281,26 +309,37 @@ def train(cfg: TrainConfig) -> Path:
     torch.backends.cuda.matmul.allow_tf32 = True  # as Latte/DiT: TF32 matmuls on Ampere+
     torch.backends.cudnn.allow_tf32 = True
 
-    model, ema = build_models(cfg, ctx)
+    model, ema = build_models(cfg, ctx, model_cls)
     objective = build_objective(cfg.objective)
-    optimizer = torch.optim.AdamW(dist.unwrap(model).parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+    optimizer = torch.optim.AdamW(
+        dist.unwrap(model).parameters(),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+        eps=cfg.optim.eps,
+    )
     loader = build_loader(cfg.data, ctx.rank, ctx.world)
     step = 0
     if resume_from is not None:
-        meta, rank_state = ckpt.load(resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, ctx=ctx)
+        meta, rank_state = ckpt.load(
+            resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, ctx=ctx
+        )
         step = meta["step"]
         loader.load_state_dict(rank_state["data"])
         log.info(f"resumed from {resume_from} at step {step}")
     elif cfg.resume is None and ckpt.latest(run_dir / "checkpoints") is not None:
         log.warning(f"{run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)")
 
-    log.info(f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
-             f"{cfg.model.depth} blocks × {cfg.model.hidden_size}; objective {type(objective).__name__}; "
-             f"world {ctx.world} on {ctx.device.type}; strategy {dist.resolve_strategy(cfg.parallel, ctx)}; "
-             f"precision {cfg.precision}")
+    log.info(
+        f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
+        f"{cfg.model.depth} blocks × {cfg.model.hidden_size}; objective {type(objective).__name__}; "
+        f"world {ctx.world} on {ctx.device.type}; strategy {dist.resolve_strategy(cfg.parallel, ctx)}; "
+        f"precision {cfg.precision}"
+    )
     log.info(f"run dir: {run_dir.resolve()}")
-    logger = MetricLogger(run_dir, is_main=ctx.is_main, max_steps=cfg.max_steps, tensorboard=cfg.log.tensorboard)
+    logger = MetricLogger(
+        run_dir, is_main=ctx.is_main, max_steps=cfg.max_steps, tensorboard=cfg.log.tensorboard
+    )
     samples_per_step = cfg.data.batch_size * ctx.world * cfg.grad_accum
     sums: dict[str, Tensor] = {}
     logged_steps, nonfinite_in_a_row, nonfinite_total = 0, 0, 0
@@ -314,23 +353,34 @@ def train(cfg: TrainConfig) -> Path:
             batch = next(loader)
             torch.manual_seed(micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank))
             with dist.sync_grads(model, enabled=micro == cfg.grad_accum - 1):
-                loss, metrics = train_step(batch, model=model, objective=objective,
-                                           num_classes=cfg.model.num_classes, precision=cfg.precision,
-                                           device=ctx.device)
+                loss, metrics = train_step(
+                    batch,
+                    model=model,
+                    objective=objective,
+                    num_classes=cfg.model.num_classes,
+                    precision=cfg.precision,
+                    device=ctx.device,
+                )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
+        clip = (
+            cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
+        )
         grad_norm = torch.nn.utils.clip_grad_norm_(dist.unwrap(model).parameters(), clip)
         grad_norm = dist.local(grad_norm).float()
         if not torch.isfinite(grad_norm):  # one sync per step; also catches a non-finite loss
             optimizer.zero_grad(set_to_none=True)
             nonfinite_in_a_row += 1
             nonfinite_total += 1
-            log.warning(f"step {step}: non-finite loss/gradient, step skipped ({nonfinite_in_a_row} in a row)")
+            log.warning(
+                f"step {step}: non-finite loss/gradient, step skipped ({nonfinite_in_a_row} in a row)"
+            )
             if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                raise RuntimeError(f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
-                                   f"--optim.lr, enable --optim.grad-clip, or check the data")
+                raise RuntimeError(
+                    f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
+                    f"--optim.lr, enable --optim.grad-clip, or check the data"
+                )
             continue
         nonfinite_in_a_row = 0
         optimizer.step()
@@ -351,9 +401,20 @@ def train(cfg: TrainConfig) -> Path:
             sums, logged_steps = {}, 0
         last = step == cfg.max_steps
         if (cfg.ckpt.every and step % cfg.ckpt.every == 0) or last:
-            path = ckpt.save(run_dir / "checkpoints", step, model=dist.unwrap(model), ema=ema, optimizer=optimizer,
-                             ctx=ctx, rank_state={"data": loader.state_dict()}, meta={"config": to_dict(cfg)},
-                             keep=cfg.ckpt.keep)
+            path = ckpt.save(
+                run_dir / "checkpoints",
+                step,
+                model=dist.unwrap(model),
+                ema=ema,
+                optimizer=optimizer,
+                ctx=ctx,
+                rank_state={"data": loader.state_dict()},
+                meta={
+                    "config": to_dict(cfg),
+                    "model_class": f"{model_cls.__module__}:{model_cls.__qualname__}",
+                },
+                keep=cfg.ckpt.keep,
+            )
             log.info(f"saved checkpoint {path}")
         if cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
             _sample_grid(cfg, ema, objective, ctx, logger, step)
@@ -363,22 +424,32 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _sample_grid(cfg: TrainConfig, ema: torch.nn.Module, objective, ctx: dist.DistContext, logger: MetricLogger,
-                 step: int) -> None:
+def _sample_grid(
+    cfg: TrainConfig, ema: torch.nn.Module, objective, ctx: dist.DistContext, logger: MetricLogger, step: int
+) -> None:
     """Every rank samples (FSDP needs all of them in the forward); rank 0 writes."""
     t0 = time.perf_counter()
     n, k = cfg.sample.num, max(cfg.model.num_classes, 1)
     labels = torch.arange(n) % k if cfg.model.num_classes else None
     shape = (n, cfg.model.num_frames, cfg.model.in_channels, *cfg.model.input_size)
-    videos = generate(ema, objective, labels=labels, shape=shape, steps=cfg.sample.steps,
-                      cfg_scale=cfg.sample.cfg_scale, seed=cfg.sample.seed, device=ctx.device,
-                      precision=cfg.precision)
+    videos = generate(
+        ema,
+        objective,
+        labels=labels,
+        shape=shape,
+        steps=cfg.sample.steps,
+        cfg_scale=cfg.sample.cfg_scale,
+        seed=cfg.sample.seed,
+        device=ctx.device,
+        precision=cfg.precision,
+    )
     if ctx.is_main:
         names = _label_names(cfg, labels)
         out = write_samples(cfg.run_dir / "samples" / f"step_{step:07d}", videos, names)
         logger.video("samples", out["uint8"], step)
         logger.image("samples/contact_sheet", out["contact"], step)
-        log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {time.perf_counter() - t0:.1f}s)")
+        took = time.perf_counter() - t0
+        log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {took:.1f}s)")
 
 
 def _label_names(cfg: TrainConfig, labels: Tensor | None) -> list[str] | None:
@@ -391,14 +462,24 @@ def _label_names(cfg: TrainConfig, labels: Tensor | None) -> list[str] | None:
     return [str(int(y)) for y in labels]
 
 
-def main(default: TrainConfig, args: list[str] | None = None) -> None:
+def main(default: TrainConfig, args: list[str] | None = None, *, model_cls: type[VDiT] = VDiT) -> None:
     """CLI entry of every recipe: ``tyro`` over the recipe's config, then ``train``."""
     cfg = tyro.cli(TrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
     try:
-        train(cfg)
+        train(cfg, model_cls=model_cls)
     finally:
         dist.teardown()
 
 
-__all__ = ["TrainConfig", "OptimConfig", "EMAConfig", "LogConfig", "CkptConfig", "SampleEvalConfig", "train",
-           "train_step", "main", "replace"]
+__all__ = [
+    "TrainConfig",
+    "OptimConfig",
+    "EMAConfig",
+    "LogConfig",
+    "CkptConfig",
+    "SampleEvalConfig",
+    "train",
+    "train_step",
+    "main",
+    "replace",
+]

@@ -14,17 +14,26 @@ from minivdit.train import CkptConfig, EMAConfig, LogConfig, OptimConfig, Sample
 def config() -> TrainConfig:
     return TrainConfig(
         run_name="quickstart_ddpm",
-        model=DiTConfig(depth=8, hidden_size=128, num_heads=4, patch_size=8, in_channels=3, input_size=(32, 32),
-                        num_frames=8, num_classes=8, learn_sigma=True),
+        model=DiTConfig(
+            depth=8,
+            hidden_size=128,
+            num_heads=4,
+            patch_size=4,
+            in_channels=3,
+            input_size=(16, 16),
+            num_frames=8,
+            num_classes=8,
+            learn_sigma=True,
+        ),
         objective=DDPMConfig(learn_sigma=True, sampler="ddpm"),
-        data=DataConfig(num_frames=8, image_size=32, num_classes=8, batch_size=16),
+        data=DataConfig(num_frames=8, image_size=16, num_classes=8, batch_size=16),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, grad_clip=1.0),
         ema=EMAConfig(decay=0.995),
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=500, keep=2),
         sample=SampleEvalConfig(num=8, steps=50, cfg_scale=2.0),
-        max_steps=1200,
-        sample_every=600,
+        max_steps=1600,
+        sample_every=800,
     )
 
 

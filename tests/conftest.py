@@ -18,8 +18,9 @@ from minivdit.objectives.flow import FlowConfig
 from minivdit.train import CkptConfig, EMAConfig, LogConfig, OptimConfig, SampleEvalConfig, TrainConfig
 
 
-def tiny_config(out_dir: Path | str, *, objective: str | DDPMConfig | FlowConfig = "flow",
-                **overrides) -> TrainConfig:
+def tiny_config(
+    out_dir: Path | str, *, objective: str | DDPMConfig | FlowConfig = "flow", **overrides
+) -> TrainConfig:
     """A TrainConfig small enough for a CPU step in milliseconds.
 
     ``objective``: ``"flow"`` (model without learned σ), ``"ddpm"`` (learned σ, MSE + VB), or an objective
@@ -30,8 +31,17 @@ def tiny_config(out_dir: Path | str, *, objective: str | DDPMConfig | FlowConfig
         overrides["objective"] = objective
     ddpm = objective == "ddpm"
     cfg = TrainConfig(
-        model=DiTConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, in_channels=3, input_size=(8, 8),
-                        num_frames=2, num_classes=4, learn_sigma=ddpm),
+        model=DiTConfig(
+            depth=2,
+            hidden_size=32,
+            num_heads=2,
+            patch_size=4,
+            in_channels=3,
+            input_size=(8, 8),
+            num_frames=2,
+            num_classes=4,
+            learn_sigma=ddpm,
+        ),
         objective=DDPMConfig(learn_sigma=True) if ddpm else FlowConfig(),
         data=DataConfig(num_frames=2, image_size=8, num_classes=4, batch_size=2, synthetic_size=64),
         optim=OptimConfig(lr=1e-3),
@@ -72,6 +82,7 @@ def single_thread():
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Callable[..., TrainConfig]:
     """Factory ``tiny_cfg(objective="flow", **overrides) -> TrainConfig`` writing under ``tmp_path/runs``."""
+
     def make(objective="flow", **overrides) -> TrainConfig:
         return tiny_config(tmp_path / "runs", objective=objective, **overrides)
 

@@ -65,11 +65,20 @@ def _torchrun(cfg, tmp: Path, nproc: int = 2) -> None:
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     port = _free_port()
     env.update(OMP_NUM_THREADS="1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(script),
+        str(cfg_file),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (f"torchrun failed ({proc.returncode}):\n"
-                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    assert proc.returncode == 0, (
+        f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    )
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -77,8 +86,15 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def _config(make_tiny_cfg, out: Path, objective: str, grad_accum: int, name: str):
-    return make_tiny_cfg(out, objective=objective, max_steps=STEPS, grad_accum=grad_accum, run_name=name,
-                         ckpt={"every": 2, "keep": 0}, sample_every=0)
+    return make_tiny_cfg(
+        out,
+        objective=objective,
+        max_steps=STEPS,
+        grad_accum=grad_accum,
+        run_name=name,
+        ckpt={"every": 2, "keep": 0},
+        sample_every=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +122,9 @@ def _load_full_state(cfg, path: Path):
 
 
 @pytest.mark.parametrize(("strategy", "objective", "grad_accum"), CASES)
-def test_two_ranks_match_one_process_with_accumulation(make_tiny_cfg, reference, tmp_path, metrics,
-                                                       single_thread, strategy, objective, grad_accum):
+def test_two_ranks_match_one_process_with_accumulation(
+    make_tiny_cfg, reference, tmp_path, metrics, single_thread, strategy, objective, grad_accum
+):
     single_cfg, single_dir = reference(objective, grad_accum)
     cfg = _config(make_tiny_cfg, tmp_path / "runs", objective, grad_accum, strategy)
     cfg = replace(cfg, parallel=ParallelConfig(strategy=strategy))
@@ -151,8 +168,16 @@ def test_two_ranks_match_one_process_with_accumulation(make_tiny_cfg, reference,
             torch.testing.assert_close(state[i][k], ref_state[i][k], rtol=1e-5, atol=1e-9, msg=f"{i}.{k}")
 
     # ... and training continues from it.
-    resumed = train(replace(single_cfg, out_dir=str(tmp_path), run_name="resumed", resume=str(last),
-                            max_steps=STEPS + 2, sample_every=-1))
+    resumed = train(
+        replace(
+            single_cfg,
+            out_dir=str(tmp_path),
+            run_name="resumed",
+            resume=str(last),
+            max_steps=STEPS + 2,
+            sample_every=-1,
+        )
+    )
     rows = metrics(resumed)
     assert [r["step"] for r in rows] == [STEPS + 1, STEPS + 2]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)

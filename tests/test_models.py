@@ -245,8 +245,9 @@ def test_dit_block_is_identity_at_init():
 @pytest.mark.parametrize("learn_sigma", [True, False])
 @pytest.mark.parametrize("input_size", [(8, 8), (8, 12)])
 def test_output_shape_and_zero_at_init(block_type, learn_sigma, input_size):
-    cfg = dataclasses.replace(TINY, block_type=block_type, learn_sigma=learn_sigma, input_size=input_size,
-                              num_classes=5)
+    cfg = dataclasses.replace(
+        TINY, block_type=block_type, learn_sigma=learn_sigma, input_size=input_size, num_classes=5
+    )
     model = _model(cfg)
     x, t, y = _inputs(cfg)
     out = model(x, t, y)
@@ -343,8 +344,12 @@ def test_full3d_rope_positions_matter_and_frames_are_free(monkeypatch):
     torch.testing.assert_close(model(x[:, perm], t).pred, model(x, t).pred[:, perm], atol=1e-5, rtol=1e-5)
 
 
-LATTE_COUNTS = {"V-DiT-S/2": 32_480_672, "V-DiT-B/2": 129_547_040, "V-DiT-L/2": 456_815_648,
-                "V-DiT-XL/2": 673_681_568}
+LATTE_COUNTS = {
+    "V-DiT-S/2": 32_480_672,
+    "V-DiT-B/2": 129_547_040,
+    "V-DiT-L/2": 456_815_648,
+    "V-DiT-XL/2": 673_681_568,
+}
 
 
 @pytest.mark.parametrize("name", sorted(LATTE_COUNTS))
@@ -443,8 +448,19 @@ class _LatteFinal(nn.Module):
 class LatteOracle(nn.Module):
     """Latte ``models/latte.py`` variant 1 (extras 1: unconditional, 2: class-conditional), square frames."""
 
-    def __init__(self, *, input_size: int, patch: int, in_ch: int, dim: int, depth: int, heads: int,
-                 frames: int, num_classes: int, learn_sigma: bool = True):
+    def __init__(
+        self,
+        *,
+        input_size: int,
+        patch: int,
+        in_ch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        frames: int,
+        num_classes: int,
+        learn_sigma: bool = True,
+    ):
         super().__init__()
         self.patch, self.out_channels = patch, 2 * in_ch if learn_sigma else in_ch
         self.x_embedder = nn.Module()
@@ -500,17 +516,34 @@ class LatteOracle(nn.Module):
 
 def _oracle(num_classes: int, seed: int = 0) -> tuple[LatteOracle, DiTConfig]:
     torch.manual_seed(seed)
-    oracle = LatteOracle(input_size=8, patch=2, in_ch=4, dim=64, depth=4, heads=4, frames=3,
-                         num_classes=num_classes)
-    cfg = DiTConfig(depth=4, hidden_size=64, num_heads=4, input_size=(8, 8), num_frames=3,
-                    num_classes=num_classes, learn_sigma=True)
+    oracle = LatteOracle(
+        input_size=8, patch=2, in_ch=4, dim=64, depth=4, heads=4, frames=3, num_classes=num_classes
+    )
+    cfg = DiTConfig(
+        depth=4,
+        hidden_size=64,
+        num_heads=4,
+        input_size=(8, 8),
+        num_frames=3,
+        num_classes=num_classes,
+        learn_sigma=True,
+    )
     return _randomize(oracle, seed).eval(), cfg
 
 
 LATTE_KEYS = {
-    "pos_embed", "temp_embed", "x_embedder.proj.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight",
-    "blocks.3.attn.qkv.weight", "blocks.3.attn.proj.bias", "blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc2.bias",
-    "blocks.3.adaLN_modulation.1.weight", "final_layer.linear.weight", "final_layer.adaLN_modulation.1.bias",
+    "pos_embed",
+    "temp_embed",
+    "x_embedder.proj.weight",
+    "t_embedder.mlp.0.bias",
+    "t_embedder.mlp.2.weight",
+    "blocks.3.attn.qkv.weight",
+    "blocks.3.attn.proj.bias",
+    "blocks.3.mlp.fc1.weight",
+    "blocks.3.mlp.fc2.bias",
+    "blocks.3.adaLN_modulation.1.weight",
+    "final_layer.linear.weight",
+    "final_layer.adaLN_modulation.1.bias",
 }
 
 
@@ -547,8 +580,11 @@ def test_convert_latte_checkpoint_end_to_end(tmp_path, capsys):
     with torch.no_grad():
         ref = oracle(x, t, y)
 
-    for src, flags, expected in [("train.pt", [], ema_sd), ("train.pt", ["--no-ema"], model_sd),
-                                 ("bare.pt", [], ema_sd)]:
+    for src, flags, expected in [
+        ("train.pt", [], ema_sd),
+        ("train.pt", ["--no-ema"], model_sd),
+        ("bare.pt", [], ema_sd),
+    ]:
         out = tmp_path / f"{src}{''.join(flags)}.safetensors"
         convert_weights.main(["latte", str(tmp_path / src), str(out), *flags])
         printed = capsys.readouterr().out
@@ -570,9 +606,16 @@ def test_convert_script_runs(tmp_path):
     oracle, _ = _oracle(num_classes=0)
     torch.save({"ema": oracle.state_dict()}, tmp_path / "ema.pt")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "convert_weights.py"), "latte", str(tmp_path / "ema.pt"),
-         str(tmp_path / "out.safetensors")],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "convert_weights.py"),
+            "latte",
+            str(tmp_path / "ema.pt"),
+            str(tmp_path / "out.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "'ema' weights" in proc.stdout and "learn_sigma=True" in proc.stdout
     assert "blocks.0.attn.qkv.weight" in load_file(str(tmp_path / "out.safetensors"))

@@ -17,8 +17,10 @@ from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.sample import SampleConfig, cfg_denoise_fn, generate, sample
 from minivdit.train import build_models, train
 
-pytestmark = [pytest.mark.usefixtures("single_thread"),
-              pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,11 @@ def _expect_outputs(out, n: int) -> None:
 @pytest.mark.parametrize("kind", ["flow", "ddpm"])
 def test_sample_from_checkpoint(runs, tmp_path, kind):
     step = runs[kind] / "checkpoints" / "step_0000002"
-    out = sample(SampleConfig(ckpt=str(step), out=str(tmp_path / "s"), classes=(0, 3, 1), cfg_scale=3.0,
-                              steps=2, device="cpu"))
+    out = sample(
+        SampleConfig(
+            ckpt=str(step), out=str(tmp_path / "s"), classes=(0, 3, 1), cfg_scale=3.0, steps=2, device="cpu"
+        )
+    )
     assert out == tmp_path / "s"
     _expect_outputs(out, 3)
     with Image.open(out / "grid.gif") as gif:
@@ -70,8 +75,14 @@ def test_sample_from_run_dir_uses_latest_and_ema(runs, tmp_path, monkeypatch):
 
 
 def test_sample_unconditional(runs, tmp_path):
-    _expect_outputs(sample(SampleConfig(ckpt=str(runs["uncond"]), out=str(tmp_path / "u"), num=3, steps=2,
-                                        cfg_scale=4.0, device="cpu")), 3)
+    _expect_outputs(
+        sample(
+            SampleConfig(
+                ckpt=str(runs["uncond"]), out=str(tmp_path / "u"), num=3, steps=2, cfg_scale=4.0, device="cpu"
+            )
+        ),
+        3,
+    )
 
 
 def test_sample_bad_input(runs, tmp_path):
@@ -88,8 +99,23 @@ def test_sample_bad_input(runs, tmp_path):
 
 
 def test_sample_cli_parses():
-    cfg = tyro.cli(SampleConfig, args=["--ckpt", "runs/r", "--out", "o", "--classes", "0", "2",
-                                       "--cfg-scale", "4", "--no-use-ema", "--steps", "10"])
+    cfg = tyro.cli(
+        SampleConfig,
+        args=[
+            "--ckpt",
+            "runs/r",
+            "--out",
+            "o",
+            "--classes",
+            "0",
+            "2",
+            "--cfg-scale",
+            "4",
+            "--no-use-ema",
+            "--steps",
+            "10",
+        ],
+    )
     assert cfg == SampleConfig(ckpt="runs/r", out="o", classes=(0, 2), cfg_scale=4.0, use_ema=False, steps=10)
 
 

@@ -35,8 +35,10 @@ from minivdit.train import (
     update_ema,
 )
 
-pytestmark = [pytest.mark.usefixtures("single_thread"),
-              pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
+]
 
 CPU = torch.device("cpu")
 SOLO = dist.DistContext(rank=0, world=1, local_rank=0, device=CPU)
@@ -123,8 +125,15 @@ def test_exact_resume(tiny_cfg, metrics, objective, grad_accum):
     train(half)
     train(replace(half, max_steps=2 * n, resume="auto"))
     # An explicit checkpoint path, resumed into another run directory.
-    explicit = train(tiny_cfg(objective, run_name="explicit", max_steps=2 * n, grad_accum=grad_accum,
-                              resume=str(half.run_dir / "checkpoints" / f"step_{n:07d}")))
+    explicit = train(
+        tiny_cfg(
+            objective,
+            run_name="explicit",
+            max_steps=2 * n,
+            grad_accum=grad_accum,
+            resume=str(half.run_dir / "checkpoints" / f"step_{n:07d}"),
+        )
+    )
 
     ref = {r["step"]: r["loss"] for r in metrics(full)}
     assert sorted(ref) == list(range(1, 2 * n + 1))
@@ -155,8 +164,9 @@ def test_loss_decreases_on_a_repeated_batch(tiny_cfg):
     losses = []
     for _ in range(30):
         torch.manual_seed(0)
-        loss, _ = train_step(batch, model=model, objective=objective, num_classes=4, precision="fp32",
-                             device=CPU)
+        loss, _ = train_step(
+            batch, model=model, objective=objective, num_classes=4, precision="fp32", device=CPU
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -296,8 +306,14 @@ def test_train_step_rejects_out_of_range_labels(tiny_cfg):
     video = torch.zeros(2, 2, 3, 8, 8)
     for bad in ([0, 4], [-1, 0]):
         with pytest.raises(ValueError, match=r"labels must be in \[0, 4\).*got " + re.escape(str(bad))):
-            train_step(Batch(video=video, label=torch.tensor(bad)), model=model,
-                       objective=build_objective(cfg.objective), num_classes=4, precision="fp32", device=CPU)
+            train_step(
+                Batch(video=video, label=torch.tensor(bad)),
+                model=model,
+                objective=build_objective(cfg.objective),
+                num_classes=4,
+                precision="fp32",
+                device=CPU,
+            )
 
 
 def test_missing_resume_path(tiny_cfg, tmp_path):
@@ -349,7 +365,7 @@ def test_config_json_roundtrip_keeps_objective_class(tiny_cfg):
 
 def _parse(monkeypatch, default: TrainConfig, args: list[str]) -> TrainConfig:
     got = []
-    monkeypatch.setattr(train_mod, "train", got.append)
+    monkeypatch.setattr(train_mod, "train", lambda cfg, **kw: got.append(cfg))
     main(default, args=args)
     assert len(got) == 1
     return got[0]
@@ -357,8 +373,22 @@ def _parse(monkeypatch, default: TrainConfig, args: list[str]) -> TrainConfig:
 
 def test_main_parses_cli_overrides(tiny_cfg, monkeypatch):
     default = tiny_cfg()
-    cfg = _parse(monkeypatch, default, ["--objective.shift", "3", "--optim.lr", "2e-4", "--max-steps", "7",
-                                        "--model.depth", "4", "--log.every", "5"])
+    cfg = _parse(
+        monkeypatch,
+        default,
+        [
+            "--objective.shift",
+            "3",
+            "--optim.lr",
+            "2e-4",
+            "--max-steps",
+            "7",
+            "--model.depth",
+            "4",
+            "--log.every",
+            "5",
+        ],
+    )
     assert isinstance(cfg.objective, FlowConfig) and cfg.objective.shift == 3.0
     assert cfg.optim.lr == 2e-4 and cfg.max_steps == 7 and cfg.model.depth == 4 and cfg.log.every == 5
     assert cfg.model.hidden_size == default.model.hidden_size and cfg.data == default.data  # the rest kept

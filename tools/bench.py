@@ -26,8 +26,11 @@ from minivdit.models import blocks
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
 
 # Dense peak TFLOP/s per device for MFU (bf16 / tf32 tensor cores, no sparsity).
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 494.0}, "H200": {"bf16": 989.0, "fp32": 494.0},
-               "A100": {"bf16": 312.0, "fp32": 156.0}}
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp32": 494.0},
+    "H200": {"bf16": 989.0, "fp32": 494.0},
+    "A100": {"bf16": 312.0, "fp32": 156.0},
+}
 
 
 def _peak(device: torch.device, precision: str) -> float | None:
@@ -44,10 +47,13 @@ def _peak(device: torch.device, precision: str) -> float | None:
 
 
 def _latte_block_forward(self: blocks.DiTBlock, x, c, rope=None):
-    """Latte's TransformerBlock: c is repeated to one row per sequence first, then the adaLN Linear runs on every
+    """Latte's TransformerBlock: c is repeated to one row per sequence first, then the adaLN Linear runs on
+    every
     copy; attention is explicit softmax(QK^T)V ("math", Latte's default mode)."""
     c = c.repeat_interleave(x.shape[0] // c.shape[0], dim=0)  # [S, D]
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(6, -1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        self.adaLN_modulation(c).unsqueeze(1).chunk(6, -1)
+    )
     h = blocks.modulate(self.norm1(x), shift_msa, scale_msa)
     q, k, v = rearrange(self.attn.qkv(h), "s l (three h d) -> three s h l d", three=3, h=self.attn.num_heads)
     attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
@@ -100,8 +106,13 @@ def _time_steps(model, opt, x, t, y, precision: str, device: torch.device, warmu
 
 def bench_train(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    base = replace(preset(args.preset), num_frames=args.frames, input_size=(args.size, args.size),
-                   in_channels=args.channels, num_classes=args.num_classes)
+    base = replace(
+        preset(args.preset),
+        num_frames=args.frames,
+        input_size=(args.size, args.size),
+        in_channels=args.channels,
+        num_classes=args.num_classes,
+    )
     cases = [(b, p, False) for b in args.backends for p in args.precisions]
     if args.reference:
         cases += [("math", p, True) for p in args.precisions]
@@ -132,11 +143,21 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         tokens = B * args.frames * cfg.grid[0] * cfg.grid[1]
         flops = 3 * flops_per_sample(cfg, args.frames) * B
         row = {
-            "bench": "train", "preset": args.preset, "impl": "latte-reference" if is_ref else "minivdit",
-            "backend": backend, "precision": precision, "device": torch.cuda.get_device_name(device)
-            if device.type == "cuda" else "cpu", "frames": args.frames, "size": args.size, "batch": B,
-            "params_M": round(num_params(model) / 1e6, 2), "step_s": round(dt, 4), "samples_s": round(B / dt, 3),
-            "tokens_s": round(tokens / dt, 1), "flops_per_step": flops, "achieved_tflops": round(flops / dt / 1e12, 3),
+            "bench": "train",
+            "preset": args.preset,
+            "impl": "latte-reference" if is_ref else "minivdit",
+            "backend": backend,
+            "precision": precision,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "frames": args.frames,
+            "size": args.size,
+            "batch": B,
+            "params_M": round(num_params(model) / 1e6, 2),
+            "step_s": round(dt, 4),
+            "samples_s": round(B / dt, 3),
+            "tokens_s": round(tokens / dt, 1),
+            "flops_per_step": flops,
+            "achieved_tflops": round(flops / dt / 1e12, 3),
         }
         peak = _peak(device, precision)
         if peak:

@@ -178,8 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("format", choices=["latte"], help="source checkpoint format")
     parser.add_argument("src", type=Path, help="checkpoint to read (.pt)")
     parser.add_argument("out", type=Path, help="safetensors file to write")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="use the EMA weights when the checkpoint has them (default: yes)")
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the EMA weights when the checkpoint has them (default: yes)",
+    )
     args = parser.parse_args(argv)
     convert_latte(args.src, args.out, ema=args.ema)
 

@@ -10,7 +10,8 @@ integers, ``(epoch, batch_in_epoch)``:
 
 - epoch ``e`` shuffles ``range(len(dataset))`` with a ``torch.Generator`` seeded from ``(seed, e)``;
 - the epoch is cut into consecutive global batches of ``W × batch_size`` indices, and rank ``r`` takes block
-  ``r`` of each: its k-th batch is ``perm[(k·W + r)·b : (k·W + r + 1)·b]``. No index is seen twice in an epoch,
+  ``r`` of each: its k-th batch is ``perm[(k·W + r)·b : (k·W + r + 1)·b]``. No index is seen twice in an
+  epoch,
   all ranks run the same number of steps, and the k-th global batch is the same set of clips for any split of
   ``W × grad_accum``: one process accumulating 2 micro-batches sees what 2 ranks see in one step;
 - each index comes with ``sample_seed = f(seed, e, index)`` (independent of rank and world), which seeds the

@@ -1,10 +1,12 @@
 """One attention entry point with interchangeable kernels.
 
-``attention(q, k, v, backend=...)`` takes and returns ``[B, H, L, Dh]`` (heads before length, as SDPA). Backends:
+``attention(q, k, v, backend=...)`` takes and returns ``[B, H, L, Dh]`` (heads before length, as SDPA).
+Backends:
 
 - ``"sdpa"`` (default): ``torch.nn.functional.scaled_dot_product_attention``; PyTorch picks flash / cuDNN /
   memory-efficient / math itself, so on an H100 this is already a fused kernel.
-- ``"flash"``: the flash-attn package (FA3 ``flash_attn_interface`` if present, else FA2 ``flash_attn``); needs
+- ``"flash"``: the flash-attn package (FA3 ``flash_attn_interface`` if present, else FA2 ``flash_attn``);
+  needs
   CUDA and fp16/bf16 inputs. Layout ``[B, L, H, Dh]`` on its side, so we transpose.
 - ``"xformers"``: ``xformers.ops.memory_efficient_attention`` (also ``[B, L, H, Dh]``).
 

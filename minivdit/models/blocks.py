@@ -40,7 +40,8 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def sincos_1d(dim: int, pos: Tensor) -> Tensor:
-    """[len(pos), dim] fp64 table: sin of the first half of the frequencies ‖ cos (MAE ``get_1d_sincos_pos_embed``)."""
+    """[len(pos), dim] fp64 table: sin of the first half of the frequencies ‖ cos (MAE
+    ``get_1d_sincos_pos_embed``)."""
     if dim % 2:
         raise ValueError(f"sin-cos embedding width must be even, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
@@ -53,8 +54,9 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
     the second h, as MAE (whose ``np.meshgrid(grid_w, grid_h)`` puts the w coordinate first)."""
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding width must be divisible by 4, got {dim}")
-    hh, ww = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
-                            indexing="ij")
+    hh, ww = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
     return torch.cat([sincos_1d(dim // 2, ww), sincos_1d(dim // 2, hh)], dim=1)
 
 
@@ -168,7 +170,9 @@ class TimestepEmbedder(nn.Module):
     def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
         """[B] -> [B, dim] in fp32 (DiT's layout: cos first, then sin)."""
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
         args = t.float()[:, None] * freqs[None]  # [B, dim/2]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return F.pad(emb, (0, dim % 2))
@@ -208,10 +212,18 @@ def _per_sequence(mod: Tensor, num_seq: int) -> Tensor:
 
 
 class DiTBlock(nn.Module):
-    """A DiT block with adaptive layer norm zero (adaLN-Zero) conditioning (DiT §3.2; Latte TransformerBlock)."""
+    """A DiT block with adaptive layer norm zero (adaLN-Zero) conditioning (DiT §3.2; Latte
+    TransformerBlock)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, qk_norm: bool = False,
-                 backend: Backend = "sdpa"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        qk_norm: bool = False,
+        backend: Backend = "sdpa",
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm, backend=backend)

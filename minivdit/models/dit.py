@@ -13,7 +13,8 @@ Reference: Latte (Ma et al., 2024; Vchitect/Latte ``models/latte.py`` @ b27c24a)
 
 Indexing rule for ``tap`` (DESIGN.md §2): ``tap=k`` returns the output of ``blocks[k-1]`` ("block k",
 1-indexed as REPA's ``encoder_depth``); spatial and temporal blocks count separately, as in Latte's flat
-``blocks`` list, so for the spatiotemporal layout odd k is after a spatial block and even k after a temporal one.
+``blocks`` list, so for the spatiotemporal layout odd k is after a spatial block and even k after a temporal
+one.
 
 Notable deviations from Latte:
 - the sin-cos tables are non-persistent buffers rebuilt by ``init_weights()`` (Latte: frozen Parameters, which
@@ -54,9 +55,11 @@ class DiTConfig:
     """Architecture of a V-DiT. Presets in ``PRESETS``; recipes ``dataclasses.replace`` them."""
 
     block_type: Literal["spatiotemporal", "full3d"] = "spatiotemporal"
-    """Latte variant 1 (alternating spatial / temporal blocks) or joint attention over all F·N tokens (3-D RoPE)."""
+    """Latte variant 1 (alternating spatial / temporal blocks) or joint attention over all F·N tokens (3-D
+    RoPE)."""
     depth: int = 28
-    """Number of blocks. Spatiotemporal: spatial and temporal blocks count separately (Latte-XL: 28 = 14 + 14)."""
+    """Number of blocks. Spatiotemporal: spatial and temporal blocks count separately (Latte-XL: 28 = 14 +
+    14)."""
     hidden_size: int = 1152
     """Token width D."""
     num_heads: int = 16
@@ -76,18 +79,22 @@ class DiTConfig:
     class_dropout_prob: float = 0.1
     """Probability of replacing a label by the null class in training (CFG; Latte/DiT: 0.1)."""
     learn_sigma: bool = True
-    """Output 2·C channels (ε and the learned-variance interpolation v), as Latte; must match the objective."""
+    """Output 2·C channels (ε and the learned-variance interpolation v), as Latte; must match the
+    objective."""
     qk_norm: bool = False
     """RMS-normalise queries and keys per head (off in Latte)."""
     attn_backend: Backend = "sdpa"
-    """Attention kernel: ``sdpa`` | ``flash`` (flash-attn) | ``xformers``; unavailable ones fall back to SDPA."""
+    """Attention kernel: ``sdpa`` | ``flash`` (flash-attn) | ``xformers``; unavailable ones fall back to
+    SDPA."""
     rope_theta: float = 10000.0
     """RoPE base (full3d only)."""
     repvideo_gate: Literal["off", "raw", "sigmoid"] = "off"
-    """RepVideo feature-cache gate: ``raw`` is the released scalar per layer (init 0.5), ``sigmoid`` keeps it in
+    """RepVideo feature-cache gate: ``raw`` is the released scalar per layer (init 0.5), ``sigmoid`` keeps
+    it in
     (0, 1)."""
     repvideo_window: Literal["cumulative", "fixed"] = "cumulative"
-    """RepVideo cache: cumulative mean reset every ``repvideo_group`` layers (released) or a sliding window."""
+    """RepVideo cache: cumulative mean reset every ``repvideo_group`` layers (released) or a sliding
+    window."""
     repvideo_group: int = 6
     """RepVideo group / window size in layers."""
 
@@ -95,9 +102,13 @@ class DiTConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.block_type == "spatiotemporal" and self.depth % 2:
-            raise ValueError(f"spatiotemporal depth must be even (spatial + temporal pairs), got {self.depth}")
+            raise ValueError(
+                f"spatiotemporal depth must be even (spatial + temporal pairs), got {self.depth}"
+            )
         if self.block_type == "spatiotemporal" and self.hidden_size % 4:
-            raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos table, got {self.hidden_size}")
+            raise ValueError(
+                f"hidden_size must be divisible by 4 for the 2-D sin-cos table, got {self.hidden_size}"
+            )
         h, w = self.input_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
@@ -144,15 +155,20 @@ class VDiT(nn.Module):
         D = cfg.hidden_size
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
         self.t_embedder = TimestepEmbedder(D)
-        self.y_embedder = LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+        self.y_embedder = (
+            LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+        )
         self.blocks = nn.ModuleList(
             DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm, backend=cfg.attn_backend)
             for _ in range(cfg.depth)
         )
         self.final_layer = FinalLayer(D, cfg.patch_size, cfg.out_channels)
         self.repvideo = (
-            RepVideoGate(cfg.depth, group=cfg.repvideo_group, param=cfg.repvideo_gate, window=cfg.repvideo_window)
-            if cfg.repvideo_gate != "off" else None
+            RepVideoGate(
+                cfg.depth, group=cfg.repvideo_group, param=cfg.repvideo_gate, window=cfg.repvideo_window
+            )
+            if cfg.repvideo_gate != "off"
+            else None
         )
         N = cfg.grid[0] * cfg.grid[1]
         # Frozen position tables are derived data: non-persistent, rebuilt in init_weights() (meta-safe).
@@ -163,8 +179,8 @@ class VDiT(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Latte/DiT init; works after ``to_empty()`` on a meta-built model. A fresh model outputs exactly 0."""
-        cfg = self.cfg
+        """Latte/DiT init; works after ``to_empty()`` on a meta-built model. A fresh model outputs exactly
+        0."""
 
         def _basic(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
@@ -214,7 +230,9 @@ class VDiT(nn.Module):
         if t_model.shape != (B,):
             raise ValueError(f"t_model must be [B]=[{B}], got shape {tuple(t_model.shape)}")
         if (y is None) != (self.y_embedder is None):
-            raise ValueError(f"y must be given iff num_classes > 0 (num_classes={cfg.num_classes}, y={y is not None})")
+            raise ValueError(
+                f"y must be given iff num_classes > 0 (num_classes={cfg.num_classes}, y={y is not None})"
+            )
         if y is not None and y.shape != (B,):
             raise ValueError(f"y must be [B]=[{B}] integer labels, got shape {tuple(y.shape)}")
         if tap is not None and not 1 <= tap <= cfg.depth:
@@ -232,7 +250,9 @@ class VDiT(nn.Module):
         seq = rearrange(x, "b f n d -> (b n) f d")  # temporal: attention across frames at each patch position
         return rearrange(self.blocks[i](seq, c), "(b n) f d -> b f n d", b=B)
 
-    def forward(self, x_t: Tensor, t_model: Tensor, y: Tensor | None = None, *, tap: int | None = None) -> DiTOutput:
+    def forward(
+        self, x_t: Tensor, t_model: Tensor, y: Tensor | None = None, *, tap: int | None = None
+    ) -> DiTOutput:
         self._check(x_t, t_model, y, tap)
         cfg = self.cfg
         B, F, _, H, W = x_t.shape

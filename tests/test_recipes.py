@@ -1,0 +1,48 @@
+"""Every recipe builds its config, parses with no flags and with an override, and prints --help.
+
+Run: ``python -m pytest tests/test_recipes.py``.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tyro
+
+from minivdit.train import TrainConfig
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.py"))
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(default: TrainConfig, args: list[str]) -> TrainConfig:
+    return tyro.cli(TrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
+
+
+def test_recipes_exist():
+    assert {"quickstart", "quickstart_ddpm"} <= {p.stem for p in RECIPES}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_parses_and_overrides(path):
+    default = load(path).config()
+    assert isinstance(default, TrainConfig)
+    assert parse(default, []) == default
+    changed = parse(default, ["--optim.lr", "3e-4", "--model.depth", "4", "--max-steps", "7"])
+    assert (changed.optim.lr, changed.model.depth, changed.max_steps) == (3e-4, 4, 7)
+    assert type(changed.objective) is type(default.objective)  # the recipe's objective class is kept
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_help(path):
+    out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--optim.lr" in out.stdout and "--objective." in out.stdout
