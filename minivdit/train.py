@@ -326,6 +326,12 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         )
         step = meta["step"]
         loader.load_state_dict(rank_state["data"])
+        if meta.get("world", ctx.world) != ctx.world:
+            log.warning(
+                f"resuming a {meta['world']}-rank checkpoint on {ctx.world} ranks: weights, EMA and "
+                f"optimizer state are exact, but the data order restarts from each rank's saved "
+                f"position (clips of this epoch may repeat or be skipped)"
+            )
         log.info(f"resumed from {resume_from} at step {step}")
     elif cfg.resume is None and ckpt.latest(run_dir / "checkpoints") is not None:
         log.warning(f"{run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)")

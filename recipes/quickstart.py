@@ -8,8 +8,9 @@ compare the colour, shape and motion with the row's label).
 
 Why patch 4 at 16x16 rather than patch 8 at 32x32 (same cost): a velocity (or ε) target carries the noise, so
 each token's output must reproduce its p·p·3 noise values; with p = 8 that is 192 values through a width-128
-token, a rank bottleneck that leaves visible noise in the samples (the observation behind pixel-space x-prediction
-in "Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025). p = 4 gives 48 values per token.
+token, a rank bottleneck that leaves visible noise in the samples (the observation behind pixel-space
+x-prediction in "Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025). p = 4 gives 48
+values per token.
 
     python recipes/quickstart.py                        # defaults below
     python recipes/quickstart.py --max-steps 500 --optim.lr 3e-4
