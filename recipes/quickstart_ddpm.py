@@ -31,9 +31,9 @@ def config() -> TrainConfig:
         ema=EMAConfig(decay=0.995),
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=500, keep=2),
-        sample=SampleEvalConfig(num=8, steps=50, cfg_scale=2.0),
-        max_steps=1600,
-        sample_every=800,
+        sample=SampleEvalConfig(num=8, steps=50, cfg_scale=3.0),
+        max_steps=1500,
+        sample_every=0,
     )
 
 
