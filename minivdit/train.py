@@ -2,8 +2,7 @@
 
 ``train_step`` is the only orchestrator (DESIGN.md §3): it calls each module once, in one direction; the model
 does not know the objective and the objective does not know the model. ``train`` owns the bookkeeping around
-it:
-distributed setup, meta-device build → parallelize → init, AdamW with warm-up and (Latte-style delayed)
+it: distributed setup, meta-device build → parallelize → init, AdamW with warm-up and (Latte-style delayed)
 gradient clipping, EMA, logging, atomic checkpoints, exact resume, periodic samples.
 
 Randomness. Every micro-batch reseeds the global torch RNG from ``(seed, step, micro·world + rank)``: the
@@ -218,9 +217,8 @@ def train_step(
             f"got {batch.label.tolist()}"
         )
     batch = batch.to(device, non_blocking=True)
-    x_data = (
-        batch.latents if batch.latents is not None else batch.video
-    )  # [B, F, C, H, W]; VAEs: later issues
+    # Pixels, or latents cached by a VAE (the VAE and teacher calls arrive with their issues).
+    x_data = batch.latents if batch.latents is not None else batch.video  # [B, F, C, H, W]
     noised = objective.corrupt(x_data)
     with dist.autocast(device, precision):
         out = model(noised.x_t, noised.t_model, batch.label if num_classes else None)
@@ -241,9 +239,8 @@ def build_models(
     starts from bitwise the same model."""
     with torch.device("meta"):
         model, ema = model_cls(cfg.model), model_cls(cfg.model)
-        reference = model_cls(
-            cfg.model
-        )  # on meta: a CPU constructor's default init would consume the seeded RNG
+        # The reference too: a CPU constructor's default init would consume the seeded RNG.
+        reference = model_cls(cfg.model)
     model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
     ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
     torch.manual_seed(cfg.seed)

@@ -13,8 +13,7 @@ Reference: Latte (Ma et al., 2024; Vchitect/Latte ``models/latte.py`` @ b27c24a)
 
 Indexing rule for ``tap`` (DESIGN.md §2): ``tap=k`` returns the output of ``blocks[k-1]`` ("block k",
 1-indexed as REPA's ``encoder_depth``); spatial and temporal blocks count separately, as in Latte's flat
-``blocks`` list, so for the spatiotemporal layout odd k is after a spatial block and even k after a temporal
-one.
+``blocks`` list: in the spatiotemporal layout odd k is after a spatial block, even k after a temporal one.
 
 Notable deviations from Latte:
 - the sin-cos tables are non-persistent buffers rebuilt by ``init_weights()`` (Latte: frozen Parameters, which
@@ -55,11 +54,9 @@ class DiTConfig:
     """Architecture of a V-DiT. Presets in ``PRESETS``; recipes ``dataclasses.replace`` them."""
 
     block_type: Literal["spatiotemporal", "full3d"] = "spatiotemporal"
-    """Latte variant 1 (alternating spatial / temporal blocks) or joint attention over all F·N tokens (3-D
-    RoPE)."""
+    """Latte variant 1 (alternating spatial/temporal blocks) or joint attention over all F·N tokens (RoPE)."""
     depth: int = 28
-    """Number of blocks. Spatiotemporal: spatial and temporal blocks count separately (Latte-XL: 28 = 14 +
-    14)."""
+    """Number of blocks; spatial and temporal blocks count separately (Latte-XL: 28 = 14 + 14)."""
     hidden_size: int = 1152
     """Token width D."""
     num_heads: int = 16
@@ -79,22 +76,18 @@ class DiTConfig:
     class_dropout_prob: float = 0.1
     """Probability of replacing a label by the null class in training (CFG; Latte/DiT: 0.1)."""
     learn_sigma: bool = True
-    """Output 2·C channels (ε and the learned-variance interpolation v), as Latte; must match the
-    objective."""
+    """Output 2·C channels (ε and the learned variance v), as Latte; must match the objective."""
     qk_norm: bool = False
     """RMS-normalise queries and keys per head (off in Latte)."""
     attn_backend: Backend = "sdpa"
-    """Attention kernel: ``sdpa`` | ``flash`` (flash-attn) | ``xformers``; unavailable ones fall back to
-    SDPA."""
+    """Attention kernel: ``sdpa`` | ``flash`` | ``xformers``; an unavailable one falls back to SDPA."""
     rope_theta: float = 10000.0
     """RoPE base (full3d only)."""
     repvideo_gate: Literal["off", "raw", "sigmoid"] = "off"
-    """RepVideo feature-cache gate: ``raw`` is the released scalar per layer (init 0.5), ``sigmoid`` keeps
-    it in
-    (0, 1)."""
+    """RepVideo feature-cache gate: ``raw`` = the released scalar per layer (init 0.5); ``sigmoid`` keeps it
+    in (0, 1)."""
     repvideo_window: Literal["cumulative", "fixed"] = "cumulative"
-    """RepVideo cache: cumulative mean reset every ``repvideo_group`` layers (released) or a sliding
-    window."""
+    """RepVideo cache: cumulative mean reset every ``repvideo_group`` layers (released) or sliding window."""
     repvideo_group: int = 6
     """RepVideo group / window size in layers."""
 
@@ -179,8 +172,7 @@ class VDiT(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Latte/DiT init; works after ``to_empty()`` on a meta-built model. A fresh model outputs exactly
-        0."""
+        """Latte/DiT init; works after ``to_empty()`` on a meta-built model. A fresh model outputs 0."""
 
         def _basic(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
