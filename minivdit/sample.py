@@ -30,6 +30,7 @@ from minivdit import media
 from minivdit.config import from_dict
 from minivdit.dist import Precision, autocast
 from minivdit.models.dit import DiTConfig, VDiT
+from minivdit.models.vae import VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
 
@@ -96,6 +97,15 @@ def generate(
     out = objective.sample(fn, noise, steps, generator=gen)
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def decode_latents(
+    vae: torch.nn.Module, latents: Tensor, device: torch.device, precision: Precision
+) -> Tensor:
+    """Latents ``[B, F', C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1] through the run's VAE."""
+    with autocast(device, precision):
+        return vae.decode(latents).float().clamp(-1, 1)
 
 
 def write_samples(out_dir: Path, videos: Tensor, names: list[str] | None = None, fps: int = 8) -> dict:
@@ -200,6 +210,10 @@ def sample(cfg: SampleConfig) -> Path:
         device=device,
         precision=cfg.precision,
     )
+    vae_dict = run_cfg.get("vae")
+    vae = build_vae(from_dict(VAEConfig, vae_dict)) if isinstance(vae_dict, dict) else None
+    if vae is not None:
+        videos = decode_latents(vae.to(device), videos, device, cfg.precision)
     names = None
     if labels is not None:
         names = [str(int(y)) for y in labels]

@@ -25,7 +25,6 @@ import resource
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -38,9 +37,10 @@ from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models.dit import DiTConfig, VDiT, num_params
+from minivdit.models.vae import VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
-from minivdit.sample import generate, write_samples
+from minivdit.sample import decode_latents, generate, write_samples
 
 log = logging.getLogger("minivdit")
 MAX_NONFINITE_IN_A_ROW = 10
@@ -130,8 +130,9 @@ class TrainConfig:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     parallel: dist.ParallelConfig = field(default_factory=dist.ParallelConfig)
     sample: SampleEvalConfig = field(default_factory=SampleEvalConfig)
-    vae: Literal["none"] = "none"
-    """Autoencoder between pixels and the DiT: "none" trains in pixel space (model.in_channels = 3)."""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """Autoencoder between pixels and the DiT (``--vae.kind causal3d --vae.path DIR``); kind "none" trains in
+    pixel space (model.in_channels = 3)."""
     out_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: str = "run"
@@ -154,11 +155,11 @@ class TrainConfig:
             raise ValueError(
                 f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"
             )
-        if self.vae == "none" and self.model.in_channels != 3:
+        if self.vae.kind == "none" and self.model.in_channels != 3:
             raise ValueError(
                 f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}"
             )
-        if self.vae == "none" and tuple(self.model.input_size) != (
+        if self.vae.kind == "none" and tuple(self.model.input_size) != (
             self.data.image_size,
             self.data.image_size,
         ):
@@ -166,7 +167,12 @@ class TrainConfig:
                 f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
                 f"({self.data.image_size}, {self.data.image_size}) when vae='none'"
             )
-        if self.model.block_type == "spatiotemporal" and self.model.num_frames != self.data.num_frames:
+        pixel_frames = self.vae.kind == "none"
+        if (
+            pixel_frames
+            and self.model.block_type == "spatiotemporal"
+            and self.model.num_frames != self.data.num_frames
+        ):
             raise ValueError(
                 f"model.num_frames={self.model.num_frames} must equal data.num_frames="
                 f"{self.data.num_frames} (the temporal position table)"
@@ -186,6 +192,30 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name
+
+
+def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
+    """The DiT must be built for the VAE's latents of the configured clips; say which flags fix it if not."""
+    s = vae.spatial_compression
+    if cfg.data.image_size % s:
+        raise ValueError(
+            f"data.image_size={cfg.data.image_size} is not divisible by the VAE's {s}x compression"
+        )
+    want = {
+        "in-channels": (cfg.model.in_channels, vae.latent_channels),
+        "input-size": (tuple(cfg.model.input_size), (cfg.data.image_size // s,) * 2),
+    }
+    if cfg.model.block_type == "spatiotemporal":
+        want["num-frames"] = (cfg.model.num_frames, vae.latent_frames(cfg.data.num_frames))
+    bad = {k: v for k, (have, v) in want.items() if have != v}
+    if bad:
+        flags = " ".join(
+            f"--model.{k} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in bad.items()
+        )
+        raise ValueError(
+            f"the model does not match the {cfg.vae.kind} VAE's latents of {cfg.data.num_frames} frames at "
+            f"{cfg.data.image_size}px: have { ({k: want[k][0] for k in bad}) }; use {flags}"
+        )
 
 
 def build_objective(cfg: DDPMConfig | FlowConfig) -> DDPM | Flow:
@@ -208,17 +238,24 @@ def train_step(
     num_classes: int,
     precision: dist.Precision,
     device: torch.device,
+    vae: torch.nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch forward: data → objective.corrupt → model → objective.loss. Returns the scalar loss to
-    backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
+    """One micro-batch forward: data → (frozen VAE) → objective.corrupt → model → objective.loss. Returns
+    the scalar loss to backpropagate and detached metrics (device tensors; reduced across ranks only at log
+    time)."""
     if num_classes and (batch.label.min() < 0 or batch.label.max() >= num_classes):
         raise ValueError(
             f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
             f"got {batch.label.tolist()}"
         )
     batch = batch.to(device, non_blocking=True)
-    # Pixels, or latents cached by a VAE (the VAE and teacher calls arrive with their issues).
-    x_data = batch.latents if batch.latents is not None else batch.video  # [B, F, C, H, W]
+    if batch.latents is not None:  # cached by tools/cache_latents.py: the VAE is skipped
+        x_data = batch.latents  # [B, F', C, h, w]
+    elif vae is not None:
+        with torch.no_grad(), dist.autocast(device, precision):
+            x_data = vae.encode(batch.video).float()  # [B, F', C, h, w], scaled by the VAE
+    else:
+        x_data = batch.video  # pixel space: [B, F, 3, H, W]
     noised = objective.corrupt(x_data)
     with dist.autocast(device, precision):
         out = model(noised.x_t, noised.t_model, batch.label if num_classes else None)
@@ -306,6 +343,10 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
     torch.backends.cuda.matmul.allow_tf32 = True  # as Latte/DiT: TF32 matmuls on Ampere+
     torch.backends.cudnn.allow_tf32 = True
 
+    vae = build_vae(cfg.vae)
+    if vae is not None:
+        vae = vae.to(ctx.device)
+        check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
     objective = build_objective(cfg.objective)
     optimizer = torch.optim.AdamW(
@@ -363,6 +404,7 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                     num_classes=cfg.model.num_classes,
                     precision=cfg.precision,
                     device=ctx.device,
+                    vae=vae,
                 )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():
@@ -420,7 +462,7 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
             )
             log.info(f"saved checkpoint {path}")
         if cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
-            _sample_grid(cfg, ema, objective, ctx, logger, step)
+            _sample_grid(cfg, ema, objective, vae, ctx, logger, step)
             model.train()
     logger.close()
     dist.barrier()
@@ -428,7 +470,13 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
 
 
 def _sample_grid(
-    cfg: TrainConfig, ema: torch.nn.Module, objective, ctx: dist.DistContext, logger: MetricLogger, step: int
+    cfg: TrainConfig,
+    ema: torch.nn.Module,
+    objective,
+    vae: torch.nn.Module | None,
+    ctx: dist.DistContext,
+    logger: MetricLogger,
+    step: int,
 ) -> None:
     """Every rank samples (FSDP needs all of them in the forward); rank 0 writes."""
     t0 = time.perf_counter()
@@ -446,6 +494,8 @@ def _sample_grid(
         device=ctx.device,
         precision=cfg.precision,
     )
+    if vae is not None:
+        videos = decode_latents(vae, videos, ctx.device, cfg.precision)
     if ctx.is_main:
         names = _label_names(cfg, labels)
         out = write_samples(cfg.run_dir / "samples" / f"step_{step:07d}", videos, names)

@@ -14,3 +14,51 @@ Every VAE here is an ``nn.Module`` with:
 
 Frozen VAEs run under ``no_grad`` in ``train_step``; cached latents (``Batch.latents``) bypass ``encode``.
 """
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig:
+    """Which autoencoder sits between pixels and the DiT, and where its weights are."""
+
+    kind: Literal["none", "sd", "causal3d", "cogvideox"] = "none"
+    """"none": pixel space; "sd": the per-frame SD v1.x VAE (Latte/Align4Gen); "causal3d": minivdit's causal
+    3-D VAE (4x time, 8x space); "cogvideox": the CogVideoX VAE (diffusers weights)."""
+    path: str | None = None
+    """Weights folder: diffusers format (config.json + diffusion_pytorch_model.safetensors) for "sd" and
+    "cogvideox" (e.g. a download of stabilityai/sd-vae-ft-ema); a ``save_pretrained`` folder for
+    "causal3d"."""
+    sample_posterior: bool = True
+    """Encode to a posterior sample (Latte, CogVideoX) rather than the posterior mean."""
+
+    def __post_init__(self):
+        if self.kind != "none" and not self.path:
+            raise ValueError(f"VAEConfig(kind={self.kind!r}) needs a weights folder: --vae.path /path/to/vae")
+
+
+def build_vae(cfg: VAEConfig) -> nn.Module | None:
+    """The VAE ``cfg`` names, loaded from its folder, frozen and in eval mode; None for pixel space."""
+    if cfg.kind == "none":
+        return None
+    path = Path(cfg.path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--vae.path {path}: no config.json there (expected a {cfg.kind} weights folder)")
+    if cfg.kind == "sd":
+        from minivdit.models.vae.sd import SDVAE
+
+        vae = SDVAE.from_pretrained(path, sample_posterior=cfg.sample_posterior)
+    elif cfg.kind == "cogvideox":
+        from minivdit.models.vae.cogvideox import CogVideoXVAE
+
+        vae = CogVideoXVAE.from_pretrained(path, sample_posterior=cfg.sample_posterior)
+    else:
+        from minivdit.models.vae.causal3d import CausalVAE3D
+
+        vae = CausalVAE3D.from_pretrained(path)
+        vae.sample_posterior = cfg.sample_posterior
+    return vae.eval().requires_grad_(False)

@@ -364,6 +364,7 @@ class CausalVAE3D(nn.Module):
         # The model's two streams (plain attributes, not state_dict entries); see reset().
         self.encode_cache = CausalCache()
         self.decode_cache = CausalCache()
+        self.sample_posterior = True  # encode()'s default: posterior sample (False: mean)
 
     @classmethod
     def from_config(cls, cfg: CausalVAE3DConfig) -> CausalVAE3D:
@@ -510,15 +511,17 @@ class CausalVAE3D(nn.Module):
         chunk_frames: int | Sequence[int] | None = None,
         *,
         generator: torch.Generator | None = None,
-        sample: bool = True,
+        sample: bool | None = None,
     ) -> Tensor:
         """video ``[B, F, C, H, W]`` in [−1, 1] → scaled latents ``[B, 1 + (F − 1)/r, C_z, H/8, W/8]``.
 
-        ``sample=True`` draws from the posterior (as DiT/Latte training), the noise drawn once for the whole
-        latent after the moments are assembled, so a seeded ``generator`` gives the same latents for every
-        chunking; ``sample=False`` returns the posterior mean.
+        ``sample`` defaults to the ``sample_posterior`` attribute (True; ``build_vae`` sets it from
+        ``VAEConfig``). ``sample=True`` draws from the posterior (as DiT/Latte training), the noise drawn once
+        for the whole latent after the moments are assembled, so a seeded ``generator`` gives the same latents
+        for every chunking; ``sample=False`` returns the posterior mean.
         """
         mean, logvar = self.encode_moments(video, chunk_frames)
+        sample = self.sample_posterior if sample is None else sample
         return self.latents_from_moments(mean, logvar, generator=generator, sample=sample)
 
     def decode(self, latents: Tensor, chunk_latents: int | Sequence[int] | None = None) -> Tensor:
