@@ -325,13 +325,13 @@ def _resume_path(cfg: TrainConfig) -> Path | None:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------------------------- shared steps
+# Used by ``train`` and by the VAE trainer (``minivdit/train_vae.py``): any config with ``run_dir``,
+# ``resume``, ``optim`` and ``ema`` fields.
 
 
-def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
-    """Train to ``cfg.max_steps``; returns the run directory. ``model_cls`` is the backbone class: a fork of
-    ``VDiT`` (same constructor and forward contract) plugs in here without touching this file."""
-    ctx = dist.init()
+def start_run(cfg, ctx: dist.DistContext) -> Path | None:
+    """Create the run directory, set up logging, write ``config.json``; returns the checkpoint to resume."""
     run_dir = cfg.run_dir
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -342,6 +342,93 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     torch.backends.cuda.matmul.allow_tf32 = True  # as Latte/DiT: TF32 matmuls on Ampere+
     torch.backends.cudnn.allow_tf32 = True
+    return resume_from
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+
+
+def restore(
+    cfg,
+    resume_from: Path | None,
+    *,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    ctx: dist.DistContext,
+) -> int:
+    """Load ``resume_from`` (weights, EMA, optimizer, RNG, data position) if given; returns the step."""
+    if resume_from is None:
+        if cfg.resume is None and ckpt.latest(cfg.run_dir / "checkpoints") is not None:
+            log.warning(
+                f"{cfg.run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)"
+            )
+        return 0
+    meta, rank_state = ckpt.load(resume_from, model=model, ema=ema, optimizer=optimizer, ctx=ctx)
+    step = meta["step"]
+    loader.load_state_dict(rank_state["data"])
+    if meta.get("world", ctx.world) != ctx.world:
+        log.warning(
+            f"resuming a {meta['world']}-rank checkpoint on {ctx.world} ranks: weights, EMA and "
+            f"optimizer state are exact, but the data order restarts from each rank's saved "
+            f"position (clips of this epoch may repeat or be skipped)"
+        )
+    log.info(f"resumed from {resume_from} at step {step}")
+    return step
+
+
+@dataclass
+class NonfiniteCounter:
+    """Skipped optimizer steps: in a row (reset by a finite step) and in total (logged)."""
+
+    in_a_row: int = 0
+    total: int = 0
+
+
+def optimizer_step(
+    cfg,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    nonfinite: NonfiniteCounter,
+) -> Tensor | None:
+    """Clip (from ``optim.clip_start_step``), AdamW step and EMA update on the accumulated gradients. Returns
+    the pre-clip global gradient norm, or None when it is not finite: the step is skipped (gradients dropped)
+    and counted, and ``MAX_NONFINITE_IN_A_ROW`` skips in a row raise."""
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(dist.unwrap(model).parameters(), clip)
+    grad_norm = dist.local(grad_norm).float()
+    if not torch.isfinite(grad_norm):  # one sync per step; also catches a non-finite loss
+        optimizer.zero_grad(set_to_none=True)
+        nonfinite.in_a_row += 1
+        nonfinite.total += 1
+        log.warning(f"step {step}: non-finite loss/gradient, step skipped ({nonfinite.in_a_row} in a row)")
+        if nonfinite.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise RuntimeError(
+                f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
+                f"--optim.lr, enable --optim.grad-clip, or check the data"
+            )
+        return None
+    nonfinite.in_a_row = 0
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    update_ema(ema, model, 0.0 if step < cfg.ema.start_step else cfg.ema.decay)
+    return grad_norm
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
+    """Train to ``cfg.max_steps``; returns the run directory. ``model_cls`` is the backbone class: a fork of
+    ``VDiT`` (same constructor and forward contract) plugs in here without touching this file."""
+    ctx = dist.init()
+    run_dir = cfg.run_dir
+    resume_from = start_run(cfg, ctx)
 
     vae = build_vae(cfg.vae)
     if vae is not None:
@@ -349,30 +436,11 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
     objective = build_objective(cfg.objective)
-    optimizer = torch.optim.AdamW(
-        dist.unwrap(model).parameters(),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.eps,
-    )
+    optimizer = build_optimizer(dist.unwrap(model).parameters(), cfg.optim)
     loader = build_loader(cfg.data, ctx.rank, ctx.world)
-    step = 0
-    if resume_from is not None:
-        meta, rank_state = ckpt.load(
-            resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, ctx=ctx
-        )
-        step = meta["step"]
-        loader.load_state_dict(rank_state["data"])
-        if meta.get("world", ctx.world) != ctx.world:
-            log.warning(
-                f"resuming a {meta['world']}-rank checkpoint on {ctx.world} ranks: weights, EMA and "
-                f"optimizer state are exact, but the data order restarts from each rank's saved "
-                f"position (clips of this epoch may repeat or be skipped)"
-            )
-        log.info(f"resumed from {resume_from} at step {step}")
-    elif cfg.resume is None and ckpt.latest(run_dir / "checkpoints") is not None:
-        log.warning(f"{run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)")
+    step = restore(
+        cfg, resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, loader=loader, ctx=ctx
+    )
 
     log.info(
         f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
@@ -386,7 +454,7 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
     )
     samples_per_step = cfg.data.batch_size * ctx.world * cfg.grad_accum
     sums: dict[str, Tensor] = {}
-    logged_steps, nonfinite_in_a_row, nonfinite_total = 0, 0, 0
+    logged_steps, nonfinite = 0, NonfiniteCounter()
     model.train()
     logger.start(step)
     while step < cfg.max_steps:
@@ -409,28 +477,9 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-        clip = (
-            cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
-        )
-        grad_norm = torch.nn.utils.clip_grad_norm_(dist.unwrap(model).parameters(), clip)
-        grad_norm = dist.local(grad_norm).float()
-        if not torch.isfinite(grad_norm):  # one sync per step; also catches a non-finite loss
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite_in_a_row += 1
-            nonfinite_total += 1
-            log.warning(
-                f"step {step}: non-finite loss/gradient, step skipped ({nonfinite_in_a_row} in a row)"
-            )
-            if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                raise RuntimeError(
-                    f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
-                    f"--optim.lr, enable --optim.grad-clip, or check the data"
-                )
+        grad_norm = optimizer_step(cfg, step, model=model, ema=ema, optimizer=optimizer, nonfinite=nonfinite)
+        if grad_norm is None:  # non-finite: skipped, the same step is retried on the next batch
             continue
-        nonfinite_in_a_row = 0
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, model, 0.0 if step < cfg.ema.start_step else cfg.ema.decay)
         step += 1
 
         step_metrics["grad_norm"] = grad_norm
@@ -440,7 +489,7 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         if step % cfg.log.every == 0 or step == cfg.max_steps:
             means = {k: dist.all_reduce_mean(v / logged_steps).item() for k, v in sums.items()}
             means["lr"] = optimizer.param_groups[0]["lr"]
-            means["nonfinite_skipped"] = float(nonfinite_total)
+            means["nonfinite_skipped"] = float(nonfinite.total)
             means["epoch"] = float(loader.epoch)
             logger.log(step, means, samples_per_step=samples_per_step, peak_mem_gib=_peak_mem_gib(ctx.device))
             sums, logged_steps = {}, 0

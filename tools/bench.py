@@ -9,21 +9,50 @@ tokens/s, step time, peak memory and, on a GPU, the MFU with the FLOP count it u
 from ``minivdit.models.dit.flops_per_sample``: backward ≈ 2 × forward). ``--reference`` adds Latte's way of
 computing the same model (math attention, conditioning repeated per sequence before every adaLN Linear, as in
 ``Vchitect/Latte models/latte.py``) and prints our speed-up over it.
+
+    python tools/bench.py vae --device cpu --size 64 --frames 17 33 49 97 --iters 1 --warmup 1
+
+``vae``: (1) the causal 3-D VAE (``minivdit.models.vae.causal3d``, config from the flags) decoding and
+encoding a growing clip whole vs streamed (``decode(chunk_latents=c)``, ``encode(chunk_frames=c)``): seconds
+per call, peak memory above the baseline (weights, input and anything left after ``--warmup`` calls) and the
+max |Δ| of the streamed output against the whole one (rounding only: ~1e-6 in fp32). The point: streamed
+peak memory stays ~flat as the clip grows, whole-clip memory grows with it (streamed still holds the output,
+twice during the final ``torch.cat``: see ``output_mib``). Peak memory on CUDA is ``max_memory_allocated``
+after ``reset_peak_memory_stats``; on the CPU it is the process's peak resident set (``VmHWM`` reset through
+``/proc/self/clear_refs``, else a 5 ms ``VmRSS`` sampler) after ``malloc_trim``, each case in a fresh
+subprocess (``--in-process`` to skip that) because the allocator keeps freed memory mapped; there glibc's
+mmap threshold is fixed at 128 KiB (``EXACT_RSS_MALLOC``: ~20 % more time in page faults; with
+``--default-malloc`` glibc's adaptive threshold and heap reuse add ~±50 MiB of noise to the deltas).
+(2) our ``CogVideoXVAE`` vs ``diffusers.AutoencoderKLCogVideoX`` on the same random weights (a small
+diffusers config, ``save_pretrained`` → ``CogVideoXVAE.from_pretrained``) and the same clip: encode and
+decode seconds, ``speedup`` = diffusers / ours in the same process, and max |Δ|. A JSON line says why when
+diffusers is not importable (or ``--skip-diffusers``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
+import math
+import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from einops import rearrange
 
 from minivdit.models import blocks
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
+from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
 
 # Dense peak TFLOP/s per device for MFU (bf16 / tf32 tensor cores, no sparsity).
 PEAK_TFLOPS = {
@@ -173,6 +202,420 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+# ---------------------------------------------------------------- VAE benchmark
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _status_kib(field: str) -> int | None:
+    """``VmRSS``/``VmHWM`` of this process in KiB from ``/proc/self/status`` (None off Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    """Give glibc's free pages back to the OS: the RSS baseline is then the live memory (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakRSS:
+    """Peak resident set of the process above its value at ``__enter__``, in bytes (``peak_bytes``).
+
+    Resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``) and reads ``VmHWM`` at exit;
+    where that is not allowed, a thread samples ``VmRSS`` every ``interval`` seconds (torch kernels release
+    the GIL, so it keeps running). ``metric`` says which; None where ``/proc`` is missing.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.peak_bytes: int | None = None
+        self.metric: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        self._base = _status_kib("VmRSS")
+        if self._base is None:
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.metric = "rss_hwm_delta"
+        except OSError:
+            self.metric = "rss_sampled_delta"
+            self._peak, self._stop = self._base, threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _status_kib("VmRSS") or 0)
+
+    def __exit__(self, *exc) -> None:
+        if self._base is None:
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _status_kib("VmRSS") or 0)
+        else:
+            peak = _status_kib("VmHWM") or 0
+        self.peak_bytes = max(peak - self._base, 0) * 1024
+
+
+def _measure(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int, iters: int):
+    """``warmup`` untimed calls of ``fn``, then ``iters`` timed ones → (last output, mean seconds, peak bytes
+    above the baseline taken after the warm-up, the memory metric's name).
+
+    The warm-up thus keeps one-off costs (kernel selection, thread pools, library pages first touched) out
+    of both the time and the memory; with ``warmup=0`` they are in.
+    """
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    out = None
+    for _ in range(warmup):
+        out = None  # do not hold the previous output while computing the next
+        out = fn()
+    out = None
+    gc.collect()
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        base, rss = torch.cuda.memory_allocated(device), None
+    else:
+        _malloc_trim()
+        rss = PeakRSS().__enter__()
+    times = []
+    for _ in range(iters):
+        out = None
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    seconds = sum(times) / len(times)
+    if rss is None:
+        return out, seconds, torch.cuda.max_memory_allocated(device) - base, "cuda_max_allocated_delta"
+    rss.__exit__(None, None, None)
+    return out, seconds, rss.peak_bytes, rss.metric
+
+
+def _mib(n: int | float | None) -> float | None:
+    return None if n is None else round(n / 2**20, 2)
+
+
+def _causal_cfg(spec_vae: dict) -> CausalVAE3DConfig:
+    return CausalVAE3DConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_vae.items()})
+
+
+@torch.inference_mode()
+def vae_case(spec: dict) -> dict:
+    """One causal-VAE measurement (``spec`` from ``bench_vae``) → its JSON row. Saves the output to
+    ``spec["save"]`` if set; compares with the tensor at ``spec["ref"]`` if set (after measuring)."""
+    torch.set_num_threads(spec["threads"])
+    device, dtype = torch.device(spec["device"]), DTYPES[spec["dtype"]]
+    torch.manual_seed(0)
+    vae = CausalVAE3D.from_config(_causal_cfg(spec["vae"])).to(device=device, dtype=dtype).eval()
+    op, chunk, frames, size = spec["op"], spec["chunk"], spec["frames"], spec["size"]
+    latent_frames, h = vae.latent_frames(frames), size // vae.spatial_compression
+    g = torch.Generator().manual_seed(1)
+    if op == "decode":
+        x = torch.randn(1, latent_frames, vae.latent_channels, h, h, generator=g).to(device, dtype)
+
+        def fn():
+            return vae.decode(x, chunk_latents=chunk)
+    else:
+        x = (torch.rand(1, frames, 3, size, size, generator=g) * 2 - 1).to(device, dtype)
+
+        def fn():
+            return vae.encode(x, chunk_frames=chunk, sample=False)
+
+    out, seconds, peak, metric = _measure(fn, device, spec["warmup"], spec["iters"])
+    row = {
+        "bench": "vae",
+        "impl": "causal3d",
+        "op": op,
+        "mode": "whole" if chunk is None else "streamed",
+        "chunk": chunk,
+        "chunk_unit": "latents" if op == "decode" else "frames",
+        "frames": frames,
+        "latent_frames": latent_frames,
+        "size": size,
+        "dtype": spec["dtype"],
+        "device": _device_name(device),
+        "params_M": round(num_params(vae) / 1e6, 2),
+        "seconds": round(seconds, 4),
+        "peak_mem_mib": _mib(peak),
+        "mem_metric": metric,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_") if device.type == "cpu" else None,
+        "output_mib": _mib(out.numel() * out.element_size()),
+        "max_abs_diff": None,
+    }
+    out = out.float().cpu()
+    if spec.get("save"):
+        torch.save(out, spec["save"])
+    if spec.get("ref"):
+        row["max_abs_diff"] = (out - torch.load(spec["ref"])).abs().max().item()
+    return row
+
+
+# glibc: serve every allocation over 128 KiB by mmap and give it back at free (fixed, not adaptive), so that
+# the resident set follows the live tensors; set for the ``vae --case`` subprocesses unless --default-malloc.
+EXACT_RSS_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _vae_case_subprocess(spec: dict, default_malloc: bool = False) -> dict:
+    """``vae_case`` in a fresh interpreter (``vae --case``): a clean heap, so RSS deltas are not hidden by
+    memory the allocator kept from an earlier case (nor inflated by heap fragmentation: see
+    ``EXACT_RSS_MALLOC``)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "vae", "--case", json.dumps(spec)]
+    env = dict(os.environ) if default_malloc else {**EXACT_RSS_MALLOC, **os.environ}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {
+            "bench": "vae",
+            "impl": "causal3d",
+            **{k: spec[k] for k in ("op", "chunk", "frames", "size")},
+            "error": f"exit {proc.returncode}: " + " | ".join(tail),
+        }
+    return json.loads(lines[-1])
+
+
+def bench_vae_causal(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    vae = {
+        "latent_channels": args.latent_channels,
+        "base_channels": args.base_channels,
+        "channel_multipliers": list(args.channel_multipliers),
+        "num_res_blocks": args.num_res_blocks,
+    }
+    isolate = device.type == "cpu" and not args.in_process
+    results = []
+    with tempfile.TemporaryDirectory(prefix="minivdit-bench-") as tmp:
+        for op in args.ops:
+            chunks = args.decode_chunks if op == "decode" else args.encode_chunks
+            for frames in args.frames:
+                whole_path, whole = os.path.join(tmp, f"{op}-{frames}.pt"), None
+                for chunk in [None, *chunks]:
+                    spec = {
+                        "op": op,
+                        "chunk": chunk,
+                        "frames": frames,
+                        "size": args.size,
+                        "device": args.device,
+                        "dtype": args.dtype,
+                        "warmup": args.warmup,
+                        "iters": args.iters,
+                        "threads": torch.get_num_threads(),
+                        "vae": vae,
+                        "save": whole_path if chunk is None else None,
+                        "ref": whole_path if chunk is not None and whole is not None else None,
+                    }
+                    row = _vae_case_subprocess(spec, args.default_malloc) if isolate else vae_case(spec)
+                    if chunk is None:
+                        whole = row if "error" not in row else None
+                    elif whole is not None and "error" not in row:
+                        if row["peak_mem_mib"] is not None and whole["peak_mem_mib"]:
+                            row["peak_mem_vs_whole"] = round(row["peak_mem_mib"] / whole["peak_mem_mib"], 3)
+                        row["seconds_vs_whole"] = round(row["seconds"] / whole["seconds"], 3)
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
+    return results
+
+
+def _diffusers_reference(channels: list[int], device: torch.device, dtype: torch.dtype, folder: str):
+    """(diffusers ``AutoencoderKLCogVideoX`` with random weights, norms and biases included; ours loaded from
+    its ``save_pretrained`` folder)."""
+    import diffusers
+
+    from minivdit.models.vae.cogvideox import CogVideoXVAE
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKLCogVideoX(
+        block_out_channels=tuple(channels),
+        down_block_types=("CogVideoXDownBlock3D",) * len(channels),
+        up_block_types=("CogVideoXUpBlock3D",) * len(channels),
+        layers_per_block=1,
+        norm_num_groups=min(32, math.gcd(*channels)),
+        latent_channels=4,
+        scaling_factor=0.7,
+    ).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.ndim == 1 and name.endswith("weight"):  # GroupNorm scales
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif p.ndim == 1:  # biases, GroupNorm shifts
+                p.copy_(0.1 * torch.randn_like(p))
+    ref.save_pretrained(folder)
+    ours = CogVideoXVAE.from_pretrained(folder, sample_posterior=False).eval()
+    if dtype != torch.float32:  # diffusers warns on any .to(dtype), even a no-op one
+        ref, ours = ref.to(dtype=dtype), ours.to(dtype=dtype)
+    return ref.to(device), ours.to(device)
+
+
+def _time_pair(ours: Callable, theirs: Callable, device: torch.device, warmup: int, iters: int):
+    """Mean seconds of each over ``iters`` calls after ``warmup``, interleaved so that drift hits both."""
+
+    def once(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - t0
+
+    t_ours = t_theirs = 0.0
+    for i in range(warmup + iters):
+        a, dt_a = once(ours)
+        b, dt_b = once(theirs)
+        if i >= warmup:
+            t_ours, t_theirs = t_ours + dt_a, t_theirs + dt_b
+    return a, b, t_ours / iters, t_theirs / iters
+
+
+@torch.inference_mode()
+def bench_vae_diffusers(args: argparse.Namespace) -> list[dict]:
+    base = {"bench": "vae", "impl": "cogvideox-vs-diffusers"}
+    if args.skip_diffusers:
+        row = {**base, "skipped": "--skip-diffusers"}
+        print(json.dumps(row), flush=True)
+        return [row]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import diffusers  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything at import
+        row = {**base, "skipped": f"diffusers not importable: {type(e).__name__}: {e}"}
+        print(json.dumps(row), flush=True)
+        return [row]
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    with tempfile.TemporaryDirectory(prefix="minivdit-bench-cogvideox-") as folder:
+        ref, ours = _diffusers_reference(args.diffusers_channels, device, dtype, folder)
+    scale = ours.config.scaling_factor
+    size = args.diffusers_size
+    results = []
+    for frames in args.diffusers_frames:
+        g = torch.Generator().manual_seed(frames)
+        video = (torch.rand(1, frames, 3, size, size, generator=g) * 2 - 1).to(device, dtype)  # [B,F,C,H,W]
+        video_cf = rearrange(video, "b f c h w -> b c f h w").contiguous()
+        z, z_ref, t_ours, t_ref = _time_pair(
+            lambda v=video: ours.encode(v),
+            lambda v=video_cf: ref.encode(v).latent_dist.mode() * scale,
+            device,
+            args.warmup,
+            args.iters,
+        )
+        enc_diff = (z.float() - rearrange(z_ref.float(), "b c f h w -> b f c h w")).abs().max().item()
+        z_cf = rearrange(z, "b f c h w -> b c f h w").contiguous()
+        x, x_ref, d_ours, d_ref = _time_pair(
+            lambda z=z: ours.decode(z),
+            lambda z=z_cf: ref.decode(z * (1 / scale)).sample,
+            device,
+            args.warmup,
+            args.iters,
+        )
+        dec_diff = (x.float() - rearrange(x_ref.float(), "b c f h w -> b f c h w")).abs().max().item()
+        for op, t_o, t_r, diff in (("encode", t_ours, t_ref, enc_diff), ("decode", d_ours, d_ref, dec_diff)):
+            row = {
+                **base,
+                "op": op,
+                "frames": frames,
+                "latent_frames": z.shape[1],
+                "size": size,
+                "dtype": args.dtype,
+                "device": _device_name(device),
+                "channels": list(args.diffusers_channels),
+                "params_M": round(num_params(ours) / 1e6, 2),
+                "seconds": round(t_o, 4),
+                "seconds_diffusers": round(t_r, 4),
+                "speedup": round(t_r / t_o, 3),
+                "max_abs_diff": diff,
+            }
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+def bench_vae(args: argparse.Namespace) -> list[dict]:
+    return bench_vae_causal(args) + bench_vae_diffusers(args)
+
+
+def _add_vae_parser(sub) -> None:
+    va = sub.add_parser("vae", help="causal 3-D VAE whole vs streamed; CogVideoX VAE vs diffusers")
+    va.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    va.add_argument("--size", type=int, default=None, help="pixel side (default 256 on CUDA, 64 on CPU)")
+    va.add_argument("--frames", type=int, nargs="+", default=[17, 33, 49, 97], help="pixel frames, 4k + 1")
+    va.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    va.add_argument("--iters", type=int, default=1, help="timed calls per case (mean)")
+    va.add_argument("--warmup", type=int, default=1, help="untimed, unmeasured calls first")
+    va.add_argument("--ops", nargs="+", default=["decode", "encode"], choices=["decode", "encode"])
+    va.add_argument("--decode-chunks", type=int, nargs="+", default=[1, 2], help="chunk_latents streamed")
+    va.add_argument("--encode-chunks", type=int, nargs="+", default=[4], help="chunk_frames streamed")
+    va.add_argument("--base-channels", type=int, default=CausalVAE3DConfig.base_channels)
+    va.add_argument("--latent-channels", type=int, default=CausalVAE3DConfig.latent_channels)
+    va.add_argument("--num-res-blocks", type=int, default=CausalVAE3DConfig.num_res_blocks)
+    va.add_argument(
+        "--channel-multipliers", type=int, nargs="+", default=list(CausalVAE3DConfig.channel_multipliers)
+    )
+    va.add_argument(
+        "--in-process",
+        action="store_true",
+        help="CPU: run cases in this process (faster; RSS deltas may then be underestimated)",
+    )
+    va.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="CPU: keep glibc's adaptive mmap threshold in the case subprocesses (faster, noisier RSS)",
+    )
+    va.add_argument("--skip-diffusers", action="store_true")
+    va.add_argument("--diffusers-frames", type=int, nargs="+", default=[17, 49])
+    va.add_argument("--diffusers-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
+    va.add_argument("--diffusers-channels", type=int, nargs="+", default=[32, 64, 64, 64])
+    va.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one vae_case spec (JSON)
+
+
+def _check_vae_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    cuda = torch.device(args.device).type == "cuda"
+    args.size = args.size or (256 if cuda else 64)
+    args.diffusers_size = args.diffusers_size or (256 if cuda else 64)
+    try:
+        cfg = CausalVAE3DConfig(
+            latent_channels=args.latent_channels,
+            base_channels=args.base_channels,
+            channel_multipliers=tuple(args.channel_multipliers),
+            num_res_blocks=args.num_res_blocks,
+        )
+    except ValueError as e:
+        ap.error(str(e))
+    r, s = cfg.temporal_compression, cfg.spatial_compression
+    if any(f < 1 or (f - 1) % r for f in args.frames + args.diffusers_frames):
+        ap.error(f"frame counts must be {r}k + 1, got {args.frames} / {args.diffusers_frames}")
+    if args.size % s:
+        ap.error(f"--size must be a multiple of {s}, got {args.size}")
+    if any(c < 1 for c in args.decode_chunks) or any(c < 1 or c % r for c in args.encode_chunks):
+        ap.error(f"--decode-chunks must be >= 1, --encode-chunks positive multiples of {r}")
+    if args.iters < 1 or args.warmup < 0:
+        ap.error("--iters must be >= 1 and --warmup >= 0")
+    if len(args.diffusers_channels) < 3 or args.diffusers_size % 2 ** (len(args.diffusers_channels) - 1):
+        ap.error("--diffusers-channels needs >= 3 blocks and --diffusers-size a multiple of 2**(blocks - 1)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -191,13 +634,19 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--warmup", type=int, default=2)
     tr.add_argument("--iters", type=int, default=5)
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_vae_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         bench_train(args)
+    elif args.case is not None:  # internal: one measurement in this (fresh) process
+        print(json.dumps(vae_case(json.loads(args.case))), flush=True)
+    else:
+        _check_vae_args(ap, args)
+        bench_vae(args)
 
 
 if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "bench_train", "make_reference"]
+__all__ = ["main", "bench_train", "bench_vae", "make_reference", "vae_case", "PeakRSS"]

@@ -1,0 +1,108 @@
+"""``tools/bench.py`` smoke tests: the ``vae`` subcommand at tiny sizes (JSON lines, keys, streamed == whole
+up to rounding, the diffusers comparison or its skip line) and one ``train`` case with the Latte reference.
+CPU, one thread, ~15 s. ``tools/`` is a folder of scripts, so the module is loaded from its path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY_VAE = ["--device", "cpu", "--size", "16", "--iters", "1", "--warmup", "0"]
+TINY_VAE += ["--base-channels", "8", "--latent-channels", "4"]
+CAUSAL_KEYS = {
+    "impl",
+    "op",
+    "mode",
+    "chunk",
+    "frames",
+    "latent_frames",
+    "size",
+    "seconds",
+    "peak_mem_mib",
+    "mem_metric",
+    "output_mib",
+    "max_abs_diff",
+}
+
+
+def _rows(capsys) -> list[dict]:
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), lines
+    return [json.loads(line) for line in lines]
+
+
+def _check_causal(rows: list[dict], frames: list[int], decode_chunks: int, encode_chunks: int) -> None:
+    causal = [r for r in rows if r["impl"] == "causal3d"]
+    ops = {r["op"] for r in causal}
+    per_frames = sum({"decode": 1 + decode_chunks, "encode": 1 + encode_chunks}[op] for op in ops)
+    assert len(causal) == per_frames * len(frames)
+    for r in causal:
+        assert "error" not in r, r
+        assert r.keys() >= CAUSAL_KEYS, r
+        assert r["latent_frames"] == (r["frames"] - 1) // 4 + 1
+        assert r["seconds"] > 0
+        assert r["peak_mem_mib"] is None or r["peak_mem_mib"] >= 0
+        if r["mode"] == "whole":
+            assert r["chunk"] is None and r["max_abs_diff"] is None
+        else:
+            assert r["chunk"] >= 1 and 0 <= r["max_abs_diff"] < 1e-4, r
+    assert sorted({r["frames"] for r in causal}) == frames
+
+
+def test_vae_in_process(capsys):
+    bench.main(
+        ["vae", *TINY_VAE, "--frames", "5", "9", "--in-process"]
+        + ["--diffusers-frames", "5", "9", "--diffusers-size", "16", "--diffusers-channels", "16", "32", "32"]
+    )
+    rows = _rows(capsys)
+    _check_causal(rows, [5, 9], decode_chunks=2, encode_chunks=1)
+    ref = [r for r in rows if r["impl"] == "cogvideox-vs-diffusers"]
+    if len(ref) == 1:  # diffusers missing: one line saying why
+        assert "not importable" in ref[0]["skipped"]
+        return
+    assert {(r["op"], r["frames"]) for r in ref} == {(op, f) for op in ("encode", "decode") for f in (5, 9)}
+    for r in ref:
+        assert r["speedup"] > 0 and r["seconds"] > 0 and r["seconds_diffusers"] > 0
+        assert r["max_abs_diff"] < 1e-4, r  # same weights, same maths (diffusers parity)
+
+
+@pytest.mark.slow
+def test_vae_cases_in_subprocesses(capsys):
+    """The default on CPU: every case in a fresh interpreter (``vae --case``), peak RSS measured there."""
+    bench.main(
+        ["vae", *TINY_VAE, "--frames", "5", "--ops", "decode", "--decode-chunks", "1", "--skip-diffusers"]
+    )
+    rows = _rows(capsys)
+    _check_causal(rows, [5], decode_chunks=1, encode_chunks=0)
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_", bench.EXACT_RSS_MALLOC["MALLOC_MMAP_THRESHOLD_"])
+    for r in rows[:-1]:
+        assert r["mem_metric"] and r["malloc_mmap_threshold"] == threshold
+    assert rows[-1] == {"bench": "vae", "impl": "cogvideox-vs-diffusers", "skipped": "--skip-diffusers"}
+
+
+def test_vae_rejects_bad_frame_counts():
+    with pytest.raises(SystemExit):
+        bench.main(["vae", *TINY_VAE, "--frames", "6", "--skip-diffusers"])
+
+
+def test_train_with_reference(capsys):
+    bench.main(
+        ["train", "--preset", "V-DiT-S/2", "--frames", "2", "--size", "8", "--batch", "1"]
+        + ["--iters", "1", "--warmup", "0", "--reference", "--device", "cpu"]
+    )
+    rows = _rows(capsys)
+    assert [r["impl"] for r in rows] == ["minivdit", "latte-reference"]
+    for r in rows:
+        assert r["step_s"] > 0 and r["frames"] == 2 and r["size"] == 8
+    assert rows[1]["minivdit_speedup"] > 0
