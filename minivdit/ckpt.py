@@ -6,7 +6,8 @@ Layout of ``<run>/checkpoints/step_<NNNNNNN>/``:
   load them anywhere with ``safetensors.torch.load_file``.
 - ``optim/``: optimizer state through ``torch.distributed.checkpoint`` (sharded under FSDP; DCP reshards on
   load, so a checkpoint written by N ranks resumes on M ranks, including a single process).
-- ``extra.safetensors``: small trainable modules that are not EMA'd (e.g. alignment heads), when given.
+- ``extra.safetensors``, ``extra_optim.pt``: a small trainable module that is not EMA'd and not sharded (the
+  alignment head, replicated on every rank) and its own optimizer's state, when given.
 - ``rank<r>.pt``: that rank's RNG states (python, numpy, torch, cuda) and data-loader position; read back with
   ``torch.load(weights_only=True)``.
 - ``meta.json``: step, world size, and anything the trainer adds.
@@ -98,6 +99,7 @@ def save(
     rank_state: dict,
     meta: dict,
     extra: nn.Module | None = None,
+    extra_optimizer: torch.optim.Optimizer | None = None,
     keep: int = 3,
 ) -> Path:
     """Write checkpoint ``step`` atomically (collective: every rank calls it) and keep the newest ``keep``."""
@@ -121,6 +123,8 @@ def save(
                 {k: v.detach().cpu().contiguous() for k, v in extra_sd.items()},
                 str(tmp / "extra.safetensors"),
             )
+        if extra_optimizer is not None:
+            torch.save(extra_optimizer.state_dict(), tmp / "extra_optim.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "world": ctx.world, **meta}, indent=2))
     dist.barrier()
     if ctx.is_main:
@@ -149,6 +153,7 @@ def load(
     optimizer: torch.optim.Optimizer,
     ctx: dist.DistContext,
     extra: nn.Module | None = None,
+    extra_optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[dict, dict]:
     """Restore a checkpoint written by :func:`save` (any world size). Returns (meta, this rank's state)."""
     if not (path / "meta.json").exists():
@@ -159,8 +164,15 @@ def load(
     load_weights(model, path / "model.safetensors")
     if ema is not None:
         load_weights(ema, path / "ema.safetensors")
-    if extra is not None and (path / "extra.safetensors").exists():
+    if extra is not None:
+        if not (path / "extra.safetensors").exists():
+            raise ValueError(
+                f"{path} has no extra.safetensors: it was written without an alignment head, so the head "
+                f"cannot resume from it (start fresh, or resume a run that had the same --align settings)"
+            )
         extra.load_state_dict(load_file(str(path / "extra.safetensors")))
+        if extra_optimizer is not None:
+            extra_optimizer.load_state_dict(torch.load(path / "extra_optim.pt", weights_only=True))
     state = {"optim": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=str(path / "optim"))
     set_optimizer_state_dict(model, optimizer, state["optim"])

@@ -141,6 +141,16 @@ def parallelize(
     return model
 
 
+def parallelize_replicated(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """A small trainable module kept whole on every rank (the alignment head): DDP over a materialised module
+    when distributed, the module itself otherwise. Its parameters must already be equal on every rank."""
+    if not ctx.distributed:
+        return module
+    wrapped = _LazyDDP(module, ctx)
+    wrapped.materialize()
+    return wrapped
+
+
 class _LazyDDP(nn.Module):
     """DDP must be built on materialised parameters, but we parallelise on ``meta``: wrap after ``init``.
     Attribute access falls through to the inner model, so callers keep calling ``init_weights`` etc."""

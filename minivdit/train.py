@@ -33,6 +33,8 @@ from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from minivdit import ckpt, dist
+from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
+from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
 from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.log import MetricLogger, setup_logging
@@ -133,12 +135,19 @@ class TrainConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     """Autoencoder between pixels and the DiT (``--vae.kind causal3d --vae.path DIR``); kind "none" trains in
     pixel space (model.in_channels = 3)."""
+    align: AlignConfig | None = None
+    """Representation alignment (``minivdit/align/heads.py``): the loss, its weight λ, the tapped block and
+    the projector. None trains without alignment. The head is trained and checkpointed, never EMA'd, and
+    dropped at sampling."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Frozen encoders the head aligns to, each a local Hugging Face folder (``--teacher.dinov2
+    /weights/dinov2-base``; ``minivdit/align/teachers.py``). Needed when ``align`` is set."""
     out_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: str = "run"
     """Run directory is ``<out_dir>/<run_name>``."""
     seed: int = 0
-    """Seeds the init and every micro-batch's noise, timesteps and label drop."""
+    """Seeds the init, the head's init and every micro-batch's noise, timesteps and label drop."""
     max_steps: int = 1000
     """Optimizer steps to train for (in total, counting steps before a resume)."""
     grad_accum: int = 1
@@ -182,6 +191,14 @@ class TrainConfig:
                 f"model.num_classes={self.model.num_classes} must be 0 (unconditional) or "
                 f"data.num_classes={self.data.num_classes}"
             )
+        if self.align is not None:
+            check_block_index(self.align, self.model.depth)
+            if not (self.teacher.enabled or self.teacher.tiny_random):
+                raise ValueError(
+                    "align is set but no teacher folder is: give at least one of --teacher.dinov2, "
+                    "--teacher.dinov3, --teacher.sam2, --teacher.vjepa2, --teacher.videomae (local Hugging "
+                    "Face folders; README 'Alignment')"
+                )
         pred = build_objective(self.objective).pred_channels(self.model.in_channels)
         if pred != self.model.out_channels:
             raise ValueError(
@@ -239,10 +256,14 @@ def train_step(
     precision: dist.Precision,
     device: torch.device,
     vae: torch.nn.Module | None = None,
+    align: AlignConfig | None = None,
+    teacher: Teacher | None = None,
+    head: torch.nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch forward: data → (frozen VAE) → objective.corrupt → model → objective.loss. Returns
-    the scalar loss to backpropagate and detached metrics (device tensors; reduced across ranks only at log
-    time)."""
+    """One micro-batch forward: data → (frozen VAE) → objective.corrupt → model → objective.loss, and with
+    ``align``: clean video → (frozen teacher) → feats; the model's block ``align.block_index`` → head → loss.
+    ``loss = mean(loss_diff + align.weight · loss_align)`` (DESIGN.md §3). Returns the scalar loss to
+    backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
     if num_classes and (batch.label.min() < 0 or batch.label.max() >= num_classes):
         raise ValueError(
             f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
@@ -256,13 +277,30 @@ def train_step(
             x_data = vae.encode(batch.video).float()  # [B, F', C, h, w], scaled by the VAE
     else:
         x_data = batch.video  # pixel space: [B, F, 3, H, W]
+    feats = None
+    if align is not None:
+        if batch.feats is not None:  # cached by tools/cache_latents.py: the teacher is skipped
+            feats = batch.feats.float()  # [B, F', N', ΣDt]
+        elif batch.video is None or teacher is None:
+            raise ValueError("alignment needs the clean video and a teacher, or cached feats in the batch")
+        else:
+            with dist.autocast(device, precision):
+                feats = teacher(batch.video).float()  # [B, F', N', ΣDt]; no_grad inside the teacher
     noised = objective.corrupt(x_data)
+    tap = {"tap": align.block_index} if align is not None else {}  # hidden [B, F, N, D] of that block
     with dist.autocast(device, precision):
-        out = model(noised.x_t, noised.t_model, batch.label if num_classes else None)
+        out = model(noised.x_t, noised.t_model, batch.label if num_classes else None, **tap)
     terms = objective.loss_terms(out.pred.float(), noised)  # each [B], fp32
-    loss = torch.stack(list(terms.values())).sum(0).mean()
-    metrics = {"loss": loss.detach(), **{f"loss/{k}": v.detach().mean() for k, v in terms.items()}}
-    return loss, metrics
+    loss_diff = torch.stack(list(terms.values())).sum(0)  # [B]
+    metrics = {f"loss/{k}": v.detach().mean() for k, v in terms.items()}
+    if align is not None:
+        with dist.autocast(device, precision):
+            loss_align = head(out.hidden, feats).float()  # [B]; frame/grid matching lives in the head
+        loss = (loss_diff + align.weight * loss_align).mean()
+        metrics |= {"loss/diff": loss_diff.detach().mean(), "loss/align": loss_align.detach().mean()}
+    else:
+        loss = loss_diff.mean()
+    return loss, {"loss": loss.detach(), **metrics}
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -292,6 +330,48 @@ def build_models(
     del reference, state
     ema.requires_grad_(False).eval()
     return model, ema
+
+
+def build_alignment(
+    cfg: TrainConfig, ctx: dist.DistContext, vae: torch.nn.Module | None
+) -> tuple[Teacher | None, torch.nn.Module | None]:
+    """The frozen teacher (resized to the DiT's token grid) and the alignment head, or (None, None). The head
+    is seeded from ``cfg.seed`` on the CPU (the same on every rank), then replicated: DDP when world > 1,
+    whatever the model's strategy (it is small; FSDP would shard a few MB for nothing)."""
+    if cfg.align is None:
+        return None, None
+    teacher_cfg = cfg.teacher
+    if not teacher_cfg.enabled:  # tiny_random (validated in TrainConfig)
+        root = cfg.run_dir / "tiny_teachers"
+        if ctx.is_main:
+            make_tiny_teacher("dinov2", root / "dinov2", seed=cfg.seed)
+            make_tiny_teacher("sam2", root / "sam2", seed=cfg.seed + 1)
+        dist.barrier()
+        teacher_cfg = replace(teacher_cfg, dinov2=str(root / "dinov2"), sam2=str(root / "sam2"))
+        log.warning(
+            f"teacher: no --teacher.* folder given, so aligning to tiny RANDOM DINOv2 + SAM2 encoders saved "
+            f"in {root} (a smoke test of the machinery, not Align4Gen; pass real folders for that)"
+        )
+    teacher = build_teacher(teacher_cfg, grid=cfg.model.grid).to(ctx.device)
+    torch.manual_seed(cfg.seed + 1)
+    head = AlignHead(
+        cfg.align,
+        hidden_dim=cfg.model.hidden_size,
+        teacher_dims=teacher.dims,
+        dit_grid=cfg.model.grid,
+        teacher_grid=teacher.grid,
+        stride=getattr(vae, "temporal_compression", 1),
+    )
+    head.init_weights()
+    head = head.to(ctx.device)
+    if ctx.distributed:
+        head = dist.parallelize_replicated(head, ctx)
+    log.info(
+        f"alignment: {cfg.align.loss} at block {cfg.align.block_index} (weight {cfg.align.weight}); teacher "
+        f"{'+'.join(teacher.names)} dims {teacher.dims} on a {teacher.grid[0]}x{teacher.grid[1]} grid; head "
+        f"{num_params(dist.unwrap(head)) / 1e6:.2f} M parameters"
+    )
+    return teacher, head
 
 
 @torch.no_grad()
@@ -358,15 +438,26 @@ def restore(
     optimizer: torch.optim.Optimizer,
     loader,
     ctx: dist.DistContext,
+    extra: torch.nn.Module | None = None,
+    extra_optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
-    """Load ``resume_from`` (weights, EMA, optimizer, RNG, data position) if given; returns the step."""
+    """Load ``resume_from`` (weights, EMA, optimizer, RNG, data position, and the alignment head with its
+    optimizer when given) if given; returns the step."""
     if resume_from is None:
         if cfg.resume is None and ckpt.latest(cfg.run_dir / "checkpoints") is not None:
             log.warning(
                 f"{cfg.run_dir} already holds checkpoints; starting fresh (use --resume auto to continue)"
             )
         return 0
-    meta, rank_state = ckpt.load(resume_from, model=model, ema=ema, optimizer=optimizer, ctx=ctx)
+    meta, rank_state = ckpt.load(
+        resume_from,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        ctx=ctx,
+        extra=extra,
+        extra_optimizer=extra_optimizer,
+    )
     step = meta["step"]
     loader.load_state_dict(rank_state["data"])
     if meta.get("world", ctx.world) != ctx.world:
@@ -395,15 +486,26 @@ def optimizer_step(
     ema: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     nonfinite: NonfiniteCounter,
+    head: torch.nn.Module | None = None,
+    head_optimizer: torch.optim.Optimizer | None = None,
 ) -> Tensor | None:
     """Clip (from ``optim.clip_start_step``), AdamW step and EMA update on the accumulated gradients. Returns
     the pre-clip global gradient norm, or None when it is not finite: the step is skipped (gradients dropped)
-    and counted, and ``MAX_NONFINITE_IN_A_ROW`` skips in a row raise."""
+    and counted, and ``MAX_NONFINITE_IN_A_ROW`` skips in a row raise.
+
+    With an alignment ``head`` the norm is that of the model's and the head's gradients together (REPA clips
+    its projectors with the model: they are part of its SiT), the head has its own optimizer (it is
+    replicated, not sharded, and not EMA'd) and follows the same learning-rate schedule."""
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 and step >= cfg.optim.clip_start_step else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(dist.unwrap(model).parameters(), clip)
-    grad_norm = dist.local(grad_norm).float()
+    param_sets = [list(dist.unwrap(model).parameters())]
+    if head is not None:
+        param_sets.append(list(dist.unwrap(head).parameters()))
+    norms = [_full(torch.nn.utils.clip_grad_norm_(ps, math.inf)).float() for ps in param_sets]  # no clipping
+    grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+    optimizers = [optimizer] + ([head_optimizer] if head is not None else [])
     if not torch.isfinite(grad_norm):  # one sync per step; also catches a non-finite loss
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         nonfinite.in_a_row += 1
         nonfinite.total += 1
         log.warning(f"step {step}: non-finite loss/gradient, step skipped ({nonfinite.in_a_row} in a row)")
@@ -414,10 +516,21 @@ def optimizer_step(
             )
         return None
     nonfinite.in_a_row = 0
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if clip < math.inf:
+        coef = min(1.0, clip / (grad_norm.item() + 1e-6))  # torch.nn.utils.clip_grad_norm_'s rule
+        if coef < 1.0:
+            for ps in param_sets:
+                torch._foreach_mul_([p.grad for p in ps if p.grad is not None], coef)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     update_ema(ema, model, 0.0 if step < cfg.ema.start_step else cfg.ema.decay)
     return grad_norm
+
+
+def _full(t: Tensor) -> Tensor:
+    """A DTensor (FSDP2 gradient norm) as a plain replicated tensor; plain tensors pass through."""
+    return t.full_tensor() if dist.is_sharded(t) else t
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -435,11 +548,21 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         vae = vae.to(ctx.device)
         check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
+    teacher, head = build_alignment(cfg, ctx, vae)
     objective = build_objective(cfg.objective)
     optimizer = build_optimizer(dist.unwrap(model).parameters(), cfg.optim)
+    head_optimizer = build_optimizer(dist.unwrap(head).parameters(), cfg.optim) if head is not None else None
     loader = build_loader(cfg.data, ctx.rank, ctx.world)
     step = restore(
-        cfg, resume_from, model=dist.unwrap(model), ema=ema, optimizer=optimizer, loader=loader, ctx=ctx
+        cfg,
+        resume_from,
+        model=dist.unwrap(model),
+        ema=ema,
+        optimizer=optimizer,
+        loader=loader,
+        ctx=ctx,
+        extra=dist.unwrap(head) if head is not None else None,
+        extra_optimizer=head_optimizer,
     )
 
     log.info(
@@ -456,15 +579,19 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
     sums: dict[str, Tensor] = {}
     logged_steps, nonfinite = 0, NonfiniteCounter()
     model.train()
+    if head is not None:
+        head.train()
     logger.start(step)
     while step < cfg.max_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.optim)
+        for opt in (optimizer, head_optimizer) if head is not None else (optimizer,):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.optim)
         step_metrics: dict[str, Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = next(loader)
             torch.manual_seed(micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank))
-            with dist.sync_grads(model, enabled=micro == cfg.grad_accum - 1):
+            sync = micro == cfg.grad_accum - 1
+            with dist.sync_grads(model, enabled=sync), dist.sync_grads(head, enabled=sync):
                 loss, metrics = train_step(
                     batch,
                     model=model,
@@ -473,11 +600,23 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                     precision=cfg.precision,
                     device=ctx.device,
                     vae=vae,
+                    align=cfg.align,
+                    teacher=teacher,
+                    head=head,
                 )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-        grad_norm = optimizer_step(cfg, step, model=model, ema=ema, optimizer=optimizer, nonfinite=nonfinite)
+        grad_norm = optimizer_step(
+            cfg,
+            step,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            nonfinite=nonfinite,
+            head=head,
+            head_optimizer=head_optimizer,
+        )
         if grad_norm is None:  # non-finite: skipped, the same step is retried on the next batch
             continue
         step += 1
@@ -503,6 +642,8 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                 optimizer=optimizer,
                 ctx=ctx,
                 rank_state={"data": loader.state_dict()},
+                extra=dist.unwrap(head) if head is not None else None,
+                extra_optimizer=head_optimizer,
                 meta={
                     "config": to_dict(cfg),
                     "model_class": f"{model_cls.__module__}:{model_cls.__qualname__}",

@@ -1,11 +1,13 @@
 """``tools/bench.py`` smoke tests: the ``vae`` subcommand at tiny sizes (JSON lines, keys, streamed == whole
-up to rounding, the diffusers comparison or its skip line) and one ``train`` case with the Latte reference.
-CPU, one thread, ~15 s. ``tools/`` is a folder of scripts, so the module is loaded from its path."""
+up to rounding, the diffusers comparison or its skip line), one ``train`` case with the Latte reference, and
+the ``align`` losses with dREPA against the blog's reference. CPU, one thread, ~20 s. ``tools/`` is a folder
+of scripts, so the module is loaded from its path."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
@@ -106,3 +108,31 @@ def test_train_with_reference(capsys):
     for r in rows:
         assert r["step_s"] > 0 and r["frames"] == 2 and r["size"] == 8
     assert rows[1]["minivdit_speedup"] > 0
+
+
+TINY_ALIGN = ["align", "--device", "cpu", "--frames", "3", "--tokens", "8", "--dim", "16"]
+TINY_ALIGN += ["--iters", "1", "--warmup", "0", "--in-process"]
+
+
+def test_align_with_reference(capsys):
+    """Every loss once, then dREPA vs the blog's reference at a reduced n (a tiny memory budget): the fp32
+    values agree and the extrapolation to the full n is reported."""
+    bench.main([*TINY_ALIGN, "--ref-mem-gib", "1e-5"])
+    rows = _rows(capsys)
+    ours = [r for r in rows if r["impl"] == "minivdit" and r["tokens"] == 8]
+    assert [r["loss"] for r in ours] == ["repa", "crepa", "trd", "drepa-appendix", "drepa-blog"]
+    for r in rows[:-1]:
+        assert "error" not in r and r["seconds"] > 0 and math.isfinite(r["value"]), r
+    cmp = rows[-1]
+    assert cmp["impl"] == "drepa-vs-reference" and cmp["tokens_ref"] < cmp["tokens"] == 8
+    assert (
+        cmp["rel_diff_fp32"] < 1e-5
+        and cmp["ref_rel_err_vs_fp64"] < 1e-5
+        and cmp["ours_rel_err_vs_fp64"] < 1e-5
+    )
+    assert cmp["ref_seconds_full_est"] >= cmp["ref_seconds"] and "n/n_ref" in cmp["extrapolation"]
+
+
+def test_align_rejects_unpaired_sizes():
+    with pytest.raises(SystemExit):
+        bench.main([*TINY_ALIGN, "--tokens", "8", "9"])

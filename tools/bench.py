@@ -27,6 +27,18 @@ mmap threshold is fixed at 128 KiB (``EXACT_RSS_MALLOC``: ~20 % more time in pag
 diffusers config, ``save_pretrained`` → ``CogVideoXVAE.from_pretrained``) and the same clip: encode and
 decode seconds, ``speedup`` = diffusers / ours in the same process, and max |Δ|. A JSON line says why when
 diffusers is not importable (or ``--skip-diffusers``).
+
+    python tools/bench.py align --frames 13 16 --tokens 1350 256 --dim 1024 1472
+
+``align``: forward + backward (into the DiT side) of each loss of ``minivdit.align.losses`` in fp32 on
+random [B, F, n, d] tokens, one case per (F, n, d) triple (the defaults: CogVideoX 13×30×45 latents with a
+1024-wide teacher; 16 frames of 16×16 tokens with DINOv2-L + SAM2.1 Hiera-B+ stride-16 fused, 1024 + 448):
+seconds, peak memory (measured as in ``vae``: CUDA max allocated, or the CPU resident set in a fresh
+subprocess per case) and the loss value. Then dREPA against the blog's reference ``dREPA_loss`` (seeds/000,
+copied below, clearly labelled) at the largest n whose [B, F, F, n, n] Grams fit ``--ref-mem-gib``: both
+times and peaks, ``speedup`` = reference / ours at that size, the relative difference of the fp32 values
+and each one's error against an fp64 evaluation; when n had to shrink, the reference's time and memory at
+full size extrapolated by (n_full / n_ref)² (its Grams have F²·n² entries and cost F²·n²·d).
 """
 
 from __future__ import annotations
@@ -48,8 +60,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
+from torch import Tensor
 
+from minivdit.align import losses as align_losses
 from minivdit.models import blocks
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
 from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
@@ -378,23 +393,24 @@ def vae_case(spec: dict) -> dict:
 EXACT_RSS_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
-def _vae_case_subprocess(spec: dict, default_malloc: bool = False) -> dict:
-    """``vae_case`` in a fresh interpreter (``vae --case``): a clean heap, so RSS deltas are not hidden by
-    memory the allocator kept from an earlier case (nor inflated by heap fragmentation: see
-    ``EXACT_RSS_MALLOC``)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "vae", "--case", json.dumps(spec)]
+def _case_subprocess(bench: str, spec: dict, default_malloc: bool, on_error: dict) -> dict:
+    """``<bench> --case spec`` in a fresh interpreter: a clean heap, so RSS deltas are not hidden by memory
+    the allocator kept from an earlier case (nor inflated by heap fragmentation: see ``EXACT_RSS_MALLOC``).
+    Returns the case's JSON row, or ``on_error`` with the exit status and the last lines of its output."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), bench, "--case", json.dumps(spec)]
     env = dict(os.environ) if default_malloc else {**EXACT_RSS_MALLOC, **os.environ}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {
-            "bench": "vae",
-            "impl": "causal3d",
-            **{k: spec[k] for k in ("op", "chunk", "frames", "size")},
-            "error": f"exit {proc.returncode}: " + " | ".join(tail),
-        }
+        return {**on_error, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
+
+
+def _vae_case_subprocess(spec: dict, default_malloc: bool = False) -> dict:
+    """``vae_case`` in a fresh interpreter (``vae --case``)."""
+    on_error = {"bench": "vae", "impl": "causal3d", **{k: spec[k] for k in ("op", "chunk", "frames", "size")}}
+    return _case_subprocess("vae", spec, default_malloc, on_error)
 
 
 def bench_vae_causal(args: argparse.Namespace) -> list[dict]:
@@ -616,6 +632,227 @@ def _check_vae_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> No
         ap.error("--diffusers-channels needs >= 3 blocks and --diffusers-size a multiple of 2**(blocks - 1)")
 
 
+# ---------------------------------------------------------------- alignment-loss benchmark
+
+
+# seeds/000_909e03a75427b323.txt, "Appendix - Implementation": the dREPA blog's PyTorch reference, verbatim
+# (REFERENCE ONLY, for timing, memory and numerical comparison; minivdit's dREPA is minivdit.align.losses).
+# fmt: off
+def dREPA_loss(
+    yv: Tensor,      # [B, f, hw, D]  foundation-model features
+    h:  Tensor,      # [B, f, hw, D]  generation-model features
+    reshape = True,
+) -> Tensor:
+
+    if reshape:
+        yv = rearrange(yv, 'B F C H W -> B F (H W) C')
+        h  = rearrange(h,  'B F C H W -> B F (H W) C')
+
+    B, f, hw, D = yv.shape
+    device = yv.device
+
+    # 1) Normalize features along D
+    yv_norm = F.normalize(yv, p=2, dim=-1)  # [B, f, hw, D]
+    h_norm  = F.normalize(h,  p=2, dim=-1)
+
+    # 2) Spatial similarities per frame
+    y_spatial = torch.einsum('bfid,bfjd->bfij', yv_norm, yv_norm)
+    h_spatial = torch.einsum('bfid,bfjd->bfij', h_norm,  h_norm)
+    L_spatial = (h_spatial - y_spatial).pow(2).mean()
+
+    # 3) Full cross-frame similarities
+    y_temp = torch.einsum('bfid,bgjd->bfgij', yv_norm, yv_norm)
+    h_temp = torch.einsum('bfid,bgjd->bfgij', h_norm,  h_norm)
+    diff_temp = (h_temp - y_temp).pow(2)
+
+    # 4) Mask out same-frame pairs (keep only e != d)
+    diag = torch.eye(f, dtype=torch.bool, device=device)
+    mask = ~diag
+
+    # 5) Expand mask to match diff_temp
+    mask = mask.view(1, f, f, 1, 1).expand(B, f, f, hw, hw)
+
+    # 6) Apply mask & mean
+    L_temporal = diff_temp[mask].mean()
+
+    return L_spatial + L_temporal
+# fmt: on
+
+
+ALIGN_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "repa": align_losses.repa,
+    "crepa": align_losses.crepa,  # d = 1, τ = 1, exact
+    "trd": align_losses.trd,  # full, margin 0.1
+    "drepa-appendix": lambda h, y: align_losses.drepa(h, y, variant="appendix"),
+    "drepa-blog": lambda h, y: align_losses.drepa(h, y, variant="blog"),
+    "drepa-l1": lambda h, y: align_losses.drepa(h, y, distance="l1"),
+    # the reference returns the batch mean; expanded to [B] so that every case is summed the same way
+    "reference": lambda h, y: dREPA_loss(y, h, reshape=False).expand(h.shape[0]),
+}
+REF_BYTES_PER_ENTRY = 64
+"""Peak bytes of the reference's forward + backward per entry of its [B, f, f, hw, hw] Grams, measured on the
+CPU (~60: four fp32 Gram-sized tensors, the boolean-mask gather and its int64 indices)."""
+
+
+def _align_inputs(spec: dict, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Deterministic h, y [B, F, n, d] ~ N(0.5, 1): a shared mean direction, as real features have, so the
+    Grams are far from 0 (harder for the Gram identity's cancellation than centred noise)."""
+    g = torch.Generator().manual_seed(spec["seed"])
+    shape = (spec["batch"], spec["frames"], spec["tokens"], spec["dim"])
+    h = (torch.randn(shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+    y = (torch.randn(shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+    return h, y
+
+
+def align_case(spec: dict) -> dict:
+    """One alignment-loss measurement: forward + backward (into h) of ``spec["loss"]`` in fp32 → its row.
+    ``value`` is the batch mean of the loss; for the dREPA losses and the reference also ``value_fp64``,
+    minivdit's dREPA on the same inputs in fp64 (exact to ~1e-15: see tests/test_align_losses.py)."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    h, y = _align_inputs(spec, torch.float32, device)
+    h.requires_grad_(True)
+    loss_fn = ALIGN_LOSSES[spec["loss"]]
+
+    def fn():
+        h.grad = None
+        loss = loss_fn(h, y)
+        loss.sum().backward()
+        return loss.detach()
+
+    out, seconds, peak, metric = _measure(fn, device, spec["warmup"], spec["iters"])
+    row = {
+        "bench": "align",
+        "impl": "dREPA_loss (seeds/000 reference)" if spec["loss"] == "reference" else "minivdit",
+        "loss": spec["loss"],
+        "frames": spec["frames"],
+        "tokens": spec["tokens"],
+        "dim": spec["dim"],
+        "batch": spec["batch"],
+        "dtype": "fp32",
+        "device": _device_name(device),
+        "seconds": round(seconds, 4),
+        "peak_mem_mib": _mib(peak),
+        "mem_metric": metric,
+        "value": out.double().mean().item(),
+    }
+    if spec["loss"].startswith("drepa") or spec["loss"] == "reference":
+        h64, y64 = _align_inputs(spec, torch.float64, device)
+        variant = "blog" if spec["loss"] == "drepa-blog" else "appendix"
+        distance = "l1" if spec["loss"] == "drepa-l1" else "l2"
+        with torch.no_grad():
+            row["value_fp64"] = align_losses.drepa(h64, y64, variant=variant, distance=distance).mean().item()
+        row["rel_err_vs_fp64"] = abs(row["value"] - row["value_fp64"]) / abs(row["value_fp64"])
+    return row
+
+
+def _ref_tokens(frames: int, tokens: int, batch: int, mem_gib: float) -> int:
+    """The largest n <= tokens whose reference Grams (B·F²·n² entries × REF_BYTES_PER_ENTRY) fit mem_gib."""
+    fit = math.isqrt(int(mem_gib * 2**30 / (REF_BYTES_PER_ENTRY * batch))) // frames
+    return max(1, min(tokens, fit))
+
+
+def bench_align(args: argparse.Namespace) -> list[dict]:
+    isolate = torch.device(args.device).type == "cpu" and not args.in_process
+    base = {"device": args.device, "batch": args.batch, "warmup": args.warmup, "iters": args.iters, "seed": 0}
+    base["threads"] = torch.get_num_threads()
+
+    def run(**kw) -> dict:
+        spec = {**base, **kw}
+        if not isolate:
+            row = align_case(spec)
+        else:
+            on_error = {"bench": "align", **{k: spec[k] for k in ("loss", "frames", "tokens", "dim")}}
+            row = _case_subprocess("align", spec, args.default_malloc, on_error)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        return row
+
+    results: list[dict] = []
+    for frames, tokens, dim in zip(args.frames, args.tokens, args.dim, strict=True):
+        size = {"frames": frames, "tokens": tokens, "dim": dim}
+        ours = {loss: run(loss=loss, **size) for loss in args.losses}
+        if args.no_reference:
+            continue
+        n_ref = _ref_tokens(frames, tokens, args.batch, args.ref_mem_gib)
+        ref = run(loss="reference", **{**size, "tokens": n_ref})
+        mine = ours.get("drepa-appendix") if n_ref == tokens else None
+        if mine is None:  # ours at the reference's size, for the like-for-like ratio
+            mine = run(loss="drepa-appendix", **{**size, "tokens": n_ref})
+        if "error" in ref or "error" in mine:
+            continue
+        scale = (tokens / n_ref) ** 2
+        row = {
+            "bench": "align",
+            "impl": "drepa-vs-reference",
+            "frames": frames,
+            "tokens": tokens,
+            "dim": dim,
+            "batch": args.batch,
+            "tokens_ref": n_ref,
+            "ref_seconds": ref["seconds"],
+            "ours_seconds": mine["seconds"],
+            "speedup": round(ref["seconds"] / mine["seconds"], 2),
+            "ref_peak_mem_mib": ref["peak_mem_mib"],
+            "ours_peak_mem_mib": mine["peak_mem_mib"],
+            "rel_diff_fp32": abs(mine["value"] - ref["value"]) / abs(ref["value"]),
+            "ref_rel_err_vs_fp64": ref["rel_err_vs_fp64"],
+            "ours_rel_err_vs_fp64": mine["rel_err_vs_fp64"],
+        }
+        if n_ref < tokens:
+            full = ours.get("drepa-appendix", {})
+            row["extrapolation"] = (
+                f"reference at n={tokens} = measured at n={n_ref} * (n/n_ref)^2 = *{scale:.2f}, time and "
+                "memory: its Grams hold B*F^2*n^2 entries and cost B*F^2*n^2*d multiply-adds at fixed F, d"
+            )
+            row["ref_seconds_full_est"] = round(ref["seconds"] * scale, 2)
+            peak = None if ref["peak_mem_mib"] is None else round(ref["peak_mem_mib"] * scale, 1)
+            row["ref_peak_mem_mib_full_est"] = peak
+            if full.get("seconds"):
+                row["speedup_full_est"] = round(ref["seconds"] * scale / full["seconds"], 1)
+            if peak and full.get("peak_mem_mib"):
+                row["mem_ratio_full_est"] = round(peak / full["peak_mem_mib"], 1)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def _add_align_parser(sub) -> None:
+    al = sub.add_parser("align", help="alignment losses fwd+bwd; dREPA vs the blog's reference code")
+    al.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    al.add_argument("--frames", type=int, nargs="+", default=[13, 16], help="F per case (zipped with below)")
+    al.add_argument("--tokens", type=int, nargs="+", default=[1350, 256], help="n tokens per frame per case")
+    al.add_argument("--dim", type=int, nargs="+", default=[1024, 1024 + 448], help="feature width per case")
+    al.add_argument("--batch", type=int, default=1)
+    al.add_argument(
+        "--losses", nargs="+", default=[k for k in ALIGN_LOSSES if k not in ("reference", "drepa-l1")]
+    )
+    al.add_argument(
+        "--ref-mem-gib", type=float, default=4.0, help="memory the reference may use (sets its n)"
+    )
+    al.add_argument("--no-reference", action="store_true")
+    al.add_argument("--iters", type=int, default=1, help="timed calls per case (mean)")
+    al.add_argument("--warmup", type=int, default=1, help="untimed, unmeasured calls first")
+    al.add_argument("--in-process", action="store_true", help="CPU: run cases in this process")
+    al.add_argument("--default-malloc", action="store_true", help="CPU: glibc's adaptive mmap threshold")
+    al.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one align_case spec (JSON)
+
+
+def _check_align_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not len(args.frames) == len(args.tokens) == len(args.dim):
+        ap.error(
+            "--frames, --tokens and --dim give one value per case: "
+            f"got {args.frames}, {args.tokens}, {args.dim}"
+        )
+    if min(args.frames + args.tokens + args.dim) < 1 or args.batch < 1:
+        ap.error("--frames, --tokens, --dim and --batch must be >= 1")
+    unknown = sorted(set(args.losses) - set(ALIGN_LOSSES) - {"reference"})
+    if unknown:
+        ap.error(f"unknown --losses {unknown}; choose from {sorted(ALIGN_LOSSES)}")
+    if args.iters < 1 or args.warmup < 0:
+        ap.error("--iters must be >= 1 and --warmup >= 0")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -635,18 +872,32 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--iters", type=int, default=5)
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     _add_vae_parser(sub)
+    _add_align_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         bench_train(args)
     elif args.case is not None:  # internal: one measurement in this (fresh) process
-        print(json.dumps(vae_case(json.loads(args.case))), flush=True)
-    else:
+        case = vae_case if args.cmd == "vae" else align_case
+        print(json.dumps(case(json.loads(args.case))), flush=True)
+    elif args.cmd == "vae":
         _check_vae_args(ap, args)
         bench_vae(args)
+    else:
+        _check_align_args(ap, args)
+        bench_align(args)
 
 
 if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "bench_train", "bench_vae", "make_reference", "vae_case", "PeakRSS"]
+__all__ = [
+    "main",
+    "bench_train",
+    "bench_vae",
+    "bench_align",
+    "make_reference",
+    "vae_case",
+    "align_case",
+    "PeakRSS",
+]
