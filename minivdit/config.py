@@ -53,3 +53,27 @@ def from_dict(cls: type, d: dict) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields in config: {sorted(unknown)}")
     return cls(**{k: _convert(hints[k], v) for k, v in d.items() if k != "_type"})
+
+
+def pop_choice(flag: str, choices: tuple[str, ...], default: str, argv: list[str] | None = None) -> str:
+    """Take ``flag VALUE`` (or ``flag=VALUE``) out of ``argv`` (default ``sys.argv``) and return VALUE.
+
+    For the one structural choice a recipe exposes on the command line (``--objective ddpm|flow``): tyro
+    changes values of the class the recipe chose, so a different class is picked here, before tyro parses
+    the rest."""
+    import sys
+
+    argv = sys.argv if argv is None else argv
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            break
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {choices}, got {value!r}")
+    return value

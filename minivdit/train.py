@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
 from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
 from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
+from minivdit.data.shards import cache_mismatches
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models.dit import DiTConfig, VDiT, num_params
 from minivdit.models.vae import VAEConfig, build_vae
@@ -186,18 +188,18 @@ class TrainConfig:
                 f"model.num_frames={self.model.num_frames} must equal data.num_frames="
                 f"{self.data.num_frames} (the temporal position table)"
             )
-        if self.model.num_classes not in (0, self.data.num_classes):
+        if self.data.dataset == "synthetic" and self.model.num_classes not in (0, self.data.num_classes):
             raise ValueError(
                 f"model.num_classes={self.model.num_classes} must be 0 (unconditional) or "
                 f"data.num_classes={self.data.num_classes}"
             )
         if self.align is not None:
             check_block_index(self.align, self.model.depth)
-            if not (self.teacher.enabled or self.teacher.tiny_random):
+            if not (self.teacher.enabled or self.teacher.tiny_random or self.data.dataset == "shards"):
                 raise ValueError(
                     "align is set but no teacher folder is: give at least one of --teacher.dinov2, "
                     "--teacher.dinov3, --teacher.sam2, --teacher.vjepa2, --teacher.videomae (local Hugging "
-                    "Face folders; README 'Alignment')"
+                    "Face folders; README 'Alignment'), or train on shards with cached feats"
                 )
         pred = build_objective(self.objective).pred_channels(self.model.in_channels)
         if pred != self.model.out_channels:
@@ -332,14 +334,48 @@ def build_models(
     return model, ema
 
 
+def check_dataset(cfg: TrainConfig, dataset) -> None:
+    """The run fits the dataset: class count, and for shards the VAE/teacher that made their caches."""
+    num_classes = getattr(dataset, "num_classes", cfg.data.num_classes)
+    if cfg.model.num_classes not in (0, num_classes):
+        raise ValueError(
+            f"model.num_classes={cfg.model.num_classes} must be 0 (unconditional) or the dataset's "
+            f"{num_classes} classes ({cfg.data.dataset} at {cfg.data.root}); set --model.num-classes"
+        )
+    meta = getattr(dataset, "meta", None)  # shards: what made the cached latents / feats
+    if meta is None:
+        return
+    fields = meta.get("fields", {})
+    if "latents" in fields and cfg.vae.kind == "none":
+        raise ValueError(
+            f"{cfg.data.root} holds cached latents (vae {meta.get('vae', {}).get('kind')!r}) but the run "
+            f"trains in pixel space (--vae.kind none): set --vae.kind/--vae.path to the VAE that made them"
+        )
+    teacher = to_dict(cfg.teacher) if cfg.align is not None and cfg.teacher.enabled else None
+    problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid)
+    if problems:
+        raise ValueError(f"the caches in {cfg.data.root} do not fit this run: " + "; ".join(problems))
+
+
 def build_alignment(
-    cfg: TrainConfig, ctx: dist.DistContext, vae: torch.nn.Module | None
+    cfg: TrainConfig, ctx: dist.DistContext, vae: torch.nn.Module | None, dataset=None
 ) -> tuple[Teacher | None, torch.nn.Module | None]:
-    """The frozen teacher (resized to the DiT's token grid) and the alignment head, or (None, None). The head
-    is seeded from ``cfg.seed`` on the CPU (the same on every rank), then replicated: DDP when world > 1,
-    whatever the model's strategy (it is small; FSDP would shard a few MB for nothing)."""
+    """The frozen teacher (resized to the DiT's token grid) and the alignment head, or (None, None). With
+    shards that carry cached feats there is no teacher (None): the head is sized from the shards' metadata.
+    The head is seeded from ``cfg.seed`` on the CPU (the same on every rank), then replicated: DDP when
+    world > 1, whatever the model's strategy (it is small; FSDP would shard a few MB for nothing)."""
     if cfg.align is None:
         return None, None
+    meta = getattr(dataset, "meta", None) or {}
+    if "feats" in meta.get("fields", {}):  # cached by tools/cache_latents.py: no teacher in this run
+        t = meta["teacher"]
+        names, dims, grid = tuple(t["names"]), tuple(t["dims"]), tuple(t["grid"])
+        log.info(f"teacher: cached feats from {cfg.data.root} ({'+'.join(names)}); the teacher is not loaded")
+        return None, _build_head(cfg, ctx, vae, names=names, dims=dims, grid=grid)
+    if cfg.data.dataset == "shards" and not (cfg.teacher.enabled or cfg.teacher.tiny_random):
+        raise ValueError(
+            f"align is set but the shards in {cfg.data.root} carry no feats and no --teacher.* is set"
+        )
     teacher_cfg = cfg.teacher
     if not teacher_cfg.enabled:  # tiny_random (validated in TrainConfig)
         root = cfg.run_dir / "tiny_teachers"
@@ -353,13 +389,17 @@ def build_alignment(
             f"in {root} (a smoke test of the machinery, not Align4Gen; pass real folders for that)"
         )
     teacher = build_teacher(teacher_cfg, grid=cfg.model.grid).to(ctx.device)
+    return teacher, _build_head(cfg, ctx, vae, names=teacher.names, dims=teacher.dims, grid=teacher.grid)
+
+
+def _build_head(cfg: TrainConfig, ctx: dist.DistContext, vae, *, names, dims, grid) -> torch.nn.Module:
     torch.manual_seed(cfg.seed + 1)
     head = AlignHead(
         cfg.align,
         hidden_dim=cfg.model.hidden_size,
-        teacher_dims=teacher.dims,
+        teacher_dims=dims,
         dit_grid=cfg.model.grid,
-        teacher_grid=teacher.grid,
+        teacher_grid=grid,
         stride=getattr(vae, "temporal_compression", 1),
     )
     head.init_weights()
@@ -368,10 +408,10 @@ def build_alignment(
         head = dist.parallelize_replicated(head, ctx)
     log.info(
         f"alignment: {cfg.align.loss} at block {cfg.align.block_index} (weight {cfg.align.weight}); teacher "
-        f"{'+'.join(teacher.names)} dims {teacher.dims} on a {teacher.grid[0]}x{teacher.grid[1]} grid; head "
+        f"{'+'.join(names)} dims {tuple(dims)} on a {grid[0]}x{grid[1]} grid; head "
         f"{num_params(dist.unwrap(head)) / 1e6:.2f} M parameters"
     )
-    return teacher, head
+    return head
 
 
 @torch.no_grad()
@@ -543,16 +583,17 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
     run_dir = cfg.run_dir
     resume_from = start_run(cfg, ctx)
 
+    loader = build_loader(cfg.data, ctx.rank, ctx.world)  # first: a wrong --data.root fails fast
+    check_dataset(cfg, loader.dataset)
     vae = build_vae(cfg.vae)
     if vae is not None:
         vae = vae.to(ctx.device)
         check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
-    teacher, head = build_alignment(cfg, ctx, vae)
+    teacher, head = build_alignment(cfg, ctx, vae, loader.dataset)
     objective = build_objective(cfg.objective)
     optimizer = build_optimizer(dist.unwrap(model).parameters(), cfg.optim)
     head_optimizer = build_optimizer(dist.unwrap(head).parameters(), cfg.optim) if head is not None else None
-    loader = build_loader(cfg.data, ctx.rank, ctx.world)
     step = restore(
         cfg,
         resume_from,
@@ -652,7 +693,9 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
             )
             log.info(f"saved checkpoint {path}")
         if cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
-            _sample_grid(cfg, ema, objective, vae, ctx, logger, step)
+            _sample_grid(
+                cfg, ema, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
+            )
             model.train()
     logger.close()
     dist.barrier()
@@ -667,6 +710,7 @@ def _sample_grid(
     ctx: dist.DistContext,
     logger: MetricLogger,
     step: int,
+    classes=None,
 ) -> None:
     """Every rank samples (FSDP needs all of them in the forward); rank 0 writes."""
     t0 = time.perf_counter()
@@ -687,7 +731,7 @@ def _sample_grid(
     if vae is not None:
         videos = decode_latents(vae, videos, ctx.device, cfg.precision)
     if ctx.is_main:
-        names = _label_names(cfg, labels)
+        names = _label_names(cfg, labels, classes)
         out = write_samples(cfg.run_dir / "samples" / f"step_{step:07d}", videos, names)
         logger.video("samples", out["uint8"], step)
         logger.image("samples/contact_sheet", out["contact"], step)
@@ -695,19 +739,28 @@ def _sample_grid(
         log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {took:.1f}s)")
 
 
-def _label_names(cfg: TrainConfig, labels: Tensor | None) -> list[str] | None:
+def _label_names(cfg: TrainConfig, labels: Tensor | None, classes=None) -> list[str] | None:
     if labels is None:
         return None
     if cfg.data.dataset == "synthetic":
         from minivdit.data.synthetic import CLASS_NAMES
 
         return [f"{int(y)}: {CLASS_NAMES[int(y)]}" for y in labels]
+    if classes:
+        return [f"{int(y)}: {classes[int(y)]}" for y in labels]
     return [str(int(y)) for y in labels]
 
 
 def main(default: TrainConfig, args: list[str] | None = None, *, model_cls: type[VDiT] = VDiT) -> None:
     """CLI entry of every recipe: ``tyro`` over the recipe's config, then ``train``."""
-    cfg = tyro.cli(TrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
+    recipe_doc = getattr(sys.modules.get("__main__"), "__doc__", None)  # the recipe's docstring: --help
+    cfg = tyro.cli(
+        TrainConfig,
+        default=default,
+        args=args,
+        config=(tyro.conf.AvoidSubcommands,),
+        description=recipe_doc,
+    )
     try:
         train(cfg, model_cls=model_cls)
     finally:

@@ -1,6 +1,7 @@
 """``tools/bench.py`` smoke tests: the ``vae`` subcommand at tiny sizes (JSON lines, keys, streamed == whole
-up to rounding, the diffusers comparison or its skip line), one ``train`` case with the Latte reference, and
-the ``align`` losses with dREPA against the blog's reference. CPU, one thread, ~20 s. ``tools/`` is a folder
+up to rounding, the diffusers comparison or its skip line), one ``train`` case with the Latte reference,
+the ``align`` losses with dREPA against the blog's reference, and the ``decode`` per-clip reader against
+whole-file decoding. CPU, one thread, ~20 s. ``tools/`` is a folder
 of scripts, so the module is loaded from its path."""
 
 from __future__ import annotations
@@ -136,3 +137,23 @@ def test_align_with_reference(capsys):
 def test_align_rejects_unpaired_sizes():
     with pytest.raises(SystemExit):
         bench.main([*TINY_ALIGN, "--tokens", "8", "9"])
+
+
+def test_decode_partial_vs_whole(capsys):
+    """Tiny files (2 s of 64×48 at 10 fps): one JSON line per container, our frames bit-identical to the
+    whole-file decode's, and fewer frames decoded per clip than the file has."""
+    bench.main(
+        ["decode", "--seconds", "2", "--fps", "10", "--width", "64", "--height", "48", "--gop", "5"]
+        + ["--frames", "3", "--interval", "2", "--clips", "3", "--whole-clips", "2"]
+    )
+    rows = _rows(capsys)
+    assert [(r["container"], r["codec"]) for r in rows] == [("avi", "mpeg4"), ("mp4", "libx264")]
+    for r in rows:
+        assert r["video_frames"] == 20 and r["exact"] and r["speedup"] > 0, r
+        assert r["ours_s_per_clip"] > 0 and r["whole_s_per_clip"] > 0 and r["probe_s"] > 0
+        assert r["frames_decoded_per_clip"] < r["frames_decoded_per_clip_whole"] == 20
+
+
+def test_decode_rejects_clips_longer_than_the_video():
+    with pytest.raises(SystemExit):
+        bench.main(["decode", "--seconds", "0.4", "--fps", "10", "--width", "32", "--height", "24"])

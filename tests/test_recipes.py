@@ -30,7 +30,9 @@ def parse(default: TrainConfig, args: list[str]) -> TrainConfig:
 
 
 def test_recipes_exist():
-    assert {"quickstart", "quickstart_ddpm"} <= {p.stem for p in RECIPES}
+    expected = {"quickstart", "quickstart_ddpm", "quickstart_align", "repa_ucf"}
+    expected |= {f"{a}_{d}" for a in ("latte", "align4gen") for d in ("ucf", "sky", "ffs")}
+    assert expected <= {p.stem for p in RECIPES}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -38,8 +40,8 @@ def test_recipe_parses_and_overrides(path):
     default = load(path).config()
     assert isinstance(default, TrainConfig)
     assert parse(default, []) == default
-    changed = parse(default, ["--optim.lr", "3e-4", "--model.depth", "4", "--max-steps", "7"])
-    assert (changed.optim.lr, changed.model.depth, changed.max_steps) == (3e-4, 4, 7)
+    changed = parse(default, ["--optim.lr", "3e-4", "--model.depth", "12", "--max-steps", "7"])
+    assert (changed.optim.lr, changed.model.depth, changed.max_steps) == (3e-4, 12, 7)
     assert type(changed.objective) is type(default.objective)  # the recipe's objective class is kept
 
 

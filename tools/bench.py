@@ -39,6 +39,16 @@ copied below, clearly labelled) at the largest n whose [B, F, F, n, n] Grams fit
 times and peaks, ``speedup`` = reference / ours at that size, the relative difference of the fp32 values
 and each one's error against an fp64 evaluation; when n had to shrink, the reference's time and memory at
 full size extrapolated by (n_full / n_ref)² (its Grams have F²·n² entries and cost F²·n²·d).
+
+    python tools/bench.py decode --seconds 10 --width 320 --height 240 --containers avi mp4
+
+``decode``: writes a ``--seconds`` clip of moving texture per container (AVI/mpeg4 and MP4/libx264 at the
+encoders' default GOPs, ``--gop`` to force one) into a temp dir, then times reading one training clip
+(``--frames`` frames every ``--interval``-th, random window) with ``minivdit.data.video.read_frames`` (seek
+to the keyframe, decode to the last wanted frame, convert only the wanted frames) against Latte's way
+(``read_video``: decode and convert every frame, then pick). Seconds per clip, ``speedup`` = whole / ours,
+frames decoded per clip, the one-off ``probe_s`` (demux index, cached per file afterwards) and ``exact``
+(our frames are bit-identical to the whole-file decode's).
 """
 
 from __future__ import annotations
@@ -853,6 +863,113 @@ def _check_align_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> 
         ap.error("--iters must be >= 1 and --warmup >= 0")
 
 
+# ---------------------------------------------------------------- decode benchmark
+
+DECODE_CODECS = {"avi": "mpeg4", "mp4": "libx264"}
+
+
+def _write_test_video(path: str, codec: str, n: int, width: int, height: int, fps: int, gop: int | None):
+    """Moving texture plus a scrolling colour ramp: real motion for the encoder, reproducible."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (2 * height, 2 * width, 3), dtype=np.uint8)
+    ramp = np.arange(width, dtype=np.int64)[None, :]
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
+        for i in range(n):
+            y, x = i % height, (2 * i) % width
+            frame = texture[y : y + height, x : x + width].copy()
+            frame[..., 0] = (ramp + 3 * i) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def bench_decode(args: argparse.Namespace) -> list[dict]:
+    import numpy as np
+
+    from minivdit.data import video
+
+    n = round(args.seconds * args.fps)
+    span = (args.frames - 1) * args.interval + 1
+    if n < span:
+        raise SystemExit(f"decode: {n} frames < the {span} a clip spans")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ext in args.containers:
+            codec = DECODE_CODECS[ext]
+            folder = args.dir or tmp
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"bench_{args.width}x{args.height}_{args.seconds}s.{ext}")
+            _write_test_video(path, codec, n, args.width, args.height, args.fps, args.gop)
+            t0 = time.perf_counter()
+            info = video.probe(path)
+            probe_s = time.perf_counter() - t0
+            rng = np.random.default_rng(args.seed)
+            windows = [
+                s + args.interval * np.arange(args.frames) for s in rng.integers(0, n - span + 1, args.clips)
+            ]
+
+            video.STATS.reset()
+            t0 = time.perf_counter()
+            ours = [video.read_frames(path, idx) for idx in windows]
+            ours_s = (time.perf_counter() - t0) / args.clips
+            decoded = video.STATS.frames_decoded / args.clips
+            fallbacks = video.STATS.fallbacks
+
+            k = min(args.whole_clips, args.clips)
+            video.STATS.reset()
+            t0 = time.perf_counter()
+            whole = [video.read_all_frames(path)[idx] for idx in windows[:k]]
+            whole_s = (time.perf_counter() - t0) / k
+            row = {
+                "bench": "decode",
+                "container": ext,
+                "codec": codec,
+                "width": args.width,
+                "height": args.height,
+                "fps": args.fps,
+                "video_frames": info.num_frames,
+                "keyframes": len(info.keyframes) if info.keyframes is not None else None,
+                "clip_frames": args.frames,
+                "interval": args.interval,
+                "clips": args.clips,
+                "probe_s": round(probe_s, 5),
+                "ours_s_per_clip": round(ours_s, 5),
+                "whole_s_per_clip": round(whole_s, 5),
+                "speedup": round(whole_s / ours_s, 2),
+                "frames_decoded_per_clip": round(decoded, 1),
+                "frames_decoded_per_clip_whole": video.STATS.frames_decoded / k,
+                "fallbacks": fallbacks,
+                "exact": all(np.array_equal(a, b) for a, b in zip(ours, whole, strict=False)),
+            }
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+def _add_decode_parser(sub) -> None:
+    de = sub.add_parser("decode", help="per-clip video decode (seek + partial) vs whole-file decode")
+    de.add_argument("--containers", nargs="+", default=["avi", "mp4"], choices=sorted(DECODE_CODECS))
+    de.add_argument("--seconds", type=float, default=10.0)
+    de.add_argument("--fps", type=int, default=25)
+    de.add_argument("--width", type=int, default=320)
+    de.add_argument("--height", type=int, default=240)
+    de.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
+    de.add_argument("--frames", type=int, default=16, help="frames per clip (F)")
+    de.add_argument("--interval", type=int, default=3, help="frame interval")
+    de.add_argument("--clips", type=int, default=20, help="random windows timed with our reader")
+    de.add_argument("--whole-clips", type=int, default=5, help="of those, timed with the whole-file reader")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--dir", default=None, help="write the test videos here instead of a temp dir")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -873,9 +990,14 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     _add_vae_parser(sub)
     _add_align_parser(sub)
+    _add_decode_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         bench_train(args)
+    elif args.cmd == "decode":
+        if min(args.frames, args.interval, args.clips, args.whole_clips, args.width, args.height) < 1:
+            ap.error("decode: --frames, --interval, --clips, --whole-clips and the size must be >= 1")
+        bench_decode(args)
     elif args.case is not None:  # internal: one measurement in this (fresh) process
         case = vae_case if args.cmd == "vae" else align_case
         print(json.dumps(case(json.loads(args.case))), flush=True)
@@ -896,6 +1018,7 @@ __all__ = [
     "bench_train",
     "bench_vae",
     "bench_align",
+    "bench_decode",
     "make_reference",
     "vae_case",
     "align_case",

@@ -94,6 +94,7 @@ def _hf(name: str):
     ``minivdit.train`` imports this module (for ``TeacherConfig``) even in runs without a teacher."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights"/"Writing shards" bars: noise here
     return getattr(transformers, name)
 
 

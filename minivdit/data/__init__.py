@@ -3,7 +3,9 @@
 A dataset is any object with ``__len__`` and ``get(index: int, rng: numpy.random.Generator) -> dict``, where
 the dict holds ``"video"`` (float ``[F, 3, H, W]`` in ``[-1, 1]``), ``"label"`` (int) and optionally
 ``"latents"`` and ``"feats"`` (precomputed tensors). The dataset draws every random choice it makes
-(temporal crop, flip, …) from ``rng``; it never touches global RNGs.
+(temporal crop, flip, …) from ``rng``; it never touches global RNGs. Real-video datasets may add
+``"caption"`` (str, not batched) and ``"skipped"`` (``(path, reason)`` of bad sources replaced by another
+draw from ``rng``); the loader logs the skipped paths once per epoch and keeps them in ``Loader.bad_paths``.
 
 Exact resume. Everything that decides which sample comes next is a pure function of the config and of two
 integers, ``(epoch, batch_in_epoch)``:
@@ -26,6 +28,7 @@ Adding a dataset: a file ``minivdit/data/<name>.py`` with a class implementing `
 in the ``DataConfig.dataset`` ``Literal`` and a builder in ``DATASETS``.
 """
 
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -40,14 +43,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from minivdit.data.synthetic import CLASS_NAMES, SyntheticVideos
 
+logger = logging.getLogger("minivdit")
+
 # ---------------------------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: Literal["synthetic"] = "synthetic"
+    dataset: Literal["synthetic", "shards", "ucf101", "sky", "ffs", "folder"] = "synthetic"
     """Which dataset to load (a key of ``minivdit.data.DATASETS``). "synthetic" is procedurally generated and
-    needs no files; its classes are described in ``minivdit/data/synthetic.py``."""
+    needs no files; its classes are described in ``minivdit/data/synthetic.py``. "ucf101", "sky", "ffs" and
+    "folder" read videos / frame folders under ``root`` (layouts: ``minivdit/data/<name>.py`` and the README,
+    section Datasets); their class count is ``build_dataset(cfg).num_classes`` (UCF-101: 101; 0 when
+    unconditional)."""
     root: str | None = None
     """Directory holding the dataset's files; unused by "synthetic"."""
     num_frames: int = 8
@@ -69,6 +77,24 @@ class DataConfig:
     """Number of distinct clips of "synthetic", i.e. the length of one epoch."""
     drop_last: bool = True
     """Drop each epoch's last, incomplete batch (keeps every batch the same shape)."""
+    shard_fields: tuple[Literal["video", "caption", "latents", "feats"], ...] = ()
+    """"shards" only: the stored fields to read (label always); empty reads all. E.g. ``latents feats`` skips
+    the clips of a cache made with ``--keep-video`` (``minivdit/data/shards.py``)."""
+    split: Literal["train", "test", "all"] = "train"
+    """"ucf101": the official split of ``fold`` ("all" = train + test, Latte's 13,320 clips); "sky": the
+    ``sky_train`` / ``sky_test`` folder ("all": both); "ffs": ``train`` or ``test``. Unused otherwise."""
+    fold: Literal[1, 2, 3] = 1
+    """"ucf101" only: which of the three official train/test splits."""
+    flip: bool | None = None
+    """Random horizontal flip (p = 0.5) of whole clips; None: the dataset's default, as Latte (ucf101 and ffs
+    flip; sky and folder do not)."""
+    resize: Literal["short_side_crop", "crop_resize"] | None = None
+    """Spatial transform of real videos: "short_side_crop" resizes the short side to ``image_size`` then
+    centre-crops; "crop_resize" centre-crops a square on the short side then resizes. None: the dataset's
+    default, as Latte (sky: crop_resize; the others: short_side_crop)."""
+    labels_csv: str | None = None
+    """"folder" only: CSV with a header ``path,label`` and/or ``caption`` (paths relative to ``root``); it
+    then lists the clips. Without it every video / frame folder under ``root`` is used, unlabelled."""
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -87,6 +113,12 @@ class DataConfig:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
+        if self.split not in ("train", "test", "all"):
+            raise ValueError(f"DataConfig.split must be train, test or all, got {self.split!r}")
+        if self.fold not in (1, 2, 3):
+            raise ValueError(f"DataConfig.fold must be 1, 2 or 3, got {self.fold!r}")
+        if self.resize not in (None, "short_side_crop", "crop_resize"):
+            raise ValueError(f"DataConfig.resize must be short_side_crop or crop_resize, got {self.resize!r}")
         if self.dataset == "synthetic" and self.num_classes > len(CLASS_NAMES):
             raise ValueError(
                 f"DataConfig.num_classes must be <= {len(CLASS_NAMES)} for the synthetic dataset, "
@@ -109,7 +141,56 @@ def _synthetic(cfg: DataConfig) -> VideoDataset:
     return SyntheticVideos(cfg.num_frames, cfg.image_size, cfg.num_classes, cfg.synthetic_size, cfg.seed)
 
 
-DATASETS: dict[str, Callable[[DataConfig], VideoDataset]] = {"synthetic": _synthetic}
+def _shards(cfg: DataConfig) -> VideoDataset:
+    from minivdit.data.shards import ShardDataset  # webdataset-format tars: root is the shard folder
+
+    return ShardDataset.from_config(cfg)
+
+
+def _clip_spec(cfg: DataConfig, resize: str, flip: bool):
+    from minivdit.data.video import ClipSpec
+
+    return ClipSpec(
+        num_frames=cfg.num_frames,
+        frame_interval=cfg.frame_interval,
+        image_size=cfg.image_size,
+        resize=cfg.resize or resize,
+        flip=flip if cfg.flip is None else cfg.flip,
+    )
+
+
+def _ucf101(cfg: DataConfig) -> VideoDataset:
+    from minivdit.data import ucf101
+
+    return ucf101.build(cfg.root, cfg.split, cfg.fold, _clip_spec(cfg, "short_side_crop", True))
+
+
+def _sky(cfg: DataConfig) -> VideoDataset:
+    from minivdit.data import sky
+
+    return sky.build(cfg.root, cfg.split, _clip_spec(cfg, "crop_resize", False))
+
+
+def _ffs(cfg: DataConfig) -> VideoDataset:
+    from minivdit.data import ffs
+
+    return ffs.build(cfg.root, cfg.split, _clip_spec(cfg, "short_side_crop", True))
+
+
+def _folder(cfg: DataConfig) -> VideoDataset:
+    from minivdit.data import folder
+
+    return folder.build(cfg.root, cfg.labels_csv, _clip_spec(cfg, "short_side_crop", False))
+
+
+DATASETS: dict[str, Callable[[DataConfig], VideoDataset]] = {
+    "synthetic": _synthetic,
+    "shards": _shards,
+    "ucf101": _ucf101,
+    "sky": _sky,
+    "ffs": _ffs,
+    "folder": _folder,
+}
 """Dataset name -> builder from the config."""
 
 
@@ -173,6 +254,11 @@ def collate(samples: Sequence[dict]) -> Batch:
         )
     label = torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64)
     return Batch(video=video, label=label, latents=stacked.get("latents"), feats=stacked.get("feats"))
+
+
+def _collate_with_skips(samples: Sequence[dict]) -> tuple[Batch, list[tuple[str, str]]]:
+    """``collate`` plus the ``(path, reason)`` of the bad sources the samples skipped (``"skipped"``)."""
+    return collate(samples), [tuple(x) for s in samples for x in s.get("skipped", ())]
 
 
 # ---------------------------------------------------------------------------------------------- sampler
@@ -276,7 +362,7 @@ class Loader:
             _Keyed(dataset),
             batch_sampler=self._sampler,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=_collate_with_skips,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             worker_init_fn=partial(_seed_worker, cfg.seed, rank) if workers > 0 else None,
@@ -284,8 +370,12 @@ class Loader:
             # global torch RNG and perturb the training run's randomness (and its own resume).
             generator=torch.Generator().manual_seed(_mix(cfg.seed, rank)),
         )
-        self._iterator: Iterator[Batch] | None = None
+        self._iterator: Iterator[tuple[Batch, list]] | None = None
         self._epoch, self._batch = 0, 0
+        self.rank = rank
+        self.bad_paths: dict[str, str] = {}
+        """Every bad source (corrupt, truncated, too short…) a batch of this rank skipped: path → reason."""
+        self._epoch_skips: dict[str, int] = {}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -305,11 +395,32 @@ class Loader:
             # With persistent workers, iter() resets the live iterator: the workers drop what they prefetched.
             self._sampler.start = (self._epoch, self._batch)
             self._iterator = iter(self._loader)
-        batch = next(self._iterator)
+        batch, skipped = next(self._iterator)
+        for path, reason in skipped:
+            self.bad_paths[path] = reason
+            self._epoch_skips[path] = self._epoch_skips.get(path, 0) + 1
         self._batch += 1
         if self._batch == self.steps_per_epoch:
+            self._log_skips()
             self._epoch, self._batch = self._epoch + 1, 0
         return batch
+
+    def _log_skips(self) -> None:
+        """One warning per epoch listing the bad sources skipped (and replaced) in it, then forget them."""
+        if not self._epoch_skips:
+            return
+        shown = sorted(self._epoch_skips)[:50]
+        more = len(self._epoch_skips) - len(shown)
+        logger.warning(
+            "data: epoch %d, rank %d: skipped %d bad video(s) %d time(s), replaced by other clips: %s%s",
+            self._epoch,
+            self.rank,
+            len(self._epoch_skips),
+            sum(self._epoch_skips.values()),
+            "; ".join(f"{p} ({self.bad_paths[p]})" for p in shown),
+            f"; and {more} more (Loader.bad_paths)" if more else "",
+        )
+        self._epoch_skips = {}
 
     def state_dict(self) -> dict:
         """Position after the batches consumed so far: ``{"epoch": e, "batch_in_epoch": k}``."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 CONFIG_NAME = "config.json"
+Norm = Literal["rms", "layer", "frame_group"]
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CLASS_NAME = "CausalVAE3D"
 
@@ -86,7 +88,7 @@ class CausalVAE3DConfig:
     inverse depth-to-space (the patcher of NVIDIA Cosmos' tokenizer; WF-VAE's Haar stem plays the same role).
     Spatial compression is ``p · 2^len(space_down_levels)``. p = 2 makes a small CPU VAE ~4× cheaper per step
     and much faster to start learning (the first convs no longer have to learn to pass pixels through)."""
-    norm: Literal["rms", "layer"] = "rms"
+    norm: Norm = "rms"
     """Norm over C at each (t, h, w) position; both keep chunking exact (GroupNorm over T would not)."""
     mid_attention: bool = True
     """Per-frame spatial self-attention in the middle blocks of encoder and decoder."""
@@ -107,8 +109,8 @@ class CausalVAE3DConfig:
             valid = range(len(self.channel_multipliers) - 1)
             if len(set(levels)) != len(levels) or any(i not in valid for i in levels):
                 raise ValueError(f"{name} must be distinct levels in {list(valid)}, got {levels}")
-        if self.norm not in ("rms", "layer"):
-            raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
+        if self.norm not in ("rms", "layer", "frame_group"):
+            raise ValueError(f"norm must be 'rms', 'layer' or 'frame_group', got {self.norm!r}")
         if not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
 
@@ -198,12 +200,13 @@ class ChannelNorm(nn.Module):
     """
 
     def __init__(
-        self, channels: int, kind: Literal["rms", "layer"], *, silu: bool = False, eps: float = 1e-6
+        self, channels: int, kind: Norm, *, silu: bool = False, eps: float = 1e-6
     ):
         super().__init__()
         self.eps, self.silu = eps, silu
+        self.groups = math.gcd(32, channels) if kind == "frame_group" else 0
         self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels)) if kind == "layer" else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if kind in ("layer", "frame_group") else None
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -213,9 +216,15 @@ class ChannelNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # [B, C, T, H, W]
         dtype = torch.promote_types(x.dtype, torch.float32)
         h = x.to(dtype)
-        if self.bias is not None:
-            h = h - h.mean(dim=1, keepdim=True)
-        h = h * torch.rsqrt(h.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        if self.groups:  # statistics over (C/G, H, W) of each frame: SD's GroupNorm, but never across T
+            g = rearrange(h, "b (g c) t h w -> b g c t h w", g=self.groups)
+            g = g - g.mean(dim=(2, 4, 5), keepdim=True)
+            g = g * torch.rsqrt(g.pow(2).mean(dim=(2, 4, 5), keepdim=True) + self.eps)
+            h = rearrange(g, "b g c t h w -> b (g c) t h w")
+        else:
+            if self.bias is not None:
+                h = h - h.mean(dim=1, keepdim=True)
+            h = h * torch.rsqrt(h.pow(2).mean(dim=1, keepdim=True) + self.eps)
         h = h * rearrange(self.weight.to(dtype), "c -> c 1 1 1")
         if self.bias is not None:
             h = h + rearrange(self.bias.to(dtype), "c -> c 1 1 1")
@@ -225,7 +234,7 @@ class ChannelNorm(nn.Module):
 class ResBlock(nn.Module):
     """norm → SiLU → causal conv, twice, plus a (1×1×1 projected) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: Literal["rms", "layer"]):
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm):
         super().__init__()
         self.norm1 = ChannelNorm(in_channels, norm, silu=True)
         self.conv1 = CausalConv3d(in_channels, out_channels, 3)
@@ -242,7 +251,7 @@ class ResBlock(nn.Module):
 class FrameAttention(nn.Module):
     """Single-head self-attention over the H·W positions of each frame; never across frames: no cache."""
 
-    def __init__(self, channels: int, norm: Literal["rms", "layer"]):
+    def __init__(self, channels: int, norm: Norm):
         super().__init__()
         self.norm = ChannelNorm(channels, norm)
         self.qkv = nn.Linear(channels, 3 * channels)

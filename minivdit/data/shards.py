@@ -1,0 +1,871 @@
+"""Webdataset-format tar shards of clips, cached VAE latents and teacher features: write, index, read.
+
+Made by ``tools/make_shards.py`` (clips) and ``tools/cache_latents.py`` (latents / features); read by the
+``"shards"`` dataset (``--data.dataset shards --data.root DIR``) or streamed with :func:`iter_shards`.
+
+Format. A shard folder holds::
+
+    meta.json             what the shards hold (below); written first, "complete": true once all are done
+    shard-000000.tar      plain, uncompressed tars: `tar tvf` lists them, `webdataset.WebDataset` reads them
+    shard-000001.tar      ...
+    index.json            byte offsets of every member (made and kept up to date by ShardDataset)
+
+A sample is the group of consecutive members ``<key>.<member>`` sharing a key (webdataset's convention); the
+key is the source index, zero-padded (``000001234``), with ``_r<k>`` for repeat k > 0 (``--repeats``):
+
+=============  =========================================================================================
+member         content
+=============  =========================================================================================
+video.npy      uint8 ``[F, 3, H, W]`` (``np.save``), pixel ``p`` stands for ``p / 127.5 - 1``
+video.mp4      or the clip re-encoded (H.264 yuv420p at ``crf``, MPEG-4 part 2 without libx264); odd sides
+               are padded by edge repetition and cropped back on read
+label.cls      the class index as ASCII decimal (0 for unconditional datasets)
+caption.txt    UTF-8 caption (only when the source dataset gives captions)
+latents.npy    ``[F', C, h, w]`` already scaled by the VAE, ``float32`` / ``float16`` / ``bfloat16``
+feats.npy      ``[F', N', ΣD]`` teacher features (``Teacher.forward``), ``bfloat16`` / ``float16`` /
+               ``float32``
+=============  =========================================================================================
+
+numpy has no bfloat16: a ``bfloat16`` array is stored as ``uint16`` holding the raw bf16 bits (the npy header
+says ``<u2``); meta.json says which. Read it back with ``torch.from_numpy(a).view(torch.bfloat16)``.
+
+meta.json: ``format`` ("minivdit-shards"), ``version`` (1), ``fields`` (per field: ``member``, ``dtype``,
+``shape``, and ``crf``/``fps`` for mp4), ``num_samples``, ``samples_per_shard``, ``repeats``,
+``source_size``, ``shards`` ([{name, count}]), ``num_classes``, ``class_names``, ``source`` (the DataConfig
+that produced the clips, loader-only fields dropped), ``vae`` and ``teacher`` (configs that made the caches,
+plus the VAE's compression and the teacher's ``names``/``dims``/``grid``, or null), ``seed``, ``made_by`` and
+``complete``.
+
+Writing. :class:`ShardWriter` writes ``shard-NNNNNN.tar.tmp`` and renames it when the shard is whole, so an
+interrupted run leaves no half shard; :func:`prepare_shards` makes a rerun skip the shards that exist and
+refuses to mix shards of different settings in one folder.
+
+Reading: a deliberate deviation from webdataset. webdataset streams shards and shuffles within a buffer;
+``ShardDataset`` instead indexes every member's byte range once (``index.json``, rebuilt for a shard whose
+size or mtime changed) and serves ``get(index, rng)`` by seeking in the tar: a *map-style* dataset. The
+loader's resumable sampler (``minivdit/data/__init__.py``) then gives a full shuffle of every epoch, disjoint
+ranks, any number of workers and an exact resume position saved in checkpoints, which streaming with a
+shuffle buffer cannot (its order depends on the worker count and its position is lost at a restart). The
+price is random reads, cheap on local disks and NFS; for object stores use :func:`iter_shards`, the
+``webdataset`` pipeline (shards split over ranks and workers, buffer shuffle, no exact resume).
+
+Shards hold clips at their final size, decoded and augmented once when written: ``get`` ignores ``rng``, so
+every epoch sees the same crop/flip of a clip (``--repeats K`` stores K augmentations of each source clip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger("minivdit")
+
+FORMAT, VERSION = "minivdit-shards", 1
+META, INDEX = "meta.json", "index.json"
+SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
+MEMBERS = {"video": ("video.npy", "video.mp4"), "label": ("label.cls",), "caption": ("caption.txt",)}
+MEMBERS |= {"latents": ("latents.npy",), "feats": ("feats.npy",)}
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OPTIONAL_FIELDS = ("video", "caption", "latents", "feats")
+# DataConfig fields that change how clips are batched, not what they are: ignored when comparing settings.
+LOADER_FIELDS = ("batch_size", "num_workers", "drop_last", "shard_fields", "_type")
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:06d}.tar"
+
+
+def sample_key(source_index: int, repeat: int = 0) -> str:
+    """Key of source clip ``source_index`` in repeat ``repeat`` (no dots: webdataset splits on them)."""
+    return f"{source_index:09d}" + (f"_r{repeat}" if repeat else "")
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def to_uint8_clip(video: Tensor | np.ndarray) -> np.ndarray:
+    """``[F, 3, H, W]`` float in [-1, 1] (or uint8) -> uint8 numpy ``[F, 3, H, W]`` (rounded, clipped)."""
+    if isinstance(video, Tensor):
+        video = video.detach().cpu().numpy()
+    if video.ndim != 4 or video.shape[1] != 3:
+        raise ValueError(f"a clip must be [F, 3, H, W], got shape {tuple(video.shape)}")
+    if video.dtype == np.uint8:
+        return np.ascontiguousarray(video)
+    return np.clip((video.astype(np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tensor_npy(t: Tensor, dtype: str) -> bytes:
+    t = torch.as_tensor(t).detach().to("cpu", FLOAT_DTYPES[dtype]).contiguous()
+    if dtype == "bfloat16":
+        return _npy_bytes(t.view(torch.int16).numpy().view(np.uint16))  # raw bf16 bits
+    return _npy_bytes(t.numpy())
+
+
+def encode_mp4(frames: np.ndarray, *, crf: int = 18, fps: int = 8) -> bytes:
+    """uint8 ``[F, 3, H, W]`` -> mp4 bytes (H.264 yuv420p at ``crf``; MPEG-4 part 2 if no libx264)."""
+    import av
+
+    frames = np.ascontiguousarray(frames.transpose(0, 2, 3, 1))  # [F, H, W, 3]
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2  # yuv420p needs even sides
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    try:
+        av.Codec("libx264", "w")
+        codec, options = "libx264", {"crf": str(crf), "preset": "medium"}
+    except Exception:  # PyAV builds without GPL codecs; the exception type varies across versions
+        codec, options = "mpeg4", {"qscale": "2"}
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush
+    return buf.getvalue()
+
+
+def decode_mp4(data: bytes, shape: Sequence[int], where: str = "mp4") -> np.ndarray:
+    """mp4 bytes -> uint8 ``[F, 3, H, W]`` of ``shape`` (padding cropped); ValueError naming ``where``."""
+    import av
+
+    F, _, H, W = shape
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.FFmpegError, IndexError) as e:
+        raise ValueError(f"{where}: cannot decode the mp4 ({e})") from e
+    if len(frames) != F:
+        raise ValueError(f"{where}: decoded {len(frames)} frames, meta.json says {F}")
+    return np.stack(frames)[:, :H, :W].transpose(0, 3, 1, 2)  # [F, 3, H, W]
+
+
+def encode_sample(sample: Mapping, fields: Mapping[str, dict]) -> dict[str, bytes]:
+    """A sample ``{"video"?, "label", "caption"?, "latents"?, "feats"?}`` -> ``{member: bytes}`` for the
+    fields of ``fields`` (meta.json's ``fields``), checking each shape."""
+    out = {}
+    for name, spec in fields.items():
+        if name == "label":
+            out[spec["member"]] = str(int(sample.get("label", 0))).encode()
+            continue
+        if sample.get(name) is None:
+            raise ValueError(f"sample has no {name!r} but the shards store it (fields {sorted(fields)})")
+        value = sample[name]
+        if name == "caption":
+            out[spec["member"]] = str(value).encode("utf-8")
+            continue
+        if tuple(value.shape) != tuple(spec["shape"]):
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}, the shards store {tuple(spec['shape'])}"
+            )
+        if name == "video":
+            clip = to_uint8_clip(value)
+            data = _npy_bytes(clip) if spec["member"] == "video.npy" else encode_mp4(clip, **_mp4_opts(spec))
+        else:
+            data = _tensor_npy(value, spec["dtype"])
+        out[spec["member"]] = data
+    return out
+
+
+def _mp4_opts(spec: dict) -> dict:
+    return {"crf": spec.get("crf", 18), "fps": spec.get("fps", 8)}
+
+
+def _load_npy(data: bytes, spec: dict, where: str) -> np.ndarray:
+    try:
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError / EOFError / OSError for broken files
+        raise ValueError(f"{where}: not a valid .npy ({e})") from e
+    stored = "uint16" if spec["dtype"] == "bfloat16" else spec["dtype"]
+    if a.dtype != np.dtype(stored) or tuple(a.shape) != tuple(spec["shape"]):
+        raise ValueError(
+            f"{where}: {a.dtype} {tuple(a.shape)}, meta.json says {spec['dtype']} {tuple(spec['shape'])}"
+        )
+    return a
+
+
+def decode_member(name: str, data: bytes, spec: dict, where: str):
+    """One member's bytes -> its value as ``get`` returns it: video float32 ``[F, 3, H, W]`` in [-1, 1],
+    label int, caption str, latents float32 tensor, feats tensor in the stored dtype (``train_step``
+    upcasts)."""
+    if name == "label":
+        try:
+            return int(data.decode("ascii").strip())
+        except ValueError as e:
+            raise ValueError(f"{where}: label is not an integer: {data[:32]!r}") from e
+    if name == "caption":
+        return data.decode("utf-8")
+    if name == "video":
+        clip = (
+            _load_npy(data, spec, where)
+            if spec["member"] == "video.npy"
+            else decode_mp4(data, spec["shape"], where)
+        )
+        return torch.from_numpy(np.ascontiguousarray(clip)).float().div_(127.5).sub_(1.0)
+    a = torch.from_numpy(_load_npy(data, spec, where).copy())
+    if spec["dtype"] == "bfloat16":
+        a = a.view(torch.bfloat16)
+    return a.float() if name == "latents" else a
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+class ShardWriter:
+    """Writes one tar shard atomically: members go to ``<path>.tmp``, which is flushed, fsynced and renamed to
+    ``<path>`` by ``close()``. Used as a context manager, an exception removes the ``.tmp``; a killed process
+    leaves only a ``.tmp`` (removed by the next :func:`prepare_shards`), never a partial ``<path>``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        # Both stay open across write() calls: closed by close() / abort().
+        self._file = open(self.tmp, "wb")  # noqa: SIM115
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._keys: set[str] = set()
+        self.count = 0
+
+    def write(self, key: str, members: Mapping[str, bytes]) -> None:
+        """Add one sample: ``<key>.<member>`` for each ``member`` (``"video.npy"``, ``"label.cls"``, ...)."""
+        if not key or "." in key or "/" in key:
+            raise ValueError(
+                f"sample key {key!r} must be non-empty without '.' or '/' (webdataset splits on them)"
+            )
+        if key in self._keys:
+            raise ValueError(f"{self.path.name}: duplicate sample key {key!r}")
+        self._keys.add(key)
+        for member, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{member}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: reproducible shards
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> Path:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def plan_shards(num_samples: int, samples_per_shard: int) -> list[range]:
+    """Global sample positions of each shard: consecutive blocks of ``samples_per_shard`` (the last may be
+    shorter)."""
+    if num_samples < 1 or samples_per_shard < 1:
+        raise ValueError(
+            f"need num_samples >= 1 and samples_per_shard >= 1, got {num_samples}, {samples_per_shard}"
+        )
+    n = math.ceil(num_samples / samples_per_shard)
+    return [range(i * samples_per_shard, min(num_samples, (i + 1) * samples_per_shard)) for i in range(n)]
+
+
+def source_of(position: int, source_size: int) -> tuple[int, int]:
+    """(source index, repeat) of global sample ``position``: repeat k covers positions [k·n, (k+1)·n)."""
+    return position % source_size, position // source_size
+
+
+def make_meta(
+    *,
+    fields: dict[str, dict],
+    source_size: int,
+    samples_per_shard: int,
+    repeats: int = 1,
+    **extra,
+) -> dict:
+    """meta.json for ``source_size × repeats`` samples in shards of ``samples_per_shard`` (module docstring);
+    ``extra`` adds keys (``source``, ``vae``, ``teacher``, ``num_classes``, ``seed``, ``made_by``, ...)."""
+    if "label" not in fields:
+        raise ValueError(f"fields must include 'label', got {sorted(fields)}")
+    for name, spec in fields.items():
+        if name not in MEMBERS or spec.get("member") not in MEMBERS[name]:
+            raise ValueError(f"field {name!r} with member {spec.get('member')!r}: expected one of {MEMBERS}")
+    total = source_size * repeats
+    shards = [
+        {"name": shard_name(i), "count": len(r)} for i, r in enumerate(plan_shards(total, samples_per_shard))
+    ]
+    meta = {"format": FORMAT, "version": VERSION, "fields": fields, "num_samples": total}
+    meta |= {"samples_per_shard": samples_per_shard, "repeats": repeats, "source_size": source_size}
+    return meta | extra | {"shards": shards, "complete": False}
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _plan_part(meta: dict) -> dict:
+    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in ("complete", "made_by")}))
+
+
+def prepare_shards(root: str | Path, meta: dict, *, overwrite: bool = False) -> list[int]:
+    """Start or resume writing ``meta``'s shards in ``root``: writes meta.json (``complete: false``), removes
+    leftover ``.tmp`` files of an interrupted run, and returns the shard numbers still to write. A folder
+    holding shards of other settings raises ``ValueError`` (naming the differing keys) unless ``overwrite``,
+    which deletes its shards first."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path = root / META
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        new_plan, old_plan = _plan_part(meta), _plan_part(old)
+        if new_plan != old_plan:
+            if not overwrite:
+                keys = sorted(
+                    k for k in new_plan.keys() | old_plan.keys() if new_plan.get(k) != old_plan.get(k)
+                )
+                raise ValueError(
+                    f"{root} already holds shards made with other settings (differing meta.json keys: "
+                    f"{keys}); use another folder or --overwrite"
+                )
+            for p in root.iterdir():
+                if SHARD_RE.match(p.name) or p.name == INDEX:
+                    p.unlink()
+    elif any(SHARD_RE.match(p.name) for p in root.iterdir()):
+        raise ValueError(
+            f"{root} holds shard-*.tar files but no {META}: not shards of this tool; use another folder"
+        )
+    for p in root.glob("shard-*.tar.tmp"):
+        p.unlink()
+    _atomic_write_json(meta_path, {**meta, "complete": False})
+    return [i for i, s in enumerate(meta["shards"]) if not (root / s["name"]).is_file()]
+
+
+def finish_shards(root: str | Path, meta: dict) -> None:
+    """Mark the folder complete once every shard of ``meta`` exists (ValueError naming the missing ones)."""
+    root = Path(root)
+    missing = [s["name"] for s in meta["shards"] if not (root / s["name"]).is_file()]
+    if missing:
+        raise ValueError(f"{root}: {len(missing)} shards missing: {missing[:5]}")
+    _atomic_write_json(root / META, {**meta, "complete": True})
+
+
+def write_shard(root: str | Path, shard: int, meta: dict, samples: Iterable[tuple[str, Mapping]]) -> Path:
+    """Write shard number ``shard`` of ``meta`` from ``(key, sample)`` pairs (``encode_sample`` each)."""
+    spec = meta["shards"][shard]
+    with ShardWriter(Path(root) / spec["name"]) as writer:
+        for key, sample in samples:
+            writer.write(key, encode_sample(sample, meta["fields"]))
+        if writer.count != spec["count"]:
+            raise ValueError(f"{spec['name']}: wrote {writer.count} samples, the plan says {spec['count']}")
+    return writer.path
+
+
+def read_meta(root: str | Path) -> dict:
+    """meta.json of a shard folder; ValueError naming the folder when it is missing or not ours."""
+    root = Path(root)
+    path = root / META
+    if not path.is_file():
+        hint = "" if root.is_dir() else " (the folder does not exist)"
+        raise ValueError(
+            f"--data.root {root}: no {META}{hint}; a shard folder is made by tools/make_shards.py or "
+            f"tools/cache_latents.py (README 'Datasets')"
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(
+            f"{path}: format {meta.get('format')!r} v{meta.get('version')}, expected {FORMAT!r} v{VERSION}"
+        )
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- from data
+
+
+class PlannedSamples(torch.utils.data.Dataset):
+    """Item ``i`` = ``(key, sample)`` of global sample ``positions[i]``: source clip ``j`` in repeat ``r``
+    (``source_of``), drawn with the loader's augmentation seed of ``(seed, epoch=r, j)``: repeat r of a clip
+    is the crop/flip a training run with that seed would draw for it in epoch r."""
+
+    def __init__(self, dataset, positions: Sequence[int], source_size: int, seed: int):
+        self.dataset, self.positions, self.source_size, self.seed = dataset, positions, source_size, seed
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple[str, dict]:
+        from minivdit.data import sample_seeds
+
+        j, r = source_of(self.positions[i], self.source_size)
+        rng = np.random.default_rng(int(sample_seeds(self.seed, r, np.array([j]))[0]))
+        return sample_key(j, r), self.dataset.get(j, rng)
+
+
+def describe_source(cfg, dataset) -> dict:
+    """meta.json keys describing the source dataset of config ``cfg`` (a ``DataConfig``): ``source`` (the
+    config minus loader-only fields), ``num_classes``, ``class_names``, ``seed``."""
+    source = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LOADER_FIELDS}
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    if names is None and cfg.dataset == "synthetic":
+        from minivdit.data.synthetic import CLASS_NAMES
+
+        names = CLASS_NAMES[: cfg.num_classes]
+    num_classes = getattr(dataset, "num_classes", cfg.num_classes)  # real datasets: 0 when unconditional
+    return {
+        "source": source,
+        "num_classes": int(num_classes),
+        "class_names": list(names) if names else None,
+        "seed": cfg.seed,
+    }
+
+
+def video_field(shape: Sequence[int], format: str = "npy", *, crf: int = 18, fps: int = 8) -> dict:
+    """meta.json field of clips of ``shape`` [F, 3, H, W] stored as ``format`` ("npy" or "mp4")."""
+    if format not in ("npy", "mp4"):
+        raise ValueError(f"video format must be 'npy' or 'mp4', got {format!r}")
+    spec = {"member": f"video.{format}", "dtype": "uint8", "shape": [int(x) for x in shape]}
+    return spec | ({"crf": crf, "fps": fps} if format == "mp4" else {})
+
+
+_WORKER_DATASET: dict = {}
+
+
+def _write_clip_shard(cfg, root: str, meta: dict, shard: int) -> tuple[int, float]:
+    import time
+
+    from minivdit.data import build_dataset
+
+    t0 = time.perf_counter()
+    if _WORKER_DATASET.get("cfg") != cfg:
+        _WORKER_DATASET.update(cfg=cfg, dataset=build_dataset(cfg))
+    spec = meta["shards"][shard]
+    start = shard * meta["samples_per_shard"]
+    planned = PlannedSamples(
+        _WORKER_DATASET["dataset"], range(start, start + spec["count"]), meta["source_size"], meta["seed"]
+    )
+    skipped: list = []
+    write_shard(root, shard, meta, note_skipped((planned[i] for i in range(len(planned))), skipped))
+    return shard, time.perf_counter() - t0, skipped
+
+
+def note_skipped(samples: Iterable[tuple[str, dict]], skipped: list) -> Iterator[tuple[str, dict]]:
+    """Pass ``(key, sample)`` pairs through, appending the ``(path, reason)`` of the bad sources each sample
+    skipped (the real datasets' ``"skipped"``, ``minivdit/data/video.py``) to ``skipped``."""
+    for key, sample in samples:
+        skipped.extend(tuple(x) for x in sample.get("skipped", ()))
+        yield key, sample
+
+
+def log_shard(meta: dict, shard: int, took: float, skipped: list) -> None:
+    log.info(f"{shard_name(shard)}: {meta['shards'][shard]['count']} samples ({took:.1f} s)")
+    if skipped:
+        paths = sorted({str(p) for p, _ in skipped})
+        log.warning(f"{shard_name(shard)}: {len(paths)} unreadable sources replaced by other clips: {paths}")
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def write_clip_shards(
+    cfg,
+    root: str | Path,
+    *,
+    format: str = "npy",
+    samples_per_shard: int = 1000,
+    workers: int = 0,
+    repeats: int = 1,
+    limit: int | None = None,
+    overwrite: bool = False,
+    crf: int = 18,
+    fps: int = 8,
+) -> Path:
+    """Shards of the clips of ``DataConfig`` ``cfg``'s dataset (``tools/make_shards.py``): the first
+    ``limit`` clips (all by default), ``repeats`` times, ``samples_per_shard`` per shard, by ``workers``
+    processes (0: this one). Resumable: shards already written are skipped. Returns ``root``."""
+    from minivdit.data import build_dataset
+
+    if repeats < 1 or workers < 0 or (limit is not None and limit < 1):
+        raise ValueError(f"need repeats >= 1, workers >= 0, limit >= 1, got {repeats}, {workers}, {limit}")
+    root = Path(root)
+    dataset = build_dataset(cfg)
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    first = PlannedSamples(dataset, [0], size, cfg.seed)[0][1]
+    fields = {
+        "video": video_field(tuple(first["video"].shape), format, crf=crf, fps=fps),
+        "label": {"member": "label.cls"},
+    }
+    if first.get("caption") is not None:
+        fields["caption"] = {"member": "caption.txt"}
+    meta = make_meta(
+        fields=fields,
+        source_size=size,
+        samples_per_shard=samples_per_shard,
+        repeats=repeats,
+        **describe_source(cfg, dataset),
+        vae=None,
+        teacher=None,
+        made_by="tools/make_shards.py",
+    )
+    todo = prepare_shards(root, meta, overwrite=overwrite)
+    log.info(f"{root}: {meta['num_samples']} clips in {len(meta['shards'])} shards, {len(todo)} to write")
+    if workers == 0:
+        _WORKER_DATASET.update(cfg=cfg, dataset=dataset)
+        for shard, took, skipped in map(partial(_write_clip_shard, cfg, str(root), meta), todo):
+            log_shard(meta, shard, took, skipped)
+    elif todo:
+        import multiprocessing as mp
+
+        # spawn: the parent may hold torch/OpenMP threads, which fork does not carry over safely
+        with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_one_thread) as pool:
+            job = partial(_write_clip_shard, cfg, str(root), meta)
+            for shard, took, skipped in pool.imap_unordered(job, todo):
+                log_shard(meta, shard, took, skipped)
+    finish_shards(root, meta)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- index
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    base = name.rsplit("/", 1)[-1]
+    prefix = name[: len(name) - len(base)]
+    key, _, member = base.partition(".")
+    return prefix + key, member
+
+
+def index_shard(path: Path, members: Sequence[str]) -> dict:
+    """``{"keys": [...], "members": {member: [[offset, size], ...]}}`` of one tar, in tar order, for the
+    wanted ``members``; ValueError naming the shard and key when a sample lacks one or the tar is broken."""
+    want = set(members)
+    keys: list[str] = []
+    found: dict[str, dict[str, list[int]]] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, member = _split_member(info.name)
+                if not keys or key != keys[-1]:
+                    if key in found:  # webdataset groups consecutive members: it would split this sample
+                        raise ValueError(f"{path.name}: members of sample {key!r} are not contiguous")
+                    keys.append(key)
+                    found[key] = {}
+                if member in want:
+                    found[key][member] = [info.offset_data, info.size]
+    except tarfile.TarError as e:
+        raise ValueError(f"{path}: not a readable tar ({e})") from e
+    out = {m: [] for m in members}
+    for key in keys:
+        for m in members:
+            if m not in found[key]:
+                raise ValueError(f"{path.name}: sample {key!r} has no member {key}.{m}")
+            out[m].append(found[key][m])
+    return {"keys": keys, "members": out}
+
+
+def _stat(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def load_index(
+    root: str | Path, shards: Sequence[str], members: Sequence[str], *, write: bool = True
+) -> list[dict]:
+    """The index of ``shards`` (file names in ``root``), one dict per shard, from ``index.json`` where a
+    shard's size and mtime are unchanged and its members were indexed, else by reading the tar (and then
+    ``index.json`` is rewritten atomically; a read-only folder keeps the index in memory)."""
+    root = Path(root)
+    path = root / INDEX
+    cached: dict = {}
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text()).get("shards", {})
+        except (json.JSONDecodeError, AttributeError):
+            log.warning(f"{path}: unreadable, rebuilding the index")
+    entries, changed = [], False
+    for name in shards:
+        stat = _stat(root / name)
+        old = cached.get(name)
+        if old and {k: old.get(k) for k in stat} == stat and set(members) <= set(old["members"]):
+            entries.append(old)
+            continue
+        entries.append({**stat, **index_shard(root / name, members)})
+        changed = True
+    if changed and write:
+        keep = {name: e for name, e in zip(shards, entries, strict=True)}
+        try:
+            _atomic_write_json(path, {"version": VERSION, "shards": keep})
+        except OSError as e:
+            log.warning(f"cannot write {path} ({e}); the shard index is rebuilt on every start")
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+class ShardDataset:
+    """Map-style dataset over a shard folder (module docstring): ``get(index, rng)`` reads sample ``index``
+    (shards in name order, samples in tar order) by seeking to its members; ``rng`` is unused (shards hold
+    final clips). Returns ``{"video"?, "label", "caption"?, "latents"?, "feats"?, "key"}`` for the stored
+    fields, or only those of ``fields`` (label is always read)."""
+
+    def __init__(
+        self, root: str | Path, *, fields: Sequence[str] | None = None, allow_incomplete: bool = False
+    ):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        if not self.meta.get("complete") and not allow_incomplete:
+            done = sum((self.root / s["name"]).is_file() for s in self.meta["shards"])
+            raise ValueError(
+                f"{self.root}: the shards are incomplete ({done} of {len(self.meta['shards'])} written; "
+                f"meta.json 'complete' is false): rerun the tool that made them to finish"
+            )
+        stored = self.meta["fields"]
+        wanted = [f for f in OPTIONAL_FIELDS if f in stored] if not fields else list(fields)
+        bad = [f for f in wanted if f not in stored and f != "label"]
+        if bad:
+            raise ValueError(
+                f"{self.root}: fields {bad} requested but the shards store only {sorted(stored)}"
+            )
+        self.fields = ["label"] + [f for f in OPTIONAL_FIELDS if f in wanted]
+        self._specs = {f: stored[f] for f in self.fields}
+        members = [spec["member"] for spec in self._specs.values()]
+        names = [s["name"] for s in self.meta["shards"] if (self.root / s["name"]).is_file()]
+        # The index covers every stored member, whichever fields this instance reads: one index.json for all.
+        entries = load_index(self.root, names, [spec["member"] for spec in stored.values()])
+        counts = {s["name"]: s["count"] for s in self.meta["shards"]}
+        for name, entry in zip(names, entries, strict=True):
+            if len(entry["keys"]) != counts[name]:
+                raise ValueError(
+                    f"{self.root / name}: holds {len(entry['keys'])} samples, meta.json says {counts[name]} "
+                    f"(truncated or replaced? delete it and rerun the tool to rewrite it)"
+                )
+        if sum(len(e["keys"]) for e in entries) == 0:
+            raise ValueError(f"{self.root}: the shards hold no samples")
+        self._paths = [str(self.root / n) for n in names]
+        self._shard = np.concatenate([np.full(len(e["keys"]), i, np.int32) for i, e in enumerate(entries)])
+        self._keys = [k for e in entries for k in e["keys"]]
+        self._ranges = {
+            m: np.asarray([r for e in entries for r in e["members"][m]], np.int64) for m in members
+        }
+        self.num_classes = int(self.meta.get("num_classes") or 0)
+        """Classes of the source dataset (0: unconditional), as the real datasets' ``num_classes``."""
+        self.classes = self.meta.get("class_names")
+
+    @classmethod
+    def from_config(cls, cfg) -> ShardDataset:
+        """The ``"shards"`` dataset of a ``DataConfig``: ``cfg.root`` is the folder; the clips' frames and
+        size must be ``cfg.num_frames`` and ``cfg.image_size`` (the model is built from them)."""
+        if not cfg.root:
+            raise ValueError(
+                "--data.dataset shards needs --data.root: a folder made by tools/make_shards.py or "
+                "tools/cache_latents.py"
+            )
+        ds = cls(cfg.root, fields=getattr(cfg, "shard_fields", None) or None)
+        src = ds.meta.get("source") or {}
+        frames, size = src.get("num_frames"), src.get("image_size")
+        if "video" in ds.meta["fields"]:
+            frames, _, size, _ = ds.meta["fields"]["video"]["shape"]
+        if (frames, size) != (cfg.num_frames, cfg.image_size):
+            raise ValueError(
+                f"{cfg.root}: the shards hold {frames}-frame clips at {size}px, but --data.num-frames "
+                f"{cfg.num_frames} --data.image-size {cfg.image_size}: set them to {frames} and {size}"
+            )
+        return ds
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def key(self, index: int) -> str:
+        return self._keys[index]
+
+    def read_members(self, index: int) -> dict[str, bytes]:
+        """Raw bytes of sample ``index``'s members (``{"video.npy": b"...", ...}``)."""
+        if not 0 <= index < len(self._keys):
+            raise IndexError(f"ShardDataset: index {index} out of range [0, {len(self._keys)})")
+        out = {}
+        with open(self._paths[self._shard[index]], "rb") as f:
+            for member, ranges in self._ranges.items():
+                offset, size = ranges[index]
+                f.seek(int(offset))
+                out[member] = f.read(int(size))
+                if len(out[member]) != size:
+                    raise ValueError(
+                        f"{self._where(index, member)}: truncated ({len(out[member])} of {size} bytes)"
+                    )
+        return out
+
+    def _where(self, index: int, member: str) -> str:
+        return f"{self._paths[self._shard[index]]}:{self._keys[index]}.{member}"
+
+    def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
+        raw = self.read_members(index)
+        sample = {"key": self._keys[index]}
+        for name, spec in self._specs.items():
+            sample[name] = decode_member(name, raw[spec["member"]], spec, self._where(index, spec["member"]))
+        return sample
+
+
+def cache_mismatches(
+    meta: dict, *, vae: dict | None = None, teacher: dict | None = None, grid: Sequence[int] | None = None
+) -> list[str]:
+    """Why the caches of ``meta`` do not fit a run, as readable lines (empty: they fit). ``vae`` and
+    ``teacher`` are the run's ``VAEConfig`` / ``TeacherConfig`` as ``minivdit.config.to_dict`` gives them,
+    ``grid`` the DiT token grid. Compared: the VAE kind and weights folder name (folders move between
+    machines: only the last path component), each teacher encoder's folder name, ``sam2_stage``, ``layer``,
+    ``drop_first_frame`` and the grid."""
+    out = []
+    fields = meta.get("fields", {})
+    if vae is not None and "latents" in fields:
+        have = meta.get("vae") or {}
+        for k in ("kind", "path"):
+            a, b = have.get(k), vae.get(k)
+            if k == "path":
+                a, b = a and Path(a).name, b and Path(b).name
+            if a != b:
+                out.append(f"latents were cached with vae.{k}={have.get(k)!r}, the run has {vae.get(k)!r}")
+    if teacher is not None and "feats" in fields:
+        have = meta.get("teacher") or {}
+        for k in (
+            "dinov2",
+            "dinov3",
+            "sam2",
+            "vjepa2",
+            "videomae",
+            "sam2_stage",
+            "layer",
+            "drop_first_frame",
+        ):
+            a, b = have.get(k), teacher.get(k)
+            if k in ("dinov2", "dinov3", "sam2", "vjepa2", "videomae"):
+                a, b = a and Path(a).name, b and Path(b).name
+            if a != b:
+                out.append(
+                    f"feats were cached with teacher.{k}={have.get(k)!r}, the run has {teacher.get(k)!r}"
+                )
+        if grid is not None and have.get("grid") is not None and list(have["grid"]) != list(grid):
+            out.append(f"feats were cached on a {have['grid']} token grid, the model's is {list(grid)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+def _split_by(src: Iterator, *, rank: int, world: int):
+    yield from (x for i, x in enumerate(src) if i % world == rank)
+
+
+def _decode_wds(raw: dict, *, specs: dict[str, dict]) -> dict:
+    where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
+    sample = {"key": raw["__key__"]}
+    for name, spec in specs.items():
+        if spec["member"] not in raw:
+            raise ValueError(f"{where}.{spec['member']}: missing member")
+        sample[name] = decode_member(name, raw[spec["member"]], spec, f"{where}.{spec['member']}")
+    return sample
+
+
+def iter_shards(
+    root: str | Path,
+    *,
+    rank: int | None = None,
+    world: int | None = None,
+    shuffle_shards: bool = True,
+    buffer: int = 1000,
+    seed: int = 0,
+    fields: Sequence[str] | None = None,
+    urls: str | Sequence[str] | None = None,
+):
+    """Stream shards with ``webdataset`` (for object stores, where seeking is costly): shards are split over
+    ranks (``rank``/``world``; default ``webdataset.split_by_node``, i.e. torch.distributed or the
+    RANK/WORLD_SIZE variables), then over DataLoader workers, shuffled (``seed``), and samples are mixed in a
+    ``buffer``-sample shuffle buffer (0: none). Yields the dicts ``ShardDataset.get`` returns::
+
+        loader = DataLoader(iter_shards(root), batch_size=8, num_workers=4, collate_fn=collate)
+
+    ``root`` is a local folder holding at least ``meta.json`` (it describes the fields); ``urls`` are the
+    shards as webdataset takes them (a list, a brace pattern, ``pipe:`` / ``http`` URLs); default: the
+    shards in ``root``.
+
+    The orders are a function of ``seed`` (shard order within a worker, then the buffer): build one stream
+    per epoch with ``seed=base + epoch`` to reshuffle. No sample is read twice in a pass, but ranks may get
+    different sample counts (fewer shards than ``world × workers`` leave some workers idle), there is no
+    exact resume position, and the order depends on the number of workers: use ``ShardDataset``
+    (``--data.dataset shards``) for training runs that resume."""
+    import webdataset as wds
+
+    root = Path(root)
+    meta = read_meta(root)
+    stored = meta["fields"]
+    wanted = [f for f in OPTIONAL_FIELDS if f in stored] if not fields else list(fields)
+    specs = {f: stored[f] for f in ["label"] + [f for f in OPTIONAL_FIELDS if f in wanted]}
+    if urls is None:
+        urls = [str(root / s["name"]) for s in meta["shards"] if (root / s["name"]).is_file()]
+    elif not isinstance(urls, str):
+        urls = list(urls)
+    if rank is None or world is None:
+        nodesplitter = wds.split_by_node
+    else:
+        if not 0 <= rank < world:
+            raise ValueError(f"iter_shards: need 0 <= rank < world, got {rank}, {world}")
+        nodesplitter = partial(_split_by, rank=rank, world=world)
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=(len(meta["shards"]) if shuffle_shards else False),  # buffer holding every shard
+        detshuffle=True,  # shard order from seed: reproducible
+        seed=seed,
+        nodesplitter=nodesplitter,
+        workersplitter=wds.split_by_worker,
+        empty_check=False,  # fewer shards than ranks × workers: the idle ones yield nothing
+    )
+    if buffer > 0:
+        dataset = dataset.shuffle(buffer, seed=seed)
+    return dataset.map(partial(_decode_wds, specs=specs))
+
+
+__all__ = [
+    "ShardDataset",
+    "PlannedSamples",
+    "ShardWriter",
+    "cache_mismatches",
+    "decode_member",
+    "encode_sample",
+    "finish_shards",
+    "iter_shards",
+    "load_index",
+    "make_meta",
+    "plan_shards",
+    "prepare_shards",
+    "read_meta",
+    "sample_key",
+    "shard_name",
+    "source_of",
+    "video_field",
+    "write_clip_shards",
+    "write_shard",
+]

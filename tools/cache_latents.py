@@ -1,0 +1,246 @@
+"""Run the frozen VAE (and teachers) over a dataset once; write shards of latents (and features) with labels.
+
+    # SD-VAE latents + DINOv2 / SAM2.1 features of UCF-101 (Align4Gen: 16 frames at 256², V-DiT-L/2 → 16×16
+    # token grid)
+    python tools/cache_latents.py --data.dataset ucf101 --data.root /data/UCF-101 --data.num-frames 16 \\
+        --data.image-size 256 --data.num-workers 8 --out /data/cache/ucf101-sd-dino-sam2 \\
+        --vae.kind sd --vae.path /models/sd-vae-ft-ema \\
+        --teacher.dinov2 /models/dinov2-base --teacher.sam2 /models/sam2.1-hiera-base-plus \\
+        --device cuda --batch-size 16
+
+    # then train from the cache: the loader fills Batch.latents / Batch.feats and train_step skips the VAE
+    # encoder and the teachers (the VAE is still loaded to decode samples)
+    torchrun --nproc_per_node=8 recipes/align4gen_ucf.py --data.dataset shards \\
+        --data.root /data/cache/ucf101-sd-dino-sam2
+
+What is stored (``minivdit/data/shards.py`` documents the format): ``latents.npy`` ``[F', C, h, w]``, exactly
+what ``train_step`` would feed the DiT (``vae.encode``: scaled and shifted by the VAE), in
+``--latents-dtype`` (float32 by default); ``feats.npy`` ``[F', h·w, ΣD]``, exactly ``Teacher.forward`` (each
+encoder L2-normalised per token, concatenated dinov2, dinov3, sam2, vjepa2, videomae) on the token grid
+``--grid`` (default: image size / VAE compression / ``--patch-size``, the DiT's grid), in ``--feats-dtype``
+(bfloat16 by default); ``label.cls``; ``caption.txt`` when the dataset has captions; with ``--keep-video``
+also the clip (``video.npy`` uint8, or ``--video-format mp4``). meta.json records the VAE and teacher configs,
+the VAE's compression and the teacher's names, widths and grid.
+
+Deterministic encoding by default: ``--vae.sample-posterior`` is False here, so latents are the posterior
+mean (REPA caches the moments and samples each step; Latte samples each step). With
+``--vae.sample-posterior`` one posterior sample per clip is drawn (seeded by shard and batch) and frozen
+into the cache: every epoch then sees the same sample.
+
+Sizes (the tool logs the bytes per sample of each field before it starts): SD-VAE latents of a 16×256² clip
+are 16·4·32·32 fp32 = 256 KiB; DINOv2-B (768) + SAM2.1-B+ stage 2 (448) features on the 16×16 grid are
+16·256·1216 bf16 ≈ 9.5 MiB per clip, so about 130 GB for UCF-101's 13,320 clips: budget the disk (or cache
+latents and clips only, ``--keep-video`` without teachers, and run the teachers online).
+
+The clips are decoded, sampled and augmented as ``tools/make_shards.py`` does (repeat k = the loader's draw
+for epoch k, ``--repeats``). Resumable: finished shards are skipped on a rerun with the same flags.
+``--precision bf16`` runs the VAE and teachers under bf16 autocast (as ``train_step`` with
+``--precision bf16``); fp32 by default.
+
+Import from Python: ``main([...])`` or ``cache_latents(CacheConfig(...))`` (tests load this file with
+``importlib``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.data import DataLoader
+
+from minivdit import dist
+from minivdit.align.teachers import TeacherConfig, build_teacher
+from minivdit.data import DataConfig, build_dataset
+from minivdit.data.shards import (
+    FLOAT_DTYPES,
+    PlannedSamples,
+    describe_source,
+    finish_shards,
+    log_shard,
+    make_meta,
+    note_skipped,
+    prepare_shards,
+    video_field,
+    write_shard,
+)
+from minivdit.models.vae import VAEConfig, build_vae
+
+log = logging.getLogger("minivdit")
+FloatName = Literal["float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """Dataset → shards of VAE latents and teacher features."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """The dataset, as for training (``--data.dataset``, ``--data.root``, ``--data.num-frames``, ...);
+    ``--data.num-workers`` decoding workers."""
+    out: str
+    """Output folder for meta.json and shard-NNNNNN.tar."""
+    vae: VAEConfig = field(default_factory=lambda: VAEConfig(sample_posterior=False))
+    """The VAE whose latents are cached (``--vae.kind sd --vae.path DIR``); kind "none" caches no latents."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Teacher folders whose features are cached (``--teacher.dinov2 DIR --teacher.sam2 DIR``); none set:
+    no features."""
+    grid: tuple[int, int] | None = None
+    """Teacher token grid (h, w) = the DiT's; default (image size / VAE compression / ``--patch-size``)²."""
+    patch_size: int = 2
+    """DiT patch size, only to derive the default ``--grid`` (Latte / Align4Gen: 2)."""
+    latents_dtype: FloatName = "float32"
+    """Stored dtype of the latents."""
+    feats_dtype: FloatName = "bfloat16"
+    """Stored dtype of the teacher features."""
+    keep_video: bool = False
+    """Also store the clip (then the same shards serve pixel-space or uncached runs)."""
+    video_format: Literal["npy", "mp4"] = "npy"
+    """Clip storage with ``--keep-video``."""
+    batch_size: int = 8
+    """Clips per VAE / teacher call."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
+    precision: dist.Precision = "fp32"
+    """Autocast of the VAE and teachers: "fp32" or "bf16"."""
+    samples_per_shard: int = 1000
+    """Samples per shard (the last may hold fewer)."""
+    repeats: int = 1
+    """Cache each clip this many times with different temporal windows / flips."""
+    limit: int | None = None
+    """Only the first N clips of the dataset."""
+    overwrite: bool = False
+    """Replace shards of different settings already in ``--out``."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.samples_per_shard < 1 or self.repeats < 1 or self.patch_size < 1:
+            raise ValueError("batch_size, samples_per_shard, repeats and patch_size must be >= 1")
+        if self.vae.kind == "none" and not self.teacher.enabled:
+            raise ValueError(
+                "nothing to cache: give a VAE (--vae.kind sd --vae.path DIR) and/or teacher folders "
+                "(--teacher.dinov2 DIR ...)"
+            )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _collate(items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    return items
+
+
+def cache_latents(cfg: CacheConfig) -> Path:
+    """Write the cache of ``cfg`` (module docstring); returns the output folder."""
+    device = _device(cfg.device)
+    dataset = build_dataset(cfg.data)
+    size = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    first = PlannedSamples(dataset, [0], size, cfg.data.seed)[0][1]
+    F, _, H, W = first["video"].shape
+    vae = build_vae(cfg.vae)
+    fields: dict[str, dict] = {"label": {"member": "label.cls"}}
+    meta_vae = meta_teacher = None
+    s = 1
+    if vae is not None:
+        vae = vae.to(device)
+        s = vae.spatial_compression
+        if H % s or W % s:
+            raise ValueError(f"clips of {H}x{W} px are not divisible by the VAE's {s}x compression")
+        shape = [vae.latent_frames(F), vae.latent_channels, H // s, W // s]
+        fields["latents"] = {"member": "latents.npy", "dtype": cfg.latents_dtype, "shape": shape}
+        meta_vae = asdict(cfg.vae) | {
+            "latent_channels": vae.latent_channels,
+            "spatial_compression": s,
+            "temporal_compression": getattr(vae, "temporal_compression", 1),
+        }
+    teacher = None
+    if cfg.teacher.enabled:
+        grid = cfg.grid or (H // s // cfg.patch_size, W // s // cfg.patch_size)
+        teacher = build_teacher(cfg.teacher, grid=tuple(grid)).to(device)
+        shape = [teacher.frames_out(F), grid[0] * grid[1], sum(teacher.dims)]
+        fields["feats"] = {"member": "feats.npy", "dtype": cfg.feats_dtype, "shape": shape}
+        meta_teacher = asdict(cfg.teacher) | {
+            "names": list(teacher.names),
+            "dims": list(teacher.dims),
+            "grid": list(grid),
+        }
+    if cfg.keep_video:
+        fields["video"] = video_field((F, 3, H, W), cfg.video_format)
+    if first.get("caption") is not None:
+        fields["caption"] = {"member": "caption.txt"}
+    meta = make_meta(
+        fields=fields,
+        source_size=size,
+        samples_per_shard=cfg.samples_per_shard,
+        repeats=cfg.repeats,
+        **describe_source(cfg.data, dataset),
+        vae=meta_vae,
+        teacher=meta_teacher,
+        precision=cfg.precision,
+        made_by="tools/cache_latents.py",
+    )
+    out = Path(cfg.out)
+    todo = prepare_shards(out, meta, overwrite=cfg.overwrite)
+    sizes = {
+        k: math.prod(v["shape"]) * (1 if k == "video" else FLOAT_DTYPES[v["dtype"]].itemsize)
+        for k, v in fields.items()
+        if "shape" in v
+    }
+    log.info(
+        f"{out}: {meta['num_samples']} samples in {len(meta['shards'])} shards, {len(todo)} to write; "
+        f"bytes per sample: {sizes}; on {device}, {cfg.precision}"
+    )
+    for shard in todo:
+        t0 = time.perf_counter()
+        spec = meta["shards"][shard]
+        start = shard * cfg.samples_per_shard
+        planned = PlannedSamples(dataset, range(start, start + spec["count"]), size, cfg.data.seed)
+        loader = DataLoader(
+            planned, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, collate_fn=_collate
+        )
+        samples, skipped = _encode(loader, vae=vae, teacher=teacher, device=device, cfg=cfg, shard=shard), []
+        write_shard(out, shard, meta, note_skipped(samples, skipped))
+        log_shard(meta, shard, time.perf_counter() - t0, skipped)
+    finish_shards(out, meta)
+    return out
+
+
+def _encode(loader, *, vae, teacher, device, cfg: CacheConfig, shard: int) -> Iterator[tuple[str, dict]]:
+    for b, items in enumerate(loader):
+        video = torch.stack([torch.as_tensor(s["video"]) for _, s in items]).to(device)  # [B, F, 3, H, W]
+        if video.dtype == torch.uint8:
+            video = video.float() / 127.5 - 1.0
+        extra: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), dist.autocast(device, cfg.precision):
+            if vae is not None:
+                torch.manual_seed(_seed(cfg.data.seed, shard, b))  # only --vae.sample-posterior draws
+                extra["latents"] = vae.encode(video).float().cpu()  # [B, F', C, h, w]
+            if teacher is not None:
+                extra["feats"] = teacher(video).float().cpu()  # [B, F', N', ΣD]
+        for i, (key, sample) in enumerate(items):
+            yield key, {**sample, **{k: v[i] for k, v in extra.items()}}
+
+
+def main(args: list[str] | None = None) -> Path:
+    cfg = tyro.cli(CacheConfig, args=args, config=(tyro.conf.AvoidSubcommands,))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    out = cache_latents(cfg)
+    print(f"cache written to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
