@@ -164,8 +164,10 @@ def test_cache_carries_the_past(vae64):
     assert max_err(broken, mean[:, 2:]) > 1e-3
 
 
-def test_layer_norm_variant_chunks_exactly():
-    vae = make_vae(cfg=dataclasses.replace(TINY, norm="layer", mid_attention=False))
+@pytest.mark.parametrize("norm", ["layer", "frame_group"])
+def test_norm_variants_chunk_exactly(norm):
+    """LayerNorm per position and GroupNorm per frame (statistics over C/G, H, W) never mix time."""
+    vae = make_vae(cfg=dataclasses.replace(TINY, norm=norm, mid_attention=False))
     x, z = clip(9), latents(3)
     with torch.no_grad():
         assert max_err(vae.encode(x, [1, 4, 4], sample=False), vae.encode(x, sample=False)) <= TOL

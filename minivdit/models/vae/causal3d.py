@@ -199,9 +199,7 @@ class ChannelNorm(nn.Module):
     rounding per norm instead of three.
     """
 
-    def __init__(
-        self, channels: int, kind: Norm, *, silu: bool = False, eps: float = 1e-6
-    ):
+    def __init__(self, channels: int, kind: Norm, *, silu: bool = False, eps: float = 1e-6):
         super().__init__()
         self.eps, self.silu = eps, silu
         self.groups = math.gcd(32, channels) if kind == "frame_group" else 0
