@@ -21,7 +21,7 @@ Loss (per micro-batch, all terms fp32):
 - ``loss/kl`` = KL(q(z|x) ‖ N(0, I)) summed over the latent elements and divided by the number of pixel
   values: the ratio of KL to reconstruction is that of LDM/SD's ``LPIPSWithDiscriminator`` (KL summed over
   the latent, reconstruction summed over pixels), so ``kl_weight`` values transfer (SD's VAE: 1e-6);
-- ``loss`` = l1 + l2 + ``kl_weight`` · kl.
+- ``loss`` = ``l1_weight`` · l1 + ``l2_weight`` · l2 + ``kl_weight`` · kl (weights 1, 1, 1e-6 by default).
 
 Deviations from LDM/SD VAE training: no perceptual (LPIPS) term (``perceptual_weights`` must stay None, see
 there) and no adversarial term; L1 + L2 instead of L1 alone; AdamW with a linear warm-up.
@@ -92,6 +92,15 @@ class VAETrainConfig:
     """Checkpoints under ``<run>/checkpoints`` (the DiT trainer's ``CkptConfig``)."""
     kl_weight: float = 1e-6
     """Weight of the KL term (normalised as LDM/SD, see the module docstring; SD's VAE: 1e-6)."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction term. L1 pulls each pixel towards the *median* of what the latent
+    leaves uncertain: where the object is present with probability f (small bright objects on a dark
+    background, a contrast d in [−1, 1] units), the loss only moves the pixel off the background once
+    f > l1_weight / (2·l1_weight + 2·l2_weight·d), ~19 % at weights 1, 1 and d = 1.6. Early in training,
+    when the model localises objects poorly, that keeps objects out of the reconstructions; L2 alone (the
+    mean) has no such dead zone."""
+    l2_weight: float = 1.0
+    """Weight of the L2 reconstruction term."""
     perceptual_weights: str | None = None
     """Local file of LPIPS-style weights for a perceptual loss term. None: no perceptual term (one log line
     says so). A path is rejected with a ValueError: a faithful LPIPS (pretrained VGG16/AlexNet features plus
@@ -137,8 +146,11 @@ class VAETrainConfig:
                 f"data.image_size={self.data.image_size} is not a multiple of the VAE's {s}x space "
                 f"compression"
             )
-        if self.kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if min(self.kl_weight, self.l1_weight, self.l2_weight) < 0 or self.l1_weight + self.l2_weight == 0:
+            raise ValueError(
+                f"kl_weight, l1_weight and l2_weight must be >= 0 with l1_weight + l2_weight > 0, got "
+                f"{self.kl_weight}, {self.l1_weight}, {self.l2_weight}"
+            )
         if self.eval_every < 0 or self.eval_clips < 1 or self.latent_stats_clips < 1:
             raise ValueError(
                 f"need eval_every >= 0, eval_clips >= 1 and latent_stats_clips >= 1, got {self.eval_every}, "
@@ -181,9 +193,11 @@ def vae_step(
     kl_weight: float,
     precision: dist.Precision,
     device: torch.device,
+    l1_weight: float = 1.0,
+    l2_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch forward: video → ``Autoencode`` → L1 + L2 + kl_weight·KL. Returns the scalar loss to
-    backpropagate and detached metrics (device tensors)."""
+    """One micro-batch forward: video → ``Autoencode`` → l1_weight·L1 + l2_weight·L2 + kl_weight·KL. Returns
+    the scalar loss to backpropagate and detached metrics (device tensors)."""
     if batch.video is None:
         raise ValueError("VAE training needs pixel clips; this dataset serves precomputed latents only")
     video = batch.video.to(device, non_blocking=True)
@@ -193,7 +207,7 @@ def vae_step(
     l1 = (recon - video).abs().mean()
     l2 = (recon - video).square().mean()
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum() / video.numel()
-    loss = l1 + l2 + kl_weight * kl
+    loss = l1_weight * l1 + l2_weight * l2 + kl_weight * kl
     metrics = {"loss": loss.detach(), "loss/l1": l1.detach(), "loss/l2": l2.detach(), "loss/kl": kl.detach()}
     return loss, metrics
 
@@ -283,7 +297,10 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     check_perceptual(cfg.perceptual_weights)
     resume_from = start_run(cfg, ctx)
     if cfg.perceptual_weights is None:
-        log.info("perceptual loss: skipped (perceptual_weights is None); loss = L1 + L2 + kl_weight·KL")
+        log.info(
+            f"perceptual loss: skipped (perceptual_weights is None); loss = {cfg.l1_weight:g}·L1 + "
+            f"{cfg.l2_weight:g}·L2 + {cfg.kl_weight:g}·KL"
+        )
 
     model, ema = build_vaes(cfg, ctx)
     vae = dist.unwrap(model).vae
@@ -321,7 +338,13 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             torch.manual_seed(micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank))
             with dist.sync_grads(model, enabled=micro == cfg.grad_accum - 1):
                 loss, metrics = vae_step(
-                    batch, model=model, kl_weight=cfg.kl_weight, precision=cfg.precision, device=ctx.device
+                    batch,
+                    model=model,
+                    kl_weight=cfg.kl_weight,
+                    precision=cfg.precision,
+                    device=ctx.device,
+                    l1_weight=cfg.l1_weight,
+                    l2_weight=cfg.l2_weight,
                 )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():

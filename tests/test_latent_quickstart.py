@@ -15,8 +15,8 @@ import torch
 import minivdit.train as train_mod
 from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
 
-QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.py"
-VAE = CausalVAE3DConfig(  # 8x space (patch 2 · 2 · 2), 4x time, as the VAE recipe
+RECIPES = Path(__file__).parents[1] / "recipes"
+VAE = CausalVAE3DConfig(  # 8x space (patch 2 · 2 · 2), 4x time and shortcuts, as the VAE recipe
     patch_size=2,
     base_channels=8,
     channel_multipliers=(1, 1, 2),
@@ -24,6 +24,7 @@ VAE = CausalVAE3DConfig(  # 8x space (patch 2 · 2 · 2), 4x time, as the VAE re
     time_down_levels=(0, 1),
     latent_channels=4,
     mid_attention=False,
+    shortcuts=True,
     scaling_factor=0.5,
     shift_factor=0.1,
 )
@@ -48,8 +49,8 @@ TINY_DIT = [  # fmt: skip  # small enough for milliseconds per step; the shape f
 ]
 
 
-def quickstart_config():
-    spec = importlib.util.spec_from_file_location("recipe_quickstart", QUICKSTART)
+def quickstart_config(name: str = "quickstart"):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.config()
@@ -89,6 +90,19 @@ def test_quickstart_trains_in_latent_space(tmp_path, vae_dir, single_thread, mon
     assert videos.shape == (2, 9, 3, 32, 32)  # 3 latents of 4x4 decoded to 9 frames of 32x32 pixels
     assert videos.abs().max() <= 1.0 and videos.std() > 0
     assert (run / "samples" / "step_0000002" / "contact.png").is_file()
+
+
+def test_quickstart_latent_recipe_takes_the_vae_run_dir(tmp_path, vae_dir, single_thread):
+    """``recipes/quickstart_latent.py`` is the flags above fixed in Python; ``--vae.path`` may name the VAE
+    recipe's run directory (its ``vae/`` folder is used). The tiny VAE has 4 latent channels, not 16."""
+    run_dir = vae_dir.parent
+    (run_dir / "config.json").write_text("{}")  # a train_vae run has its own config.json next to vae/
+    default = quickstart_config("quickstart_latent")
+    assert (default.vae.kind, default.vae.path) == ("causal3d", "runs/vae_causal3d")
+    args = ["--vae.path", str(run_dir), "--model.in-channels", "4", "--out-dir", str(tmp_path), *TINY_DIT]
+    train_mod.main(default, args)
+    rows = (tmp_path / "quickstart_latent" / "metrics.jsonl").read_text().splitlines()
+    assert len([r for r in rows if r.strip()]) == 2
 
 
 def test_wrong_latent_flags_name_the_fix(tmp_path, vae_dir):

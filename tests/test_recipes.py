@@ -30,7 +30,7 @@ def parse(default: TrainConfig, args: list[str]) -> TrainConfig:
 
 
 def test_recipes_exist():
-    expected = {"quickstart", "quickstart_ddpm", "quickstart_align", "repa_ucf"}
+    expected = {"quickstart", "quickstart_ddpm", "quickstart_align", "quickstart_latent", "repa_ucf"}
     expected |= {f"{a}_{d}" for a in ("latte", "align4gen") for d in ("ucf", "sky", "ffs")}
     assert expected <= {p.stem for p in RECIPES}
 

@@ -73,6 +73,9 @@ def test_recipe_parses_and_overrides():
     assert parse([]) == default
     changed = parse(["--kl-weight", "1e-5", "--data.num-frames", "17", "--vae.latent-channels", "8"])
     assert (changed.kl_weight, changed.data.num_frames, changed.vae.latent_channels) == (1e-5, 17, 8)
+    # L2 only and parameter-free shortcuts by default (the docstring says why); L1 + L2 is one flag away
+    assert (default.l1_weight, default.l2_weight, default.vae.shortcuts) == (0.0, 1.0, True)
+    assert parse(["--l1-weight", "1"]).l1_weight == 1.0
     assert changed.optim == default.optim and changed.max_steps == default.max_steps
     # The recipe's clips suit its VAE: 4k + 1 frames, a multiple of 8 pixels.
     assert (default.data.num_frames - 1) % default.vae.temporal_compression == 0
@@ -91,14 +94,14 @@ def test_recipe_help():
 
 
 def test_tiny_run_writes_metrics_checkpoints_and_vae(tmp_path, single_thread):
-    cfg = tiny(tmp_path)
+    cfg = tiny(tmp_path, l1_weight=0.5, l2_weight=2.0)
     run = train_vae(cfg)
     metrics = rows(run)
     assert [r["step"] for r in metrics] == [1, 2, 3, 4]
     for r in metrics:
         for key in ("loss", "loss/l1", "loss/l2", "loss/kl", "grad_norm", "lr", "it_s"):
             assert key in r and torch.isfinite(torch.tensor(r[key])), key
-        parts = r["loss/l1"] + r["loss/l2"] + cfg.kl_weight * r["loss/kl"]
+        parts = 0.5 * r["loss/l1"] + 2.0 * r["loss/l2"] + cfg.kl_weight * r["loss/kl"]
         assert r["loss"] == pytest.approx(parts, rel=1e-5)
     assert [("eval/psnr" in r) for r in metrics] == [False, True, False, True]  # eval_every=2
     assert all(0 < r["eval/psnr"] < 100 for r in metrics if "eval/psnr" in r)
@@ -121,6 +124,9 @@ def test_tiny_run_writes_metrics_checkpoints_and_vae(tmp_path, single_thread):
     video = torch.zeros(1, 5, 3, 8, 8)
     assert frozen.encode(video).shape == (1, 2, 4, 1, 1)
     assert frozen.decode(frozen.encode(video, sample=False)).shape == video.shape
+    # the run directory itself works too (issue 4: "--vae.path <run>"): its vae/ folder is taken
+    from_run = build_vae(VAEConfig(kind="causal3d", path=str(run)))
+    assert from_run.cfg == vae.cfg and all(torch.equal(from_run.state_dict()[k], ema[k]) for k in ema)
 
 
 def test_exact_resume(tmp_path, single_thread):
@@ -164,6 +170,10 @@ def test_other_bad_config(tmp_path):
         tiny(tmp_path, eval_every=3, log=LogConfig(every=2))
     with pytest.raises(ValueError, match=r"eval_seed must differ"):
         tiny(tmp_path, eval_seed=0)
+    with pytest.raises(ValueError, match=r"l1_weight and l2_weight must be >= 0"):
+        tiny(tmp_path, l1_weight=-1.0)
+    with pytest.raises(ValueError, match=r"l1_weight \+ l2_weight > 0"):
+        tiny(tmp_path, l1_weight=0.0, l2_weight=0.0)
 
 
 def test_perceptual_weights_are_refused_not_faked(tmp_path):

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -18,6 +19,8 @@ from minivdit.models.vae.causal3d import (
     CausalConv3d,
     CausalVAE3D,
     CausalVAE3DConfig,
+    Downsample,
+    Upsample,
     estimate_latent_constants,
 )
 
@@ -48,6 +51,28 @@ def make_vae(dtype: torch.dtype = torch.float64, cfg: CausalVAE3DConfig = TINY) 
 @pytest.fixture(scope="module")
 def vae64() -> CausalVAE3D:
     return make_vae()
+
+
+VARIANTS = {  # every architecture option that touches the causal path, each chunked and checked in float64
+    "rms": TINY,
+    "frame_group": dataclasses.replace(TINY, norm="frame_group"),
+    "shortcuts": dataclasses.replace(TINY, shortcuts=True),
+    # the recipe's layout (a 2x2 stem, then two levels that halve T, H and W) with both new options
+    "patch2_shortcuts_frame_group": dataclasses.replace(
+        TINY,
+        patch_size=2,
+        channel_multipliers=(1, 1, 2),
+        space_down_levels=(0, 1),
+        time_down_levels=(0, 1),
+        shortcuts=True,
+        norm="frame_group",
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def any_vae64(request) -> CausalVAE3D:
+    return make_vae(cfg=VARIANTS[request.param])
 
 
 def clip(
@@ -89,7 +114,8 @@ def chunkings(draw):
 
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(chunkings())
-def test_chunked_equals_whole(vae64, chunking):
+def test_chunked_equals_whole(any_vae64, chunking):
+    vae64 = any_vae64
     n, enc_chunks, dec_chunks = chunking
     x, z = clip(4 * n + 1, seed=n), latents(n + 1, seed=n)
     with torch.no_grad():
@@ -174,11 +200,11 @@ def test_norm_variants_chunk_exactly(norm):
         assert max_err(vae.decode(z, 1), vae.decode(z)) <= TOL
 
 
-def test_static_clip_gives_static_latents(vae64):
+def test_static_clip_gives_static_latents(any_vae64):
     """The first chunk's left pad replicates frame 0, so a still clip looks still to every causal conv."""
     x = clip(1).expand(-1, 9, -1, -1, -1)
     with torch.no_grad():
-        mean, _ = vae64.encode_moments(x)
+        mean, _ = any_vae64.encode_moments(x)
     assert max_err(mean, mean[:, :1].expand_as(mean)) <= TOL
 
 
@@ -212,7 +238,8 @@ def test_encode_rejects_bad_frame_count(vae64):
 
 
 # -------------------------------------------------------------------------------------------- causality
-def test_encode_is_causal(vae64):
+def test_encode_is_causal(any_vae64):
+    vae64 = any_vae64
     x = clip(13)
     with torch.no_grad():
         base, _ = vae64.encode_moments(x)
@@ -225,7 +252,8 @@ def test_encode_is_causal(vae64):
             assert max_err(mean[:, j], base[:, j]) > 1e-6, t
 
 
-def test_decode_is_causal(vae64):
+def test_decode_is_causal(any_vae64):
+    vae64 = any_vae64
     z = latents(4)
     with torch.no_grad():
         base = vae64.decode(z)
@@ -239,27 +267,40 @@ def test_decode_is_causal(vae64):
 
 
 # ------------------------------------------------------------------------------------------------- bf16
-def test_bf16_close_to_fp32():
-    """Relative (L2) error of a bf16 model (weights and activations) against the fp32 one.
+def _bf16_conv3d_supported() -> bool:
+    try:
+        torch.nn.functional.conv3d(
+            torch.zeros(1, 1, 1, 1, 1).bfloat16(), torch.zeros(1, 1, 1, 1, 1).bfloat16()
+        )
+    except RuntimeError:  # pragma: no cover - depends on the CPU build
+        return False
+    return True
 
-    Measured: encode 1.5e-2, decode 2.6e-2. That is the bf16 floor for this depth, not a bug: each bf16
-    rounding costs ≈0.17 % RMS (checked: a bf16 conv3d on CPU matches the fp32 conv of the same rounded
-    inputs up to the output rounding alone), and encode/decode chain ≈40-50 roundings (conv outputs, residual
-    adds, norms), which add up to 1-3 %. Hence 4e-2 here instead of the 1e-2 of anchors-modules §2.5.
+
+@pytest.mark.skipif(not _bf16_conv3d_supported(), reason="bf16 conv3d unsupported by this CPU build")
+@pytest.mark.parametrize(("variant", "bound"), [("rms", 4e-2), ("shortcuts", 1e-2)])
+def test_bf16_close_to_fp32(variant, bound):
+    """Relative error ‖Δ‖/‖x‖ over the whole tensor of a bf16 model (weights and activations) against fp32.
+
+    Measured here (encode mean, decode): random TINY 1.5e-2, 2.6e-2; random TINY with shortcuts (the
+    recipe's architecture option) 8.3e-3, 7.5e-3; the trained ``recipes/vae_causal3d.py`` VAE on held-out
+    clips 5.4e-3, 2.4e-3 (bf16 autocast with fp32 weights: 4.9e-3, 1.6e-3). The random model without
+    shortcuts is the hard case, not a bug: each bf16 rounding costs ≈0.17 % RMS (a bf16 conv3d on CPU matches
+    the fp32 conv of the same rounded inputs up to the output rounding alone) and encode/decode chain ≈40-50
+    roundings whose errors a random deep stack amplifies, 1-3 % in all; a parameter-free path (shortcuts) or
+    trained weights amplify them less. Hence 4e-2 for that model and the 1e-2 of anchors-modules §2.5 for
+    the one with shortcuts.
     """
-    vae32, vae16 = make_vae(torch.float32), make_vae(torch.bfloat16)
+    cfg = VARIANTS[variant]
+    vae32, vae16 = make_vae(torch.float32, cfg), make_vae(torch.bfloat16, cfg)
     x, z = clip(9, dtype=torch.float32), latents(3, dtype=torch.float32)
     with torch.no_grad():
-        try:
-            mean16 = vae16.encode(x.bfloat16(), sample=False)
-        except RuntimeError as e:  # pragma: no cover - depends on the CPU build
-            pytest.skip(f"bf16 conv3d unsupported here: {e}")
-        mean32 = vae32.encode(x, sample=False)
+        mean32, mean16 = vae32.encode(x, sample=False), vae16.encode(x.bfloat16(), sample=False)
         video32, video16 = vae32.decode(z), vae16.decode(z.bfloat16())
     for lo, ref in ((mean16, mean32), (video16, video32)):
         assert lo.dtype == torch.bfloat16
         rel = ((lo.float() - ref).norm() / ref.norm()).item()
-        assert rel <= 4e-2, rel
+        assert rel <= bound, rel
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
@@ -359,11 +400,32 @@ def test_bad_input(vae64, call, match):
         ({"norm": "group"}, "norm"),
         ({"base_channels": 0}, "base_channels"),
         ({"scaling_factor": 0.0}, "scaling_factor"),
+        ({"shortcuts": True, "latent_channels": 12}, "shortcuts=True needs"),
     ],
 )
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CausalVAE3DConfig(**kwargs)
+
+
+def test_shortcuts_are_causal_averages_and_repeats():
+    """With every conv of a resampler zeroed, only the parameter-free shortcut is left: the causal mean of
+    each output's window on the way down, the repeated input (frame 0 once) on the way up."""
+    down, up = (
+        Downsample(2, time=True, space=True, shortcut=True),
+        Upsample(2, time=True, space=True, shortcut=True),
+    )
+    for m in (down, up):
+        for p in m.parameters():
+            nn.init.zeros_(p)
+    x = torch.randn(1, 2, 5, 4, 4, dtype=torch.float64)
+    down, up = down.double(), up.double()
+    pooled = torch.nn.functional.avg_pool3d(x, (1, 2, 2))  # [1, 2, 5, 2, 2]
+    want = torch.stack([pooled[:, :, 0], *(pooled[:, :, i : i + 2].mean(2) for i in (1, 3))], dim=2)
+    assert max_err(down(x), want) <= TOL
+    y = torch.randn(1, 2, 3, 2, 2, dtype=torch.float64)
+    frames = y[:, :, [0, 1, 1, 2, 2]]  # latent 0 -> frame 0, latent k -> frames 2k - 1, 2k
+    assert max_err(up(y), frames.repeat_interleave(2, 3).repeat_interleave(2, 4)) <= TOL
 
 
 def test_causal_conv_cache_sizes():

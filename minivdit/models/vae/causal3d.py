@@ -31,6 +31,11 @@ Notable deviations:
   causal conv with the replicate pad (Wan skips the conv on the first chunk instead);
 - temporal resampling convs start as identity-like maps (downsample keeps frames 0, 2, 4, …; upsample repeats
   each latent frame); everything else uses PyTorch's default init;
+- optional parameter-free shortcuts (``shortcuts=True``; DC-AE's residual autoencoding, Wan 2.2's
+  ``AvgDown3D``/``DupUp3D``): causal window averages around downsampling, repeats around upsampling, channel
+  averages/duplicates around width changes and at the latent. They add nothing that mixes time beyond each
+  resampler's own window (frame 0 alone, then frame pairs), so chunking stays exact; the recipe needs them
+  to leave the "predict the mean" plateau (``recipes/vae_causal3d.py``);
 - scalar latent constants (``(z − shift_factor)·scaling_factor``, as flux/SD3), not per-channel statistics;
 - logvar is clamped to [−30, 20] (as diffusers' ``DiagonalGaussianDistribution``).
 
@@ -51,7 +56,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -92,6 +97,17 @@ class CausalVAE3DConfig:
     """Norm over C at each (t, h, w) position; both keep chunking exact (GroupNorm over T would not)."""
     mid_attention: bool = True
     """Per-frame spatial self-attention in the middle blocks of encoder and decoder."""
+    shortcuts: bool = False
+    """Parameter-free shortcuts around every resampling and width change ("residual autoencoding" of DC-AE,
+    Chen et al. 2024, arXiv:2410.10733; Wan 2.2's ``AvgDown3D``/``DupUp3D``): downsampling adds the causal
+    average of its window, upsampling adds the repeated input, width changes add channel
+    averages/duplicates, and the encoder's mean and decoder's input get channel-group averages/duplicates of
+    the latent. The stream then
+    has a path from ``conv_in`` to ``conv_out`` that no update can switch off. Without it, the first Adam
+    steps (sign-like steps of size lr on every weight of 27·C fan-in convs) replace the input-dependent part
+    of the activations by a shared one in every layer and the network sits on the "predict the mean"
+    plateau for hundreds of steps (measured in the recipe's docstring). Needs ``latent_channels`` to divide
+    the last level's width and widths that differ by integer factors."""
     scaling_factor: float = 1.0
     """Latents the DiT sees are ``(z − shift_factor) · scaling_factor``. After training a VAE set both from
     latent statistics (``estimate_latent_constants``) so that latents have zero mean and unit variance."""
@@ -113,6 +129,14 @@ class CausalVAE3DConfig:
             raise ValueError(f"norm must be 'rms', 'layer' or 'frame_group', got {self.norm!r}")
         if not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
+        if self.shortcuts:
+            chs = self.level_channels
+            widths = [*zip(chs, chs[1:]), (chs[-1], self.latent_channels)]
+            if any(max(a, b) % min(a, b) for a, b in widths):
+                raise ValueError(
+                    f"shortcuts=True needs level widths {list(chs)} and latent_channels "
+                    f"{self.latent_channels} that divide one another"
+                )
 
     @property
     def temporal_compression(self) -> int:
@@ -229,21 +253,37 @@ class ChannelNorm(nn.Module):
         return (F.silu(h) if self.silu else h).to(x.dtype)
 
 
-class ResBlock(nn.Module):
-    """norm → SiLU → causal conv, twice, plus a (1×1×1 projected) shortcut."""
+def resize_channels(x: Tensor, channels: int) -> Tensor:
+    """Parameter-free width change along dim 1: duplicate each channel (C → k·C) or average groups of
+    consecutive channels (k·C → C), as DC-AE's shortcuts."""
+    c = x.shape[1]
+    if channels == c:
+        return x
+    if channels > c:
+        return x.repeat_interleave(channels // c, dim=1)
+    return x.unflatten(1, (channels, c // channels)).mean(dim=2)
 
-    def __init__(self, in_channels: int, out_channels: int, norm: Norm):
+
+class ResBlock(nn.Module):
+    """norm → SiLU → causal conv, twice, plus a shortcut: identity, a 1×1×1 projection when the width
+    changes, or with ``free_shortcut`` a channel duplicate/average (``resize_channels``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm, *, free_shortcut: bool = False):
         super().__init__()
+        self.out_channels = out_channels
         self.norm1 = ChannelNorm(in_channels, norm, silu=True)
         self.conv1 = CausalConv3d(in_channels, out_channels, 3)
         self.norm2 = ChannelNorm(out_channels, norm, silu=True)
         self.conv2 = CausalConv3d(out_channels, out_channels, 3)
-        self.shortcut = CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        project = in_channels != out_channels and not free_shortcut
+        self.shortcut = CausalConv3d(in_channels, out_channels, 1) if project else None
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         h = self.conv1(self.norm1(x), cache)  # [B, C', T, H, W]
         h = self.conv2(self.norm2(h), cache)
-        return h + (x if self.shortcut is None else self.shortcut(x, cache))
+        if self.shortcut is not None:
+            return h + self.shortcut(x, cache)
+        return h + resize_channels(x, self.out_channels)
 
 
 class FrameAttention(nn.Module):
@@ -264,43 +304,69 @@ class FrameAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Per-frame 3×3 stride-2 conv (space), then a causal k=3 stride-2 conv (time): T = 1 + 2n → 1 + n."""
+    """Per-frame 3×3 stride-2 conv (space), then a causal k=3 stride-2 conv (time): T = 1 + 2n → 1 + n.
 
-    def __init__(self, channels: int, *, time: bool, space: bool):
+    With ``shortcut``, plus the average of each output's own input window: 2×2 pixels, and frames
+    (f0 f0), (f1 f2), (f3 f4), … (causal, stride = window, so nothing to cache across chunks).
+    """
+
+    def __init__(self, channels: int, *, time: bool, space: bool, shortcut: bool = False):
         super().__init__()
         self.space = CausalConv3d(channels, channels, (1, 3, 3), (1, 2, 2)) if space else None
         self.time = CausalConv3d(channels, channels, (3, 1, 1), (2, 1, 1)) if time else None
+        self.shortcut = shortcut
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        first = self.time is not None and (cache is None or self.time not in cache.tails)
+        h = x
         if self.space is not None:
-            x = self.space(x, cache)  # [B, C, T, H/2, W/2]
+            h = self.space(h, cache)  # [B, C, T, H/2, W/2]
         if self.time is not None:  # windows (f0 f0 f0), (f0 f1 f2), (f2 f3 f4), …
-            x = self.time(x, cache)  # [B, C, 1 + (T − 1)/2, H, W]
-        return x
+            h = self.time(h, cache)  # [B, C, 1 + (T − 1)/2, H, W]
+        if not self.shortcut:
+            return h
+        if self.space is not None:
+            x = reduce(x, "b c t (h a) (w e) -> b c t h w", "mean", a=2, e=2)  # avg_pool3d lacks CPU bf16
+        if self.time is not None:
+            if first:  # latent 0 stands for frame 0 alone: pair it with itself
+                x = torch.cat([x[:, :, :1], x], dim=2)
+            x = rearrange(x, "b c (t two) h w -> b c t two h w", two=2).mean(dim=3)
+        return h + x
 
 
 class Upsample(nn.Module):
-    """Causal depth-to-time (time), then nearest 2× + per-frame 3×3 conv (space): T = 1 + n → 1 + 2n."""
+    """Causal depth-to-time (time), then nearest 2× + per-frame 3×3 conv (space): T = 1 + n → 1 + 2n.
 
-    def __init__(self, channels: int, *, time: bool, space: bool):
+    With ``shortcut``, plus the input repeated the same way (each frame twice, frame 0 once; 2×2 pixels).
+    """
+
+    def __init__(self, channels: int, *, time: bool, space: bool, shortcut: bool = False):
         super().__init__()
         self.time = CausalConv3d(channels, 2 * channels, (3, 1, 1)) if time else None
         self.space = CausalConv3d(channels, channels, (1, 3, 3)) if space else None
+        self.shortcut = shortcut
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        first = self.time is not None and (cache is None or self.time not in cache.tails)
+        h = x
         if self.time is not None:
-            first = cache is None or self.time not in cache.tails
-            x = rearrange(self.time(x, cache), "b (r c) t h w -> b c (t r) h w", r=2)  # [B, C, 2T, H, W]
+            h = rearrange(self.time(h, cache), "b (r c) t h w -> b c (t r) h w", r=2)  # [B, C, 2T, H, W]
             if first:  # latent 0 stands for one frame, not two: drop its duplicate (only on the first chunk)
-                x = x[:, :, 1:]  # [B, C, 2T − 1, H, W]
+                h = h[:, :, 1:]  # [B, C, 2T − 1, H, W]
         if self.space is not None:
-            x = repeat(x, "b c t h w -> b c t (h a) (w e)", a=2, e=2)  # [B, C, T, 2H, 2W]
-            x = self.space(x, cache)
-        return x
+            h = repeat(h, "b c t h w -> b c t (h a) (w e)", a=2, e=2)  # [B, C, T, 2H, 2W]
+            h = self.space(h, cache)
+        if not self.shortcut:
+            return h
+        if self.time is not None:
+            x = x.repeat_interleave(2, dim=2)[:, :, 1 if first else 0 :]  # [B, C, 2T (− 1), H, W]
+        if self.space is not None:
+            x = repeat(x, "b c t h w -> b c t (h a) (w e)", a=2, e=2)
+        return h + x
 
 
 # ------------------------------------------------------------------------------------- encoder / decoder
-def _mid(channels: int, cfg: CausalVAE3DConfig) -> nn.ModuleList:
+def _mid(channels: int, cfg: CausalVAE3DConfig) -> nn.ModuleList:  # same width: identity shortcuts
     attn = [FrameAttention(channels, cfg.norm)] if cfg.mid_attention else []
     return nn.ModuleList(
         [ResBlock(channels, channels, cfg.norm), *attn, ResBlock(channels, channels, cfg.norm)]
@@ -319,15 +385,16 @@ class Encoder(nn.Module):
         c = chs[0]
         for i, ch in enumerate(chs):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(c, ch, cfg.norm))
+                blocks.append(ResBlock(c, ch, cfg.norm, free_shortcut=cfg.shortcuts))
                 c = ch
             time, space = i in cfg.time_down_levels, i in cfg.space_down_levels
             if time or space:
-                blocks.append(Downsample(c, time=time, space=space))
+                blocks.append(Downsample(c, time=time, space=space, shortcut=cfg.shortcuts))
         self.down = nn.ModuleList(blocks)
         self.mid = _mid(c, cfg)
         self.norm_out = ChannelNorm(c, cfg.norm, silu=True)
         self.conv_out = CausalConv3d(c, 2 * cfg.latent_channels, 3)
+        self.latent_channels, self.shortcut = cfg.latent_channels, cfg.shortcuts
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         p = self.patch_size
@@ -335,7 +402,11 @@ class Encoder(nn.Module):
         x = self.conv_in(x, cache)  # [B, C0, T, H/p, W/p]
         for block in [*self.down, *self.mid]:
             x = block(x, cache)  # [B, C_L, T', H/8, W/8] at the end
-        return self.conv_out(self.norm_out(x), cache)  # [B, 2·C_z, T', H/8, W/8]
+        moments = self.conv_out(self.norm_out(x), cache)  # [B, 2·C_z, T', H/8, W/8]
+        if not self.shortcut:
+            return moments
+        zeros = torch.zeros_like(moments[:, self.latent_channels :])  # the logvar half gets no shortcut
+        return moments + torch.cat([resize_channels(x, self.latent_channels), zeros], dim=1)
 
 
 class Decoder(nn.Module):
@@ -350,19 +421,22 @@ class Decoder(nn.Module):
         blocks: list[nn.Module] = []
         for i in reversed(range(len(chs))):
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(c, chs[i], cfg.norm))
+                blocks.append(ResBlock(c, chs[i], cfg.norm, free_shortcut=cfg.shortcuts))
                 c = chs[i]
             # level i runs at the resolution of encoder level i: undo the downsample that ended level i − 1
             time, space = (i - 1) in cfg.time_down_levels, (i - 1) in cfg.space_down_levels
             if i > 0 and (time or space):
-                blocks.append(Upsample(c, time=time, space=space))
+                blocks.append(Upsample(c, time=time, space=space, shortcut=cfg.shortcuts))
         self.up = nn.ModuleList(blocks)
         self.norm_out = ChannelNorm(c, cfg.norm, silu=True)
         self.patch_size = cfg.patch_size
         self.conv_out = CausalConv3d(c, cfg.in_channels * cfg.patch_size**2, 3)
+        self.shortcut = cfg.shortcuts
 
     def forward(self, z: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(z, cache)  # [B, C_L, T', h, w]
+        if self.shortcut:
+            x = x + resize_channels(z, x.shape[1])
         for block in [*self.mid, *self.up]:
             x = block(x, cache)  # [B, C0, 1 + r·(T' − 1), 8h, 8w] at the end
         x = self.conv_out(self.norm_out(x), cache)  # [B, C·p², T, H/p, W/p]
