@@ -190,11 +190,11 @@ def vae_step(
     batch: Batch,
     *,
     model: nn.Module,
+    l1_weight: float,
+    l2_weight: float,
     kl_weight: float,
     precision: dist.Precision,
     device: torch.device,
-    l1_weight: float = 1.0,
-    l2_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One micro-batch forward: video → ``Autoencode`` → l1_weight·L1 + l2_weight·L2 + kl_weight·KL. Returns
     the scalar loss to backpropagate and detached metrics (device tensors)."""
@@ -340,11 +340,11 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                 loss, metrics = vae_step(
                     batch,
                     model=model,
+                    l1_weight=cfg.l1_weight,
+                    l2_weight=cfg.l2_weight,
                     kl_weight=cfg.kl_weight,
                     precision=cfg.precision,
                     device=ctx.device,
-                    l1_weight=cfg.l1_weight,
-                    l2_weight=cfg.l2_weight,
                 )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():

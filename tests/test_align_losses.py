@@ -1,11 +1,13 @@
-"""``minivdit.align.losses``: dREPA against the blog's reference code (kept verbatim below) and a naive
-all-pairs formula, values and gradients in fp64; TRD against VideoREPA's Gram code; REPA and CREPA on
-hand-computed cases; the checks on bad input. CPU, tiny tensors, a few seconds (the first checkpointed call
-imports torch._dynamo: ~2 s)."""
+"""``minivdit.align.losses``: dREPA against the blog's reference code (kept verbatim in ``tools/bench.py``)
+and a naive all-pairs formula, values and gradients in fp64; TRD against VideoREPA's Gram code; REPA and
+CREPA on hand-computed cases; the checks on bad input. CPU, tiny tensors, a few seconds (the first
+checkpointed call imports torch._dynamo: ~2 s)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,49 +20,13 @@ from minivdit.align.losses import crepa, crepa_weights, drepa, repa, trd
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-# ---- Oracle: seeds/000_909e03a75427b323.txt, "Appendix - Implementation", verbatim (called with
-# reshape=False on token layout [B, f, hw, D]; note the argument order: foundation-model features first).
-# fmt: off
-def dREPA_loss(
-    yv: Tensor,      # [B, f, hw, D]  foundation-model features
-    h:  Tensor,      # [B, f, hw, D]  generation-model features
-    reshape = True,
-) -> Tensor:
-
-    if reshape:
-        yv = rearrange(yv, 'B F C H W -> B F (H W) C')
-        h  = rearrange(h,  'B F C H W -> B F (H W) C')
-
-    B, f, hw, D = yv.shape
-    device = yv.device
-
-    # 1) Normalize features along D
-    yv_norm = F.normalize(yv, p=2, dim=-1)  # [B, f, hw, D]
-    h_norm  = F.normalize(h,  p=2, dim=-1)
-
-    # 2) Spatial similarities per frame
-    y_spatial = torch.einsum('bfid,bfjd->bfij', yv_norm, yv_norm)
-    h_spatial = torch.einsum('bfid,bfjd->bfij', h_norm,  h_norm)
-    L_spatial = (h_spatial - y_spatial).pow(2).mean()
-
-    # 3) Full cross-frame similarities
-    y_temp = torch.einsum('bfid,bgjd->bfgij', yv_norm, yv_norm)
-    h_temp = torch.einsum('bfid,bgjd->bfgij', h_norm,  h_norm)
-    diff_temp = (h_temp - y_temp).pow(2)
-
-    # 4) Mask out same-frame pairs (keep only e != d)
-    diag = torch.eye(f, dtype=torch.bool, device=device)
-    mask = ~diag
-
-    # 5) Expand mask to match diff_temp
-    mask = mask.view(1, f, f, 1, 1).expand(B, f, f, hw, hw)
-
-    # 6) Apply mask & mean
-    L_temporal = diff_temp[mask].mean()
-
-    return L_spatial + L_temporal
-# fmt: on
-# ---- end of the verbatim oracle
+# Oracle: seeds/000_909e03a75427b323.txt, "Appendix - Implementation", kept verbatim once, in tools/bench.py
+# (which times minivdit against it); ``tools/`` is a folder of scripts, so it is loaded from its path. Called
+# with reshape=False on token layout [B, f, hw, D]; note the argument order: foundation-model features first.
+_spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "tools" / "bench.py")
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+dREPA_loss = _bench.dREPA_loss
 
 
 def _gram_pairs(h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -75,6 +75,7 @@ size, h/w token grid, D channels of one encoder.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from collections.abc import Sequence
@@ -221,7 +222,7 @@ def _load(folder: Path, raw: dict, archs: Archs, name: str, **overrides) -> nn.M
 # --------------------------------------------------------------------------------------------------- encoders
 
 
-class FrozenEncoder(nn.Module):
+class FrozenEncoder(nn.Module, abc.ABC):
     """One frozen encoder: video ``[B, T, 3, H, W]`` in [-1, 1] → tokens ``[B, F', h·w, D]`` on ``grid``.
     Owns its resize, normalisation, dropped tokens and layout; always in eval mode without gradients."""
 
@@ -290,9 +291,9 @@ class FrozenEncoder(nn.Module):
             x = ((x + 1) / 2 - self.pixel_mean) / self.pixel_std  # [N, 3, H', W']
         return rearrange(x, "(b t) c h w -> b t c h w", b=video.shape[0])
 
+    @abc.abstractmethod
     def _encode(self, x: Tensor) -> Tensor:
         """Image encoders: [N, 3, H', W'] → [N, h·w, D]; video: [b, T, 3, H', W'] → [b, F', h·w, D]."""
-        raise NotImplementedError
 
     def _check_tokens(self, tokens: Tensor, expected: int) -> None:
         if tokens.shape[1] != expected:
@@ -640,17 +641,12 @@ def _tiny_sam2() -> nn.Module:
     )
 
 
+_TINY_SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)  # every tiny ViT
 _TINY = {
-    "dinov2": lambda: _hf("Dinov2Model")(
-        _hf("Dinov2Config")(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
-        )
-    ),
+    "dinov2": lambda: _hf("Dinov2Model")(_hf("Dinov2Config")(**_TINY_SIZE, image_size=28, patch_size=14)),
     "dinov2_registers": lambda: _hf("Dinov2WithRegistersModel")(
         _hf("Dinov2WithRegistersConfig")(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **_TINY_SIZE,
             image_size=28,
             patch_size=14,
             num_register_tokens=4,
@@ -658,10 +654,8 @@ _TINY = {
     ),
     "dinov3": lambda: _hf("DINOv3ViTModel")(
         _hf("DINOv3ViTConfig")(
-            hidden_size=32,
+            **_TINY_SIZE,
             intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
             image_size=32,
             patch_size=16,
             num_register_tokens=4,
@@ -670,9 +664,7 @@ _TINY = {
     "sam2": _tiny_sam2,
     "vjepa2": lambda: _hf("VJEPA2Model")(
         _hf("VJEPA2Config")(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **_TINY_SIZE,
             crop_size=32,
             frames_per_clip=4,
             patch_size=16,
@@ -685,9 +677,7 @@ _TINY = {
     ),
     "videomae": lambda: _hf("VideoMAEModel")(
         _hf("VideoMAEConfig")(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **_TINY_SIZE,
             intermediate_size=64,
             image_size=32,
             num_frames=4,

@@ -41,19 +41,11 @@ class VAEConfig:
             raise ValueError(f"VAEConfig(kind={self.kind!r}) needs a weights folder: --vae.path /path/to/vae")
 
 
-def _is_vae_run(path: Path) -> bool:
-    """A ``train_vae`` run directory (``config.json`` of the run, the exported VAE in ``vae/``)."""
-    weights = "diffusion_pytorch_model.safetensors"
-    return not (path / weights).is_file() and (path / "vae" / weights).is_file()
-
-
 def build_vae(cfg: VAEConfig) -> nn.Module | None:
     """The VAE ``cfg`` names, loaded from its folder, frozen and in eval mode; None for pixel space."""
     if cfg.kind == "none":
         return None
     path = Path(cfg.path)
-    if cfg.kind == "causal3d" and _is_vae_run(path):
-        path = path / "vae"  # a train_vae run directory: the VAE it exported at the end
     if not (path / "config.json").is_file():
         raise ValueError(f"--vae.path {path}: no config.json there (expected a {cfg.kind} weights folder)")
     if cfg.kind == "sd":

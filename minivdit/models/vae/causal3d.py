@@ -653,8 +653,11 @@ class CausalVAE3D(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> CausalVAE3D:
-        """Load a folder written by ``save_pretrained``; strict about config fields and weight keys/shapes."""
+        """Load a folder written by ``save_pretrained``, or the run directory of ``train_vae`` (the VAE it
+        exported to ``<run>/vae``); strict about config fields and weight keys/shapes."""
         path = Path(path)
+        if not (path / WEIGHTS_NAME).is_file() and (path / "vae" / WEIGHTS_NAME).is_file():
+            path = path / "vae"
         raw = json.loads((path / CONFIG_NAME).read_text())
         if raw.get("_class_name", CLASS_NAME) != CLASS_NAME:
             raise ValueError(f"{path / CONFIG_NAME} is a {raw['_class_name']!r}, not a {CLASS_NAME!r}")
