@@ -84,6 +84,18 @@ class MetricLogger:
             f"{row['samples_s']:.1f} samples/s | eta {eta}{mem}"
         )
 
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        """A row of other scalars (evaluation metrics) at ``step``, in metrics.jsonl and tensorboard; the
+        status line's timing is not touched."""
+        if not self.is_main:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
     def video(self, tag: str, videos_uint8: np.ndarray, step: int, fps: int = 8) -> None:
         """Sample videos [B, F, H, W, 3] uint8 to tensorboard (needs moviepy<2, else tensorboard skips
         them)."""

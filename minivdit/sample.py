@@ -171,12 +171,17 @@ def _find_ckpt(path: Path) -> Path:
     return found
 
 
-def sample(cfg: SampleConfig) -> Path:
-    """Load the run's config and weights, sample, write videos; returns the output folder."""
+def load_run(
+    ckpt: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, DDPM | Flow, torch.nn.Module | None, dict]:
+    """A run's checkpoint (or the run folder: its latest checkpoint) as ``(model, objective, vae, config)``:
+    the model class the trainer recorded, built on meta and filled with the EMA (or raw) weights, the run's
+    objective, its VAE (None in pixel space) and the run's config dict."""
     from minivdit.ckpt import load_weights
 
-    ckpt_dir = _find_ckpt(Path(cfg.ckpt))
-    run_cfg = json.loads((ckpt_dir / "meta.json").read_text())["config"]
+    ckpt_dir = _find_ckpt(Path(ckpt))
+    meta = json.loads((ckpt_dir / "meta.json").read_text())
+    run_cfg = meta["config"]
     model_cfg = from_dict(DiTConfig, run_cfg["model"])
     obj_dict = run_cfg["objective"]
     objective = (
@@ -184,13 +189,25 @@ def sample(cfg: SampleConfig) -> Path:
         if obj_dict["_type"] == "DDPMConfig"
         else Flow(from_dict(FlowConfig, obj_dict))
     )
-    device = torch.device(cfg.device)
-    model_cls = _import_class(json.loads((ckpt_dir / "meta.json").read_text()).get("model_class"))
+    device = torch.device(device)
     with torch.device("meta"):
-        model = model_cls(model_cfg)
+        model = _import_class(meta.get("model_class"))(model_cfg)
     model.to_empty(device=device)
     model.reset_buffers()
-    load_weights(model, ckpt_dir / ("ema.safetensors" if cfg.use_ema else "model.safetensors"))
+    load_weights(model, ckpt_dir / ("ema.safetensors" if use_ema else "model.safetensors"))
+    model.eval()
+    vae_dict = run_cfg.get("vae")
+    vae = build_vae(from_dict(VAEConfig, vae_dict)) if isinstance(vae_dict, dict) else None
+    if vae is not None:
+        vae = vae.to(device)
+    return model, objective, vae, run_cfg | {"_ckpt": str(ckpt_dir)}
+
+
+def sample(cfg: SampleConfig) -> Path:
+    """Load the run's config and weights, sample, write videos; returns the output folder."""
+    device = torch.device(cfg.device)
+    model, objective, vae, run_cfg = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+    model_cfg = model.cfg
     if model_cfg.num_classes:
         labels = torch.tensor(cfg.classes) if cfg.classes else torch.arange(cfg.num) % model_cfg.num_classes
     else:
@@ -210,10 +227,8 @@ def sample(cfg: SampleConfig) -> Path:
         device=device,
         precision=cfg.precision,
     )
-    vae_dict = run_cfg.get("vae")
-    vae = build_vae(from_dict(VAEConfig, vae_dict)) if isinstance(vae_dict, dict) else None
     if vae is not None:
-        videos = decode_latents(vae.to(device), videos, device, cfg.precision)
+        videos = decode_latents(vae, videos, device, cfg.precision)
     names = None
     if labels is not None:
         names = [str(int(y)) for y in labels]

@@ -39,6 +39,7 @@ from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_
 from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models.dit import DiTConfig, VDiT, num_params
 from minivdit.models.vae import VAEConfig, build_vae
@@ -160,6 +161,12 @@ class TrainConfig:
     """None: start fresh; "auto": the latest checkpoint of this run if any; or a checkpoint folder path."""
     sample_every: int = 0
     """Write EMA samples every this many steps (and at the end); 0 only at the end; -1 never."""
+    eval: EvalConfig | None = None
+    """Evaluate the EMA weights under a named protocol every ``eval.every`` steps and at the end
+    (``minivdit/eval/``): ``eval/<metric>`` in metrics.jsonl and tensorboard, the values and the protocol
+    record
+    in ``<run>/eval/step_N/metrics.json``. Metrics whose detector weights are not given are skipped with one
+    logged line. None: no evaluation."""
 
     def __post_init__(self):
         if self.max_steps < 1 or self.grad_accum < 1:
@@ -616,6 +623,7 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
     logger = MetricLogger(
         run_dir, is_main=ctx.is_main, max_steps=cfg.max_steps, tensorboard=cfg.log.tensorboard
     )
+    eval_metrics = _eval_metrics(cfg)
     samples_per_step = cfg.data.batch_size * ctx.world * cfg.grad_accum
     sums: dict[str, Tensor] = {}
     logged_steps, nonfinite = 0, NonfiniteCounter()
@@ -697,6 +705,9 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                 cfg, ema, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
             )
             model.train()
+        if eval_metrics and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
+            _evaluate(cfg, ema, objective, vae, ctx, logger, step, eval_metrics)
+            logger.start(step)  # the evaluation's time is not training throughput
     logger.close()
     dist.barrier()
     return run_dir
@@ -737,6 +748,63 @@ def _sample_grid(
         logger.image("samples/contact_sheet", out["contact"], step)
         took = time.perf_counter() - t0
         log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {took:.1f}s)")
+
+
+def _eval_metrics(cfg: TrainConfig) -> tuple[str, ...]:
+    """The metrics ``cfg.eval`` can compute: those whose detector weights were given (one logged line names
+    the others and the flags that would enable them)."""
+    if cfg.eval is None:
+        return ()
+    from minivdit.eval.evaluate import missing_weights
+
+    wanted = cfg.eval.chosen_metrics
+    missing = missing_weights(cfg.eval, wanted)
+    if missing:
+        log.info(
+            f"eval ({cfg.eval.protocol}): skipping {', '.join(missing)}: no weights given "
+            f"({', '.join(sorted({'--eval.' + f[2:] for f in missing.values()}))}; README 'Evaluation')"
+        )
+    return tuple(m for m in wanted if m not in missing)
+
+
+def _evaluate(
+    cfg: TrainConfig,
+    ema,
+    objective,
+    vae,
+    ctx: dist.DistContext,
+    logger: MetricLogger,
+    step: int,
+    metrics: tuple[str, ...],
+) -> None:
+    """Evaluate the EMA weights (every rank takes part); rank 0 logs and writes
+    ``eval/step_N/metrics.json``."""
+    from minivdit.eval.evaluate import evaluate_model, write_metrics
+
+    t0 = time.perf_counter()
+    values, record = evaluate_model(
+        cfg.eval,
+        model=ema,
+        objective=objective,
+        vae=vae,
+        run_cfg=to_dict(cfg),
+        device=ctx.device,
+        metrics=metrics,
+        show=ctx.is_main,
+    )
+    logger.scalars(step, {f"eval/{k}": v for k, v in values.items()})
+    if ctx.is_main:
+        out = cfg.run_dir / "eval" / f"step_{step:07d}" / "metrics.json"
+        write_metrics(out, values, record | {"step": step})
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        n_fake, n_real = record["num_fake_used"], record["num_real_used"]
+        log.info(
+            f"eval ({cfg.eval.protocol}, {n_fake} generated vs {n_real} real clips, "
+            f"{time.perf_counter() - t0:.0f}s): {shown} -> {out}"
+        )
+        contact = cfg.run_dir / "samples" / f"step_{step:07d}" / "contact.png"
+        if contact.is_file():  # the samples a person looks at, next to the numbers that judge them
+            log.info(f"step {step}: samples {contact.resolve()} | {shown}")
 
 
 def _label_names(cfg: TrainConfig, labels: Tensor | None, classes=None) -> list[str] | None:

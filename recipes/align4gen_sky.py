@@ -24,6 +24,9 @@ appendix), learned σ for the diffusion objective (Latte). ``--objective ddpm|fl
     torchrun --nproc_per_node=8 recipes/align4gen_sky.py --data.root /data/sky_timelapse \\
         --vae.path /weights/sd-vae-ft-ema --teacher.dinov2 /weights/dinov2-base \\
         --teacher.sam2 /weights/sam2.1-hiera-base-plus
+
+Evaluation: protocol ``align4gen-sky`` (cd-FVD, I3D FVD, FID, CLIP against the train split) every 50K steps
+(Table 2 reports 50K and 200K); give ``--eval.videomae --eval.i3d --eval.inception --eval.clip``.
 """
 
 from dataclasses import replace
@@ -32,6 +35,7 @@ from minivdit.align.heads import AlignConfig
 from minivdit.align.teachers import TeacherConfig
 from minivdit.config import pop_choice
 from minivdit.data import DataConfig
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import preset
 from minivdit.models.vae import VAEConfig
 from minivdit.objectives.ddpm import DDPMConfig
@@ -70,6 +74,7 @@ def config(objective: str = "flow") -> TrainConfig:
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=50, cfg_scale=1.0),
+        eval=EvalConfig(protocol="align4gen-sky", every=50_000, steps=50),
         max_steps=200_000,
         sample_every=10_000,
         precision="bf16",

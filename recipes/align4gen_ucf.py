@@ -26,6 +26,10 @@ appendix), learned σ for the diffusion objective (Latte). ``--objective ddpm|fl
     torchrun --nproc_per_node=8 recipes/align4gen_ucf.py --data.root /data/UCF-101 \\
         --vae.path /weights/sd-vae-ft-ema --teacher.dinov2 /weights/dinov2-base \\
         --teacher.sam2 /weights/sam2.1-hiera-base-plus
+
+Evaluation: protocol ``align4gen-ucf`` (seeds/004 App. A: cd-FVD, I3D FVD, FID, IS, CLIP on the fold-1 test
+split) every 100K steps, so the 400K and 1M rows of Table 1 are logged; give ``--eval.videomae --eval.i3d
+--eval.inception --eval.c3d --eval.clip`` (each metric without its weights is skipped with one logged line).
 """
 
 from dataclasses import replace
@@ -34,6 +38,7 @@ from minivdit.align.heads import AlignConfig
 from minivdit.align.teachers import TeacherConfig
 from minivdit.config import pop_choice
 from minivdit.data import DataConfig
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import preset
 from minivdit.models.vae import VAEConfig
 from minivdit.objectives.ddpm import DDPMConfig
@@ -73,6 +78,7 @@ def config(objective: str = "flow") -> TrainConfig:
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=50, cfg_scale=1.0),
+        eval=EvalConfig(protocol="align4gen-ucf", every=100_000, steps=50),
         max_steps=1_000_000,
         sample_every=10_000,
         precision="bf16",

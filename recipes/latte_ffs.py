@@ -14,12 +14,16 @@ decoding.
 
     torchrun --nproc_per_node=8 recipes/latte_ffs.py --data.root /data/FaceForensics \
         --vae.path /weights/sd-vae-ft-ema
+
+Evaluation: protocol ``latte`` (FVD₁₆, I3D) every 50K steps with DDPM-250; give ``--eval.i3d
+/weights/i3d_torchscript.pt`` (skipped with one logged line otherwise).
 """
 
 from dataclasses import replace
 
 from minivdit.config import pop_choice
 from minivdit.data import DataConfig
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import preset
 from minivdit.models.vae import VAEConfig
 from minivdit.objectives.ddpm import DDPMConfig
@@ -56,6 +60,7 @@ def config(objective: str = "ddpm") -> TrainConfig:
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=250, cfg_scale=1.0),
+        eval=EvalConfig(protocol="latte", every=50_000, steps=250),
         max_steps=1_000_000,
         sample_every=10_000,
     )

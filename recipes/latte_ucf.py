@@ -19,12 +19,16 @@ use an exact stride of 3 (46 frames); the dataset is decoded clip by clip (Latte
     torchrun --nproc_per_node=8 recipes/latte_ucf.py --data.root /data/UCF-101 \
         --vae.path /weights/sd-vae-ft-ema
     python recipes/latte_ucf.py --objective flow ...        # the same with flow matching
+
+Evaluation: protocol ``latte`` (FVD₁₆, I3D) every 50K steps with DDPM-250 and CFG 7, as Latte samples;
+give ``--eval.i3d /weights/i3d_torchscript.pt`` (skipped with one logged line otherwise).
 """
 
 from dataclasses import replace
 
 from minivdit.config import pop_choice
 from minivdit.data import DataConfig
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import preset
 from minivdit.models.vae import VAEConfig
 from minivdit.objectives.ddpm import DDPMConfig
@@ -61,6 +65,8 @@ def config(objective: str = "ddpm") -> TrainConfig:
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=250, cfg_scale=7.0),
+        # Latte samples UCF-101 with CFG 7 (its sample config); the protocol's default is none.
+        eval=EvalConfig(protocol="latte", every=50_000, steps=250, cfg_scale=7.0),
         max_steps=1_000_000,
         sample_every=10_000,
     )

@@ -16,6 +16,8 @@ in [0, 1] as here, its ``path_type="linear"``.
 
     torchrun --nproc_per_node=8 recipes/repa_ucf.py --data.root /data/UCF-101 \
         --vae.path /weights/sd-vae-ft-ema --teacher.dinov2 /weights/dinov2-base
+
+Evaluation: protocol ``align4gen-ucf`` every 100K steps, as ``align4gen_ucf.py`` (its "DINOv2" rows).
 """
 
 from dataclasses import replace
@@ -23,6 +25,7 @@ from dataclasses import replace
 from minivdit.align.heads import AlignConfig
 from minivdit.align.teachers import TeacherConfig
 from minivdit.data import DataConfig
+from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import preset
 from minivdit.models.vae import VAEConfig
 from minivdit.objectives.flow import FlowConfig
@@ -60,6 +63,7 @@ def config() -> TrainConfig:
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=50, cfg_scale=1.0),
+        eval=EvalConfig(protocol="align4gen-ucf", every=100_000, steps=50),
         max_steps=1_000_000,
         sample_every=10_000,
         precision="bf16",

@@ -387,6 +387,26 @@ def test_flow_samplers_recover_point_mass(sampler, shift):
     assert len(calls) == (6 if sampler == "euler" else 11) and min(calls) > 0  # never evaluated at t = 0
 
 
+def test_flow_x_prediction_loss_and_sampler():
+    """JiT's x-prediction with the velocity loss: v̂ = (x_t − x̂)/max(t, t_min); the exact x̂ gives zero loss and
+    the sampler, fed the point-mass x̂, lands on the data; the loss equals ‖x̂ − x‖²/t² away from the clamp."""
+    obj = Flow(FlowConfig(prediction="x", t_min=0.05))
+    x = _video()
+    noised = obj.corrupt(x, t=torch.tensor([0.5, 0.02]))
+    assert obj.loss(noised.x_data.clone(), noised).abs().max() < 1e-10
+    guess = x + 0.1
+    loss = obj.loss(guess, noised)
+    torch.testing.assert_close(loss[0], ((0.1 / 0.5) ** 2) * torch.ones(()), rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss[1], ((0.1 / 0.05) ** 2) * torch.ones(()), rtol=1e-5, atol=0)  # clamped
+    for sampler in ("euler", "heun"):
+        out = Flow(FlowConfig(prediction="x", sampler=sampler)).sample(
+            lambda x_t, t_model: x, _video(seed=1), 5
+        )
+        torch.testing.assert_close(out, x, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        FlowConfig(prediction="eps")
+
+
 def test_heun_beats_euler_on_a_gaussian():
     """Data ~ N(μ, s²) per element: the marginal is N((1 − t)μ, (1 − t)²s² + t²), the probability-flow
     velocity is linear in x, and the exact ODE solution from t = 1 is μ + s · noise."""

@@ -49,6 +49,18 @@ to the keyframe, decode to the last wanted frame, convert only the wanted frames
 (``read_video``: decode and convert every frame, then pick). Seconds per clip, ``speedup`` = whole / ours,
 frames decoded per clip, the one-off ``probe_s`` (demux index, cached per file afterwards) and ``exact``
 (our frames are bit-identical to the whole-file decode's).
+
+    python tools/bench.py eval --device cpu --clips 2 --videomae-clips 1
+
+``eval``: each evaluation detector (``minivdit/eval/``) at its real size with random weights (no weight
+file is
+needed): clips/s on uint8 ``[B, 16, 3, 256, 256]`` clips (the ``align4gen-ucf`` protocol's input), after one
+warm-up call. I3D is cd-fvd's ``InceptionI3d(400)`` (the architecture of StyleGAN-V's TorchScript, whose
+file we
+cannot have here), timed when the dev extra's cd-fvd is installed. Then the estimated wall time of the
+``align4gen-ucf`` protocol's detectors: 2,048 real clips through VideoMAE, I3D and Inception, and 2,048
+generated clips through those plus C3D and CLIP (sampling the 2,048 videos is not included: it depends on the
+model and the sampler).
 """
 
 from __future__ import annotations
@@ -970,6 +982,130 @@ def _add_decode_parser(sub) -> None:
     de.add_argument("--dir", default=None, help="write the test videos here instead of a temp dir")
 
 
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def _random_detectors(device: torch.device, tmp: str) -> dict:
+    """Every detector at its real size with random weights (``{name: (module, call)}``)."""
+
+    from minivdit.eval import c3d, clip, inception, synthetic, videomae
+
+    torch.manual_seed(0)
+    out = {}
+    with torch.device("meta"):
+        vm = videomae.VisionTransformer(videomae.VideoMAEConfig())
+    vm.to_empty(device=device)
+    for prm in vm.parameters():
+        torch.nn.init.normal_(prm, std=0.02)
+    vm.reset_buffers()
+    out["videomae"] = (videomae.VideoMAE(vm.requires_grad_(False)), "features")
+    out["inception"] = (inception.FIDInceptionV3().to(device).eval().requires_grad_(False), "features")
+    c = c3d.C3D().eval().requires_grad_(False)
+    out["c3d"] = (c.to(device), "probs")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+        projection_dim=512,
+        hidden_act="quick_gelu",
+    )
+    CLIPVisionModelWithProjection(cfg).save_pretrained(os.path.join(tmp, "clip"))
+    out["clip"] = (clip.load(os.path.join(tmp, "clip"), device=device), "embed")
+    out["synthetic"] = (synthetic.load(device=device), "features")
+    try:  # the I3D architecture, from the dev extra's cd-fvd (its __init__ imports torchvision: load by path)
+        import importlib.util
+        from importlib import metadata
+
+        path = metadata.distribution("cd-fvd").locate_file("cdfvd/third_party/i3d/pytorch_i3d.py")
+        spec = importlib.util.spec_from_file_location("bench_pytorch_i3d", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        net = mod.InceptionI3d(400, in_channels=3).to(device).eval().requires_grad_(False)
+
+        class I3DStandIn(torch.nn.Module):  # what StyleGAN-V's TorchScript does: rescale, resize to 224
+            def features(self, video):
+                x = video.to(device).permute(0, 2, 1, 3, 4).float() / 127.5 - 1  # [B, 3, T, H, W]
+                B, C, T, H, W = x.shape
+                x = x.transpose(1, 2).reshape(B * T, C, H, W)
+                x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+                x = x.reshape(B, T, C, 224, 224).transpose(1, 2)
+                with torch.no_grad():
+                    return net(x).float().cpu()
+
+        out["i3d"] = (I3DStandIn(), "features")
+    except Exception as e:  # cd-fvd not installed: say so
+        print(
+            json.dumps({"bench": "eval", "detector": "i3d", "skipped": f"{type(e).__name__}: {e}"}),
+            flush=True,
+        )
+    return out
+
+
+def bench_eval(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    rows, rate = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dets = _random_detectors(device, tmp)
+        for name in ("i3d", "videomae", "inception", "c3d", "clip", "synthetic"):
+            if name not in dets:
+                continue
+            det, method = dets[name]
+            n = args.videomae_clips if name == "videomae" else args.clips
+            video = torch.randint(0, 256, (n, 16, 3, args.size, args.size), dtype=torch.uint8)
+            call = getattr(det, method)
+            call(video[:1])  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            call(video)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            took = time.perf_counter() - t0
+            rate[name] = n / took
+            row = {
+                "bench": "eval",
+                "detector": name,
+                "device": device.type,
+                "clips": n,
+                "frames": 16,
+                "size": args.size,
+                "seconds": round(took, 3),
+                "clips_per_s": round(rate[name], 4),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    real, fake = ("videomae", "i3d", "inception"), ("videomae", "i3d", "inception", "c3d", "clip")
+    if all(d in rate for d in fake):
+        secs = sum(2048 / rate[d] for d in real) + sum(2048 / rate[d] for d in fake)
+        row = {
+            "bench": "eval",
+            "protocol": "align4gen-ucf",
+            "device": device.type,
+            "detector_seconds_estimated": round(secs),
+            "hours": round(secs / 3600, 2),
+            "note": "2,048 real + 2,048 generated clips through the protocol's detectors; "
+            "sampling not included",
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluation detectors' throughput; align4gen-ucf wall-time estimate")
+    ev.add_argument("--clips", type=int, default=2, help="clips per timed call (all detectors but VideoMAE)")
+    ev.add_argument(
+        "--videomae-clips", type=int, default=1, help="clips per timed VideoMAE call (ViT-g: slow)"
+    )
+    ev.add_argument("--size", type=int, default=256, help="frame side of the input clips")
+    ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -991,9 +1127,12 @@ def main(argv: list[str] | None = None) -> None:
     _add_vae_parser(sub)
     _add_align_parser(sub)
     _add_decode_parser(sub)
+    _add_eval_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         bench_train(args)
+    elif args.cmd == "eval":
+        bench_eval(args)
     elif args.cmd == "decode":
         if min(args.frames, args.interval, args.clips, args.whole_clips, args.width, args.height) < 1:
             ap.error("decode: --frames, --interval, --clips, --whole-clips and the size must be >= 1")
@@ -1019,6 +1158,7 @@ __all__ = [
     "bench_vae",
     "bench_align",
     "bench_decode",
+    "bench_eval",
     "make_reference",
     "vae_case",
     "align_case",

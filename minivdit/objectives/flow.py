@@ -11,6 +11,13 @@ Path (``minivdit.objectives`` convention, t = 0 data, t = 1 noise; the same dire
 
 Sampling integrates dx/dt = v(x, t) from t = 1 to t = 0 on the grid ``shift(linspace(1, 0, N + 1))``.
 
+``prediction="x"`` (JiT, "Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025, §3-4): the
+network predicts the clean data x̂ and the loss stays the velocity MSE, through v̂ = (x_t − x̂)/t, i.e.
+‖x̂ − x_data‖²/t²; t in that denominator is clamped at ``t_min`` in both v̂ and the target v (JiT clamps 1 − t
+at 0.05 in its direction of time, the same way). The sampler converts x̂ to v̂ the same way. A clean image
+lies on a low-dimensional manifold while the
+velocity carries the noise, so x-prediction lets a narrow network with large patches denoise in pixel space.
+
 Notable deviations from REPA:
 - ``t_model = t · t_model_scale`` with ``t_model_scale = 1000`` by default; REPA/SiT's embedder sees raw t, so
   set ``t_model_scale = 1.0`` for REPA parity (flux uses 1000, ``time_factor``);
@@ -32,7 +39,8 @@ from torch import Tensor
 from minivdit.objectives import Noised, check_video
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
-"""``denoise_fn(x_t [B, F, C, H, W], t_model [B]) -> velocity [B, F, C, H, W]``."""
+"""``denoise_fn(x_t [B, F, C, H, W], t_model [B]) -> pred [B, F, C, H, W]`` (the velocity, or x̂ with
+``prediction="x"``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +61,11 @@ class FlowConfig:
     of DDPM indices that DiT-style sinusoidal timestep embedders are tuned for (flux ``time_factor``)."""
     sampler: Literal["euler", "heun"] = "euler"
     """ODE solver: Euler (N evaluations) or Heun (2N − 1 evaluations; the last step is Euler, as EDM)."""
+    prediction: Literal["velocity", "x"] = "velocity"
+    """What the network outputs: the velocity (REPA/SiT) or the clean data x̂ (JiT), converted to the
+    velocity (x_t − x̂)/t for the loss and the sampler (see the module docstring)."""
+    t_min: float = 0.05
+    """``prediction="x"`` only: the t in (x_t − x̂)/t is clamped at this value (JiT: 0.05)."""
 
     def __post_init__(self) -> None:
         if self.logit_std <= 0.0:
@@ -61,6 +74,10 @@ class FlowConfig:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.t_model_scale <= 0.0:
             raise ValueError(f"t_model_scale must be > 0, got {self.t_model_scale}")
+        if self.prediction not in ("velocity", "x"):
+            raise ValueError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
+        if not 0.0 < self.t_min < 1.0:
+            raise ValueError(f"t_min must be in (0, 1), got {self.t_min}")
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
@@ -144,12 +161,23 @@ class Flow:
         if pred.shape != x_t.shape:
             raise ValueError(f"pred must have shape {tuple(x_t.shape)} (as x_t), got {tuple(pred.shape)}")
 
+    def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's output as a velocity: itself, or (x_t − x̂)/max(t, t_min) for ``prediction="x"``."""
+        if self.cfg.prediction == "velocity":
+            return pred
+        return (x_t - pred) / _col(t.clamp(min=self.cfg.t_min), x_t)
+
     def loss_terms(self, pred: Tensor, noised: Noised) -> dict[str, Tensor]:
         """Per-sample terms ``[B]``: ``"mse"``, the mean squared velocity error."""
         check_video(pred, "pred")
         self._check_pred(pred, noised.x_t)
         dtype = torch.promote_types(pred.dtype, torch.float32)  # losses in >= fp32
-        err = pred.to(dtype) - noised.target.to(dtype)
+        if self.cfg.prediction == "x":
+            # v̂ − v = (x_t − x̂)/t − (x_t − x)/t, with JiT's clamped t in both: (x − x̂)/max(t, t_min).
+            t = noised.t.clamp(min=self.cfg.t_min)
+            err = (noised.x_data.to(dtype) - pred.to(dtype)) / _col(t, pred.to(dtype))
+        else:
+            err = pred.to(dtype) - noised.target.to(dtype)
         return {"mse": (err**2).mean(dim=(1, 2, 3, 4))}
 
     def loss(self, pred: Tensor, noised: Noised) -> Tensor:
@@ -174,9 +202,9 @@ class Flow:
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             t_model = torch.full((B,), float(t) * self.cfg.t_model_scale, device=x.device)
-            v = denoise_fn(x, t_model)
-            self._check_pred(v, x)
-            return v.to(x.dtype)
+            pred = denoise_fn(x, t_model)
+            self._check_pred(pred, x)
+            return self.velocity(pred.to(x.dtype), x, torch.full((B,), float(t), device=x.device))
 
         for j in range(steps):
             t_cur, t_next = grid[j], grid[j + 1]

@@ -1,0 +1,739 @@
+"""The evaluation engine: clips -> detectors -> statistics -> metrics, for two folders, a checkpoint, or a
+model in training.
+
+Flow (DESIGN.md §8):
+
+    real clips  (RealClips: a folder, a dataset split, or the synthetic set; protocol subset + seeded windows)
+        └─▶ detectors ─▶ FeatureStats per detector (cached on disk, keyed by protocol + file list + detector)
+    fake clips  (a folder's first frames, or samples of the EMA model with the run's objective and VAE)
+        └─▶ detectors ─▶ FeatureStats / IS probabilities / CLIP sums / syn_acc counts
+    metrics = Fréchet distances (fvd, cdfvd, fid, syn_fvd), IS, clipsim, syn_acc  + the protocol record
+
+Clips reach the detectors as ``uint8 [B, F, 3, R, R]``: the protocol's frames, resized (short side, then a
+centre
+crop) to the protocol's resolution R; a clip already R×R is not resampled. Generated clips are never written
+through a lossy codec on the way (anchors-eval §7); ``keep_frames`` writes them as PNG.
+
+Distributed: the clips are cut into fixed chunks of ``batch_size``; rank r takes chunks r, r + W, …, and every
+chunk (its real windows, its labels, its noise) is a function of the seed and the chunk index only, so each
+chunk is bitwise the same whatever W is. Statistics are sums, merged with one all-reduce (float64; the
+order of
+the sum is the only difference from one process, ≤ 1e-12 relative); IS probabilities are gathered in clip
+order.
+Every rank runs the same number of model calls (a rank short of chunks repeats its last one and discards
+it), so
+FSDP-sharded models work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from minivdit.eval import protocols
+from minivdit.eval.detector import resize_short_centre_crop, sha256_file
+from minivdit.eval.frechet import FeatureStats, fd_from_stats, inception_score
+from minivdit.eval.protocols import DETECTOR_OF, REAL_METRICS, Metric, Protocol
+
+log = logging.getLogger("minivdit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation under a named protocol (``minivdit/eval/protocols.py``), with local detector weights.
+
+    In training (``TrainConfig.eval``) it runs every ``every`` steps on the EMA weights; from the command line
+    ``python -m minivdit.eval run --ckpt RUN --protocol NAME`` runs it once."""
+
+    protocol: str = "synthetic"
+    """A named protocol: stylegan-v, latte, align4gen-ucf, align4gen-sky, align4gen-ffs, synthetic."""
+    metrics: tuple[Metric, ...] = ()
+    """Metrics to compute (empty: the protocol's). A metric whose weights are not given is skipped with one
+    logged line (in training) or refused (``run``/``folders``)."""
+    every: int = 0
+    """Training only: evaluate every this many steps, and at the end (0: at the end only)."""
+    num_gen: int | None = None
+    """Generated clips (None: the protocol's)."""
+    num_real: int | None = None
+    """Real clips (None: the protocol's)."""
+    steps: int = 50
+    """Sampler steps for the generated clips."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance of the generated clips (None: the protocol's, 1.0 = none for every paper)."""
+    seed: int | None = None
+    """Seed of the real subset, the windows and the noise (None: the protocol's)."""
+    batch_size: int = 16
+    """Clips per chunk (generation and detectors)."""
+    i3d: str | None = None
+    """StyleGAN-V's ``i3d_torchscript.pt`` (FVD)."""
+    videomae: str | None = None
+    """VideoMAE-v2 ``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (cd-FVD)."""
+    inception: str | None = None
+    """``pt_inception-2015-12-05-6726825d.pth`` (FID)."""
+    c3d: str | None = None
+    """TGANv2's ``conv3d_deepnetA_ucf.npz`` (IS); ``mean2.npz`` is read from the same folder."""
+    c3d_mean: str | None = None
+    """TGANv2's ``mean2.npz`` if not next to the C3D weights."""
+    clip: str | None = None
+    """A local ``openai/clip-vit-base-patch32`` Hugging Face folder (CLIP similarity)."""
+    syn_detector: str | None = None
+    """The synthetic-data detector (None: the committed ``minivdit/eval/assets/syn_detector.safetensors``)."""
+    data_root: str | None = None
+    """The real dataset's folder (None: the run's ``data.root``)."""
+    real_stats: str | None = None
+    """``folders`` only: read the real statistics of the one Fréchet metric asked from this file instead of
+    a real folder: cd-fvd's published reference ``.pkl`` (restricted unpickling) or a cache ``.npz``."""
+    cache_dir: str | None = None
+    """Cache real statistics here (keyed by the protocol, the file list and the detector); None: no cache."""
+    strict: bool = False
+    """Fewer real clips than asked is an error instead of a warning."""
+    keep_frames: bool = False
+    """Also write every generated clip as lossless PNG frames under ``<out>/frames/<clip>/<frame>.png``."""
+    precision: str = "fp32"
+    """"fp32" or "bf16" (autocast) for generation."""
+
+    def __post_init__(self):
+        bad = [m for m in self.metrics if m not in protocols.METRICS]
+        if bad:
+            raise ValueError(f"EvalConfig.metrics: unknown {bad} (choose from {protocols.METRICS})")
+        if self.protocol not in protocols.PROTOCOLS:
+            raise ValueError(
+                f"EvalConfig.protocol: unknown {self.protocol!r}; choose from {sorted(protocols.PROTOCOLS)}"
+            )
+        if self.every < 0 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"EvalConfig: every >= 0, steps >= 1 and batch_size >= 1, got {self}")
+
+    def resolved_protocol(self) -> Protocol:
+        return protocols.get_protocol(
+            self.protocol,
+            num_fake=self.num_gen,
+            num_real=self.num_real,
+            cfg_scale=self.cfg_scale,
+            seed=self.seed,
+        )
+
+    @property
+    def chosen_metrics(self) -> tuple[str, ...]:
+        return tuple(self.metrics) or self.resolved_protocol().metrics
+
+
+# ---------------------------------------------------------------------------------------------- detectors
+
+_WEIGHT_FIELD = {"i3d": "i3d", "videomae": "videomae", "inception": "inception", "c3d": "c3d", "clip": "clip"}
+
+
+def missing_weights(cfg: EvalConfig, metrics) -> dict[str, str]:
+    """Metrics whose detector weights are not given: metric -> the flag that is missing."""
+    out = {}
+    for m in metrics:
+        det = DETECTOR_OF[m]
+        if det in _WEIGHT_FIELD and not getattr(cfg, _WEIGHT_FIELD[det]):
+            out[m] = f"--{_WEIGHT_FIELD[det]}"
+    return out
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def weights_hash(path: str | Path) -> str:
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(p)
+    return _HASHES[key]
+
+
+def load_detectors(cfg: EvalConfig, metrics, device: torch.device) -> dict[str, tuple[torch.nn.Module, str]]:
+    """``{detector name: (detector, sha256 of its weights)}`` for the metrics asked."""
+    out = {}
+    for det in dict.fromkeys(DETECTOR_OF[m] for m in metrics):
+        if det == "i3d":
+            from minivdit.eval import i3d
+
+            model, path = i3d.load(cfg.i3d, device=device), cfg.i3d
+        elif det == "videomae":
+            from minivdit.eval import videomae
+
+            model, path = videomae.load(cfg.videomae, device=device), cfg.videomae
+        elif det == "inception":
+            from minivdit.eval import inception
+
+            model, path = inception.load(cfg.inception, device=device), cfg.inception
+        elif det == "c3d":
+            from minivdit.eval import c3d
+
+            model, path = c3d.load(cfg.c3d, cfg.c3d_mean, device=device), cfg.c3d
+        elif det == "clip":
+            from minivdit.eval import clip
+
+            model, path = clip.load(cfg.clip, device=device), cfg.clip
+        else:
+            from minivdit.eval import synthetic
+
+            model = synthetic.load(cfg.syn_detector, device=device)
+            path = cfg.syn_detector or synthetic.DEFAULT_WEIGHTS
+        out[det] = (model, weights_hash(path))
+    return out
+
+
+def check_frames(detectors: dict, num_frames: int) -> None:
+    """Every detector must accept clips of ``num_frames`` frames (I3D needs 9, C3D exactly 16)."""
+    for name, (det, _) in detectors.items():
+        need = getattr(det, "min_frames", 1)
+        if num_frames < need:
+            raise ValueError(f"{name} needs clips of at least {need} frames; the protocol gives {num_frames}")
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+class Measure:
+    """What the detectors see of one side (real or generated): feature statistics per detector, and for
+    generated clips the IS probabilities (by clip index), the CLIP-similarity sums and the syn_acc counts."""
+
+    def __init__(self, detectors: dict, metrics, *, generated: bool):
+        self.detectors, self.metrics = detectors, set(metrics)
+        self.generated = generated
+        need_fd = {DETECTOR_OF[m] for m in self.metrics if m in REAL_METRICS}
+        self.stats = {d: None for d in need_fd}
+        self.is_probs: list[tuple[int, np.ndarray]] = []
+        self.clip_sum = self.clip_count = 0.0
+        self.correct = self.labelled = 0
+        self.clips = 0
+
+    def add(self, video: Tensor, labels: Tensor | None = None, first_index: int = 0) -> None:
+        """A chunk of ``uint8 [B, F, 3, R, R]`` clips (``labels``: the classes they were sampled for)."""
+        self.clips += video.shape[0]
+        for det, stats in self.stats.items():
+            feats = self.detectors[det][0].features(video)
+            if stats is None:
+                stats = self.stats[det] = FeatureStats(feats.shape[1])
+            stats.update(feats)
+        if not self.generated:
+            return
+        if "is" in self.metrics:
+            self.is_probs.append((first_index, self.detectors["c3d"][0].probs(video).double().numpy()))
+        if "clipsim" in self.metrics:
+            from minivdit.eval.clip import frame_similarity
+
+            s, c = frame_similarity(self.detectors["clip"][0].embed(video))
+            self.clip_sum += float(s.double().sum())
+            self.clip_count += float(c.double().sum())
+        if "syn_acc" in self.metrics and labels is not None:
+            probs = self.detectors["synthetic"][0].probs(video)
+            self.correct += int((probs.argmax(-1) == labels.cpu()).sum())
+            self.labelled += len(labels)
+
+    def all_reduce(self) -> None:
+        """Merge every rank's sums (and gather the IS probabilities) into every rank."""
+        import torch.distributed as tdist
+
+        if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+            return
+        for det in sorted(self.stats):
+            if self.stats[det] is None:  # this rank saw no clips: join the reduction with zeros
+                self.stats[det] = FeatureStats(_DIMS[det])
+            self.stats[det].all_reduce()
+        t = torch.tensor(
+            [self.clip_sum, self.clip_count, self.correct, self.labelled, self.clips], dtype=torch.float64
+        )
+        if tdist.get_backend() == "nccl":
+            t = t.cuda()
+        tdist.all_reduce(t)
+        self.clip_sum, self.clip_count, correct, labelled, clips = t.cpu().tolist()
+        self.correct, self.labelled, self.clips = int(correct), int(labelled), int(clips)
+        if "is" in self.metrics:
+            parts: list = [None] * tdist.get_world_size()
+            tdist.all_gather_object(parts, self.is_probs)
+            self.is_probs = [p for part in parts for p in part]
+
+
+_DIMS = {"i3d": 400, "videomae": 1408, "inception": 2048, "synthetic": 128}
+
+
+def metric_values(real: Measure | None, fake: Measure, metrics, protocol: Protocol) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in metrics:
+        det = DETECTOR_OF[m]
+        if m in REAL_METRICS:
+            out[m] = fd_from_stats(real.stats[det], fake.stats[det], ddof=protocol.ddof)
+        elif m == "is":
+            probs = np.concatenate([p for _, p in sorted(fake.is_probs, key=lambda x: x[0])])
+            out["is"], out["is_std"] = inception_score(probs, variant=protocol.is_variant)
+        elif m == "clipsim":
+            out["clipsim"] = fake.clip_sum / max(fake.clip_count, 1.0)
+        elif m == "syn_acc":
+            if fake.labelled == 0:
+                raise ValueError(
+                    "syn_acc needs class-conditional generated clips (labels); none were labelled"
+                )
+            out["syn_acc"] = fake.correct / fake.labelled
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- clips
+
+
+def to_uint8(video: Tensor) -> Tensor:
+    """float ``[B, F, 3, H, W]`` in [-1, 1] -> uint8, rounding as StyleGAN-V (``x·127.5 + 128``, floored)."""
+    return (video.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class RealClips:
+    """The reference clips: ``count`` items, each ``clip(i) -> uint8 [F, 3, R, R]`` (seeded window), with
+    ``labels`` and ``identity`` (what the cache key hashes: the file list with sizes, or the synthetic
+    set)."""
+
+    count: int
+    clip: Callable[[int], Tensor]
+    labels: np.ndarray
+    identity: dict
+    skipped: list[str]
+
+
+def real_from_folder(root: str, protocol: Protocol, num_frames: int, resolution: int) -> RealClips:
+    """Every video / frame folder under ``root`` (sorted by path), subset and windows by the protocol."""
+    from minivdit.data.video import scan
+
+    if not root or not os.path.isdir(root):
+        raise ValueError(f"--real {root!r}: not a folder of videos or frame folders")
+    sources = scan(root)
+    if not sources:
+        raise ValueError(f"--real {root}: no videos or frame folders found")
+    labels = np.zeros(len(sources), np.int64)
+    return _real_from_sources(sources, labels, 0, protocol, num_frames, resolution, root)
+
+
+def real_from_dataset(data_cfg: dict, protocol: Protocol, num_frames: int, resolution: int, root: str | None):
+    """The run's dataset (its ``data`` config), at the protocol's split."""
+    from minivdit.config import from_dict
+    from minivdit.data import DataConfig, build_dataset
+    from minivdit.data.synthetic import SyntheticVideos
+
+    cfg = from_dict(DataConfig, data_cfg)
+    if cfg.dataset == "synthetic":
+        n = min(protocol.num_real, cfg.synthetic_size)
+        ds = SyntheticVideos(num_frames, resolution, cfg.num_classes, cfg.synthetic_size, cfg.seed)
+        idx, _ = protocols.select_real(
+            protocol, np.arange(cfg.synthetic_size) % cfg.num_classes, cfg.num_classes
+        )
+        identity = {
+            "synthetic": {
+                "frames": num_frames,
+                "size": resolution,
+                "classes": cfg.num_classes,
+                "size_of_set": cfg.synthetic_size,
+                "seed": cfg.seed,
+                "indices": len(idx),
+            }
+        }
+        return RealClips(
+            n,
+            lambda i: to_uint8(ds.get(int(idx[i]))["video"][None])[0],
+            np.asarray(idx) % cfg.num_classes,
+            identity,
+            [],
+        ), (
+            np.bincount(np.asarray(idx) % cfg.num_classes, minlength=cfg.num_classes)
+            if protocol.real_subset == "class_proportional"
+            else None
+        )
+    if cfg.dataset == "shards":
+        raise ValueError(
+            "evaluation needs the real videos: give --data-root with the source dataset, not shards"
+        )
+    cfg = replace(
+        cfg,
+        root=root or cfg.root,
+        split=protocol.real_split,
+        num_frames=num_frames,
+        frame_interval=protocol.real_stride,
+        image_size=resolution,
+        flip=False,
+    )
+    ds = build_dataset(cfg)
+    labels = np.asarray(ds.labels, np.int64)
+    num_classes = getattr(ds, "num_classes", 0)
+    real = _real_from_sources(ds.sources, labels, num_classes, protocol, num_frames, resolution, cfg.root)
+    counts = None
+    if protocol.real_subset == "class_proportional":
+        counts = np.bincount(real.labels, minlength=num_classes)
+    return real, counts
+
+
+def _real_from_sources(sources, labels, num_classes, protocol, num_frames, resolution, root) -> RealClips:
+    from minivdit.data.video import BadVideo, ClipSpec, sample_clip, source_path
+
+    idx, _ = protocols.select_real(protocol, labels, max(num_classes, 1))
+    spec = ClipSpec(
+        num_frames=num_frames, frame_interval=protocol.real_stride, image_size=resolution, flip=False
+    )
+    skipped: list[str] = []
+
+    def clip(i: int) -> Tensor:
+        src = sources[int(idx[i])]
+        rng = np.random.default_rng([protocol.seed, 2, int(idx[i])])  # the window: a function of the video
+        try:
+            return to_uint8(sample_clip(src, spec, rng)[None])[0]
+        except BadVideo as e:
+            raise ValueError(f"real clip {source_path(src)}: {e.reason}") from None
+
+    files = []
+    for s in (sources[int(i)] for i in idx):
+        p = source_path(s)
+        size = os.path.getsize(p) if os.path.isfile(p) else len(s)
+        files.append([os.path.relpath(p, root), size])
+    return RealClips(len(idx), clip, labels[idx], {"files": files}, skipped)
+
+
+def fake_from_folder(root: str, count: int, num_frames: int, resolution: int) -> tuple[int, Callable]:
+    """The first ``count`` videos / frame folders under ``root`` (sorted), first ``num_frames`` frames
+    each."""
+    from minivdit.data.video import BadVideo, FrameFolder, read_folder_frames, read_frames, scan, source_path
+    from minivdit.data.video import num_frames as frames_in
+
+    if not root or not os.path.isdir(root):
+        raise ValueError(f"--fake {root!r}: not a folder of videos or frame folders")
+    sources = scan(root)[:count]
+    if not sources:
+        raise ValueError(f"--fake {root}: no videos or frame folders found")
+
+    def clip(i: int) -> Tensor:
+        src = sources[i]
+        try:
+            n = frames_in(src)
+            if n < num_frames:
+                raise ValueError(
+                    f"generated clip {source_path(src)} has {n} frames, fewer than --num-frames {num_frames}"
+                )
+            idx = list(range(num_frames))
+            frames = read_folder_frames(src, idx) if isinstance(src, FrameFolder) else read_frames(src, idx)
+        except BadVideo as e:
+            raise ValueError(f"generated clip {source_path(src)}: {e.reason}") from None
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None]  # [1, F, 3, H, W]
+        return resize_short_centre_crop(video, resolution)[0]
+
+    return len(sources), clip
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+class Progress:
+    """A rank-0 progress line with throughput and ETA, at most every ``interval`` seconds."""
+
+    def __init__(self, what: str, total: int, enabled: bool, interval: float = 10.0):
+        self.what, self.total, self.enabled, self.interval = what, total, enabled, interval
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        """``done``: clips this rank has measured; all ranks move at about the same speed."""
+        done = min(self.total, done * _rank_world()[1])
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < self.interval and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, (self.total - done) / rate))) if rate else "?"
+        print(
+            f"eval {self.what}: {done}/{self.total} clips | {rate:.2f} clips/s | eta {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def chunks(count: int, batch_size: int) -> Iterator[tuple[int, int, bool]]:
+    """This rank's chunks ``(start, stop, real)``; every rank yields the same number (padding with its last
+    chunk, ``real=False``) so collective model calls stay in step."""
+    rank, world = _rank_world()
+    n = math.ceil(count / batch_size)
+    for j in range(math.ceil(n / world)):
+        k = j * world + rank
+        real = k < n
+        k = k if real else max(0, min(n - 1, (j - 1) * world + rank))
+        yield k * batch_size, min(count, (k + 1) * batch_size), real
+
+
+def measure_real(real: RealClips, measure: Measure, batch_size: int, show: bool) -> None:
+    progress = Progress("real", real.count, show)
+    done = 0
+    for lo, hi, is_real in chunks(real.count, batch_size):
+        if not is_real:
+            continue
+        video = torch.stack([real.clip(i) for i in range(lo, hi)])
+        measure.add(video, first_index=lo)
+        done += hi - lo
+        progress.update(done)
+
+
+def real_stats_cached(
+    real: RealClips,
+    detectors: dict,
+    metrics,
+    protocol: Protocol,
+    cfg: EvalConfig,
+    show: bool,
+    num_frames: int,
+    resolution: int,
+) -> Measure:
+    """The real side's statistics, from ``cfg.cache_dir`` when a cache with the same key exists."""
+    measure = Measure(detectors, metrics, generated=False)
+    if not measure.stats:
+        return measure
+    keys = {}
+    for det in measure.stats:
+        fields = {
+            "protocol": {
+                k: getattr(protocol, k)
+                for k in ("name", "num_real", "real_split", "real_subset", "real_stride", "seed")
+            },
+            "num_frames": num_frames,
+            "resolution": resolution,
+            "data": real.identity,
+            "detector": det,
+            "weights": detectors[det][1],
+        }
+        keys[det] = (
+            Path(cfg.cache_dir) / f"{protocol.name}-{det}-{protocols.protocol_hash(fields)}.npz"
+            if cfg.cache_dir
+            else None
+        )
+    if all(p is not None and p.is_file() for p in keys.values()):
+        for det, p in keys.items():
+            measure.stats[det], _ = FeatureStats.load(p)
+        measure.clips = next(iter(measure.stats.values())).count
+        log.info(f"eval: real statistics from the cache {cfg.cache_dir}")
+        return measure
+    measure_real(real, measure, cfg.batch_size, show)
+    measure.all_reduce()
+    rank, _ = _rank_world()
+    if rank == 0 and cfg.cache_dir:
+        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
+        for det, p in keys.items():
+            measure.stats[det].save(p, identity=json.dumps(real.identity)[:100000])
+    return measure
+
+
+def check_count(what: str, used: int, asked: int, strict: bool) -> None:
+    if used < asked:
+        msg = (
+            f"eval: only {used} {what} clips available, {asked} asked; using {used} "
+            "(StyleGAN-V caps the count)"
+        )
+        if strict:
+            raise ValueError(msg + " (--strict)")
+        log.warning(msg)
+
+
+def write_metrics(out: str | Path, values: dict, record: dict) -> dict:
+    result = {**values, "protocol": record}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    return result
+
+
+@torch.no_grad()
+def evaluate_model(
+    cfg: EvalConfig,
+    *,
+    model: torch.nn.Module,
+    objective,
+    vae: torch.nn.Module | None,
+    run_cfg: dict,
+    device: torch.device,
+    metrics=None,
+    frames_dir: Path | None = None,
+    show: bool = True,
+) -> tuple[dict[str, float], dict]:
+    """Sample ``num_gen`` clips from ``model`` (EMA weights, the run's objective and VAE) under the
+    protocol and
+    measure them against the run's real data. Returns ``(values, record)``; collective across ranks."""
+    from minivdit.sample import decode_latents, generate
+
+    protocol = cfg.resolved_protocol()
+    metrics = tuple(metrics or cfg.chosen_metrics)
+    model_cfg = model.cfg
+    pixel_frames = run_cfg["data"]["num_frames"]
+    num_frames = protocol.num_frames or pixel_frames
+    resolution = protocol.resolution or run_cfg["data"]["image_size"]
+    detectors = load_detectors(cfg, metrics, device)
+    check_frames(detectors, num_frames)
+    rank, world = _rank_world()
+
+    real = counts = None
+    if any(m in REAL_METRICS for m in metrics) or protocol.conditional:
+        real, counts = real_from_dataset(run_cfg["data"], protocol, num_frames, resolution, cfg.data_root)
+        check_count("real", real.count, protocol.num_real, cfg.strict)
+    real_measure = (
+        real_stats_cached(real, detectors, metrics, protocol, cfg, show and rank == 0, num_frames, resolution)
+        if real is not None
+        else None
+    )
+
+    labels_all = protocols.fake_labels(protocol, model_cfg.num_classes, counts)
+    if labels_all is None and "syn_acc" in metrics:
+        log.info("eval: syn_acc skipped: the model is unconditional (it needs the classes of the samples)")
+        metrics = tuple(m for m in metrics if m != "syn_acc")
+    fake = Measure(detectors, metrics, generated=True)
+    shape = (model_cfg.num_frames, model_cfg.in_channels, *model_cfg.input_size)
+    progress = Progress("generated", protocol.num_fake, show and rank == 0)
+    done = 0
+    for lo, hi, is_real in chunks(protocol.num_fake, cfg.batch_size):
+        labels = torch.from_numpy(labels_all[lo:hi]) if labels_all is not None else None
+        seed = int(np.random.SeedSequence([protocol.seed, 3, lo]).generate_state(1)[0] >> 1)
+        videos = generate(
+            model,
+            objective,
+            labels=labels,
+            shape=(hi - lo, *shape),
+            steps=cfg.steps,
+            cfg_scale=protocol.cfg_scale,
+            seed=seed,
+            device=device,
+            precision=cfg.precision,
+        )
+        if vae is not None:
+            videos = decode_latents(vae, videos, device, cfg.precision)
+        if not is_real:
+            continue
+        if videos.shape[1] < num_frames:
+            raise ValueError(
+                f"the model generates {videos.shape[1]} frames, fewer than the protocol's {num_frames}"
+            )
+        clips = resize_short_centre_crop(to_uint8(videos[:, :num_frames]).cpu(), resolution)
+        if frames_dir is not None:
+            _write_frames(frames_dir, clips, lo)
+        fake.add(clips, labels, first_index=lo)
+        done += hi - lo
+        progress.update(done)
+    fake.all_reduce()
+    values = metric_values(real_measure, fake, metrics, protocol)
+    record = protocols.record(
+        protocol,
+        metrics=list(metrics),
+        num_frames_used=num_frames,
+        resolution_used=resolution,
+        num_real_used=real_measure.clips if real_measure is not None else 0,
+        num_fake_used=fake.clips,
+        detectors={d: {"sha256": h} for d, (_, h) in detectors.items()},
+        checkpoint=run_cfg.get("_ckpt"),
+        sampler={
+            "steps": cfg.steps,
+            "cfg_scale": protocol.cfg_scale,
+            "objective": run_cfg["objective"].get("_type"),
+        },
+        world_size=world,
+    )
+    return values, record
+
+
+def _write_frames(root: Path, clips: Tensor, first: int) -> None:
+    from PIL import Image
+
+    for i, clip in enumerate(clips):
+        d = root / f"{first + i:05d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for f, frame in enumerate(clip.permute(0, 2, 3, 1).numpy()):
+            Image.fromarray(frame).save(d / f"{f:03d}.png")
+
+
+def evaluate_folders(
+    cfg: EvalConfig,
+    *,
+    real_dir: str | None,
+    fake_dir: str,
+    num_frames: int,
+    resolution: int,
+    device: torch.device,
+    show: bool = True,
+) -> tuple[dict[str, float], dict]:
+    """Two folders of videos / frame folders under the protocol (``python -m minivdit.eval folders``)."""
+    protocol = cfg.resolved_protocol()
+    metrics = cfg.chosen_metrics
+    if "syn_acc" in metrics:
+        raise ValueError("syn_acc needs the classes the clips were sampled for: use `run` on a checkpoint")
+    absent = missing_weights(cfg, metrics)
+    if absent:
+        m, flag = next(iter(absent.items()))
+        raise ValueError(f"metric {m} needs {flag}: " + _PUBLISHED[DETECTOR_OF[m]])
+    detectors = load_detectors(cfg, metrics, device)
+    check_frames(detectors, num_frames)
+    real_measure = None
+    if cfg.real_stats:
+        real_measure = _published_stats(cfg.real_stats, detectors, metrics)
+    elif any(m in REAL_METRICS for m in metrics):
+        if not real_dir:
+            raise ValueError(f"metrics {[m for m in metrics if m in REAL_METRICS]} need --real")
+        real = real_from_folder(real_dir, protocol, num_frames, resolution)
+        check_count("real", real.count, protocol.num_real, cfg.strict)
+        real_measure = real_stats_cached(
+            real, detectors, metrics, protocol, cfg, show, num_frames, resolution
+        )
+    count, clip = fake_from_folder(fake_dir, protocol.num_fake, num_frames, resolution)
+    check_count("generated", count, protocol.num_fake, cfg.strict)
+    fake = Measure(detectors, metrics, generated=True)
+    progress, done = Progress("generated", count, show), 0
+    for lo, hi, is_real in chunks(count, cfg.batch_size):
+        if is_real:
+            fake.add(torch.stack([clip(i) for i in range(lo, hi)]), first_index=lo)
+            done += hi - lo
+            progress.update(done)
+    fake.all_reduce()
+    values = metric_values(real_measure, fake, metrics, protocol)
+    record = protocols.record(
+        protocol,
+        metrics=list(metrics),
+        num_frames_used=num_frames,
+        resolution_used=resolution,
+        num_real_used=real_measure.clips if real_measure is not None else 0,
+        num_fake_used=fake.clips,
+        detectors={d: {"sha256": h} for d, (_, h) in detectors.items()},
+        real=str(real_dir) if real_dir else None,
+        real_stats=cfg.real_stats,
+        fake=str(fake_dir),
+    )
+    return values, record
+
+
+def _published_stats(path: str, detectors: dict, metrics) -> Measure:
+    fd = [m for m in metrics if m in REAL_METRICS]
+    if len(fd) != 1:
+        raise ValueError(f"--real-stats {path}: one detector's statistics; ask for one of {REAL_METRICS}")
+    stats = FeatureStats.from_cdfvd_pkl(path) if path.endswith(".pkl") else FeatureStats.load(path)[0]
+    measure = Measure(detectors, fd, generated=False)
+    measure.stats[DETECTOR_OF[fd[0]]] = stats
+    measure.clips = stats.count
+    return measure
+
+
+_PUBLISHED = {
+    "i3d": "i3d_torchscript.pt, published by StyleGAN-V (universome/stylegan-v)",
+    "videomae": "vit_g_hybrid_pt_1200e_ssv2_ft.pth, published by OpenGVLab/VideoMAEv2 (used by cd-fvd)",
+    "inception": "pt_inception-2015-12-05-6726825d.pth, published by mseitzer/pytorch-fid",
+    "c3d": "conv3d_deepnetA_ucf.npz + mean2.npz, published by pfnet-research/tgan2 (rezoo/tgan2 releases)",
+    "clip": "a local openai/clip-vit-base-patch32 folder (Hugging Face)",
+}

@@ -1,0 +1,310 @@
+"""Protocols and the evaluation engine on CPU: subsets, labels, the folder and checkpoint paths with the
+synthetic detector, caching, bad input, and 2 gloo ranks giving the numbers of one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from minivdit import media
+from minivdit.data.synthetic import SyntheticVideos
+from minivdit.eval import evaluate, protocols
+from minivdit.eval.__main__ import main as eval_main
+from minivdit.eval.evaluate import EvalConfig, evaluate_folders
+from minivdit.eval.protocols import get_protocol, proportional_counts, select_real
+
+
+def test_proportional_counts_and_subsets():
+    labels = np.repeat(np.arange(5), [10, 20, 30, 25, 15])  # 100 videos
+    counts = proportional_counts(labels, 37, 5)
+    assert counts.sum() == 37 and np.all(np.abs(counts - np.bincount(labels) * 0.37) < 1)
+    p = get_protocol("align4gen-ucf", num_real=37)
+    idx, c = select_real(p, labels, 5)
+    assert len(idx) == 37 and np.array_equal(np.bincount(labels[idx], minlength=5), c)
+    assert np.array_equal(idx, select_real(p, labels, 5)[0])  # seeded
+    assert not np.array_equal(
+        idx, select_real(get_protocol("align4gen-ucf", num_real=37, seed=1), labels, 5)[0]
+    )
+    first = select_real(get_protocol("stylegan-v", num_real=8), labels, 5)[0]
+    assert np.array_equal(first, np.arange(8))
+    rand = select_real(get_protocol("latte", num_real=8), labels, 5)[0]
+    assert len(set(rand)) == 8 and not np.array_equal(rand, np.arange(8))
+    fake = protocols.fake_labels(get_protocol("align4gen-ucf", num_fake=37), 5, c)
+    assert np.array_equal(np.bincount(fake, minlength=5), c)
+    assert protocols.fake_labels(get_protocol("align4gen-sky"), 5, None) is None
+    with pytest.raises(ValueError, match="unknown protocol"):
+        get_protocol("fvd-by-vibes")
+    with pytest.raises(ValueError, match="metrics"):
+        EvalConfig(metrics=("psnr",))
+
+
+def _write_clips(root, clips, as_png: bool):
+    root.mkdir(parents=True)
+    for i, clip in enumerate(clips):  # clip: uint8 [F, H, W, 3]
+        if as_png:
+            from PIL import Image
+
+            d = root / f"clip{i:03d}"
+            d.mkdir()
+            for f, frame in enumerate(clip):
+                Image.fromarray(frame).save(d / f"frame_{f}.png")
+        else:
+            media.write_mp4(root / f"clip{i:03d}.mp4", clip)
+
+
+def _synthetic_uint8(n, frames=8, size=16, seed=0, classes=8):
+    ds = SyntheticVideos(frames, size, classes, n, seed)
+    return media.to_uint8(torch.stack([ds.get(i)["video"] for i in range(n)]))  # [N, F, H, W, 3]
+
+
+def test_folders_syn_fvd_self_is_zero_and_shift_is_not(tmp_path, caplog):
+    clips = _synthetic_uint8(24)
+    _write_clips(tmp_path / "real", clips, as_png=True)
+    _write_clips(tmp_path / "same", clips, as_png=True)
+    _write_clips(tmp_path / "other", clips[:, :, :, ::-1], as_png=True)  # mirrored: the motions reverse
+    cfg = EvalConfig(protocol="stylegan-v", metrics=("syn_fvd",), num_real=24, num_gen=24, batch_size=8)
+    same, rec = evaluate_folders(
+        cfg,
+        real_dir=str(tmp_path / "real"),
+        fake_dir=str(tmp_path / "same"),
+        num_frames=8,
+        resolution=16,
+        device=torch.device("cpu"),
+        show=False,
+    )
+    assert abs(same["syn_fvd"]) < 1e-4  # 0 up to round-off (24 clips, 128-d: rank-deficient covariances)
+    assert rec["num_real_used"] == 24 and rec["num_fake_used"] == 24 and rec["name"] == "stylegan-v"
+    assert len(rec["detectors"]["synthetic"]["sha256"]) == 64
+    other, _ = evaluate_folders(
+        cfg,
+        real_dir=str(tmp_path / "real"),
+        fake_dir=str(tmp_path / "other"),
+        num_frames=8,
+        resolution=16,
+        device=torch.device("cpu"),
+        show=False,
+    )
+    assert other["syn_fvd"] > 1.0
+    # Fewer clips than asked: a warning with the count used, or an error under --strict.
+    many = EvalConfig(protocol="stylegan-v", metrics=("syn_fvd",), num_real=30, num_gen=24)
+    with caplog.at_level("WARNING", logger="minivdit"):
+        evaluate_folders(
+            many,
+            real_dir=str(tmp_path / "real"),
+            fake_dir=str(tmp_path / "same"),
+            num_frames=8,
+            resolution=16,
+            device=torch.device("cpu"),
+            show=False,
+        )
+    assert "only 24 real clips available, 30 asked" in caplog.text
+    with pytest.raises(ValueError, match="--strict"):
+        evaluate_folders(
+            EvalConfig(protocol="stylegan-v", metrics=("syn_fvd",), num_real=30, strict=True),
+            real_dir=str(tmp_path / "real"),
+            fake_dir=str(tmp_path / "same"),
+            num_frames=8,
+            resolution=16,
+            device=torch.device("cpu"),
+            show=False,
+        )
+
+
+def test_folders_cli_mp4_cache_and_errors(tmp_path, monkeypatch, capsys):
+    clips = _synthetic_uint8(16, size=32)
+    _write_clips(tmp_path / "real", clips, as_png=False)
+    _write_clips(tmp_path / "fake", _synthetic_uint8(16, size=32, seed=5), as_png=False)
+    args = [
+        "folders",
+        "--real",
+        str(tmp_path / "real"),
+        "--fake",
+        str(tmp_path / "fake"),
+        "--metrics",
+        "syn_fvd",
+        "--num-frames",
+        "8",
+        "--resolution",
+        "16",
+        "--num-real",
+        "16",
+        "--num-fake",
+        "16",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
+    first = eval_main(args)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert line["syn_fvd"] == written["syn_fvd"] == first["syn_fvd"] > 0
+    assert written["protocol"]["resolution_used"] == 16 and written["protocol"]["real"] == str(
+        tmp_path / "real"
+    )
+    assert len(list((tmp_path / "cache").glob("stylegan-v-synthetic-*.npz"))) == 1
+
+    def no_real(*a, **k):
+        raise AssertionError("the real statistics should come from the cache")
+
+    monkeypatch.setattr(evaluate, "measure_real", no_real)
+    assert eval_main(args)["syn_fvd"] == pytest.approx(first["syn_fvd"], rel=1e-12)
+    monkeypatch.undo()
+    # cd-fvd's published statistics format (FeatureStats.__dict__ pickled) instead of a real folder.
+    import pickle
+
+    cached, _ = evaluate.FeatureStats.load(next((tmp_path / "cache").glob("*.npz")))
+    (tmp_path / "ref.pkl").write_bytes(
+        pickle.dumps(
+            {
+                "num_items": cached.count,
+                "raw_mean": cached.raw_mean,
+                "raw_cov": cached.raw_cov,
+                "capture_all": False,
+            }
+        )
+    )
+    pub = eval_main(args[:1] + ["--real-stats", str(tmp_path / "ref.pkl")] + args[3:])
+    assert pub["syn_fvd"] == pytest.approx(first["syn_fvd"], rel=1e-12)
+    assert pub["protocol"]["real_stats"] == str(tmp_path / "ref.pkl")
+    with pytest.raises(ValueError, match="--i3d"):
+        eval_main(args[:6] + ["fvd"])
+    with pytest.raises(ValueError, match="fewer than --num-frames 9"):
+        evaluate.fake_from_folder(str(tmp_path / "fake"), 16, 9, 16)[1](0)
+
+
+def test_run_synthetic_protocol_on_a_checkpoint(tmp_path, tiny_cfg, capsys):
+    from minivdit.train import train
+
+    cfg = tiny_cfg(
+        max_steps=2,
+        data={"num_classes": 4, "num_frames": 4, "image_size": 16},
+        model={"num_frames": 4, "input_size": (16, 16)},
+    )
+    run_dir = train(cfg)
+    out = eval_main(
+        [
+            "run",
+            "--ckpt",
+            str(run_dir),
+            "--protocol",
+            "synthetic",
+            "--num-gen",
+            "12",
+            "--num-real",
+            "12",
+            "--steps",
+            "2",
+            "--batch-size",
+            "5",
+            "--keep-frames",
+        ]
+    )
+    written = json.loads((run_dir / "eval" / "step_0000002" / "metrics.json").read_text())
+    assert set(written) == {"syn_fvd", "syn_acc", "protocol"}
+    assert (
+        0.0 <= written["syn_acc"] <= 1.0
+        and np.isfinite(written["syn_fvd"])
+        and out["syn_fvd"] == written["syn_fvd"]
+    )
+    p = written["protocol"]
+    assert p["num_fake_used"] == 12 and p["num_real_used"] == 12 and p["name"] == "synthetic"
+    assert p["num_frames_used"] == 4 and p["resolution_used"] == 16 and p["sampler"]["steps"] == 2
+    frames = sorted((run_dir / "eval" / "step_0000002" / "frames").glob("*/*.png"))
+    assert len(frames) == 12 * 4
+
+
+WORKER = """
+import sys
+from minivdit.eval.__main__ import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path, tiny_cfg):
+    from minivdit.train import train
+
+    cfg = tiny_cfg(
+        max_steps=2,
+        data={"num_classes": 4, "num_frames": 4, "image_size": 16},
+        model={"num_frames": 4, "input_size": (16, 16)},
+    )
+    run_dir = train(cfg)
+    args = [
+        "run",
+        "--ckpt",
+        str(run_dir),
+        "--protocol",
+        "synthetic",
+        "--num-gen",
+        "11",
+        "--num-real",
+        "13",
+        "--steps",
+        "2",
+        "--batch-size",
+        "3",
+    ]
+    solo = eval_main(args + ["--out", str(tmp_path / "solo.json")])
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            str(script),
+            *args,
+            "--out",
+            str(tmp_path / "dist.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    duo = json.loads((tmp_path / "dist.json").read_text())
+    assert duo["protocol"]["world_size"] == 2 and duo["protocol"]["num_fake_used"] == 11
+    assert duo["syn_acc"] == solo["syn_acc"]
+    assert duo["syn_fvd"] == pytest.approx(solo["syn_fvd"], rel=1e-9)
+
+
+def test_training_evaluates_every_n_steps_and_skips_missing_weights(tiny_cfg, metrics):
+    from minivdit.train import train
+
+    ev = EvalConfig(
+        protocol="synthetic",
+        metrics=("syn_fvd", "syn_acc", "fvd"),
+        every=1,
+        num_gen=6,
+        num_real=6,
+        steps=2,
+        batch_size=4,
+    )
+    run_dir = train(tiny_cfg(max_steps=2, eval=ev))
+    log_txt = (run_dir / "log.txt").read_text()
+    assert log_txt.count("skipping fvd: no weights given (--eval.i3d") == 1
+    assert "eval (synthetic, 6 generated vs 6 real clips" in log_txt
+    rows = [r for r in metrics(run_dir) if "eval/syn_fvd" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["eval/syn_fvd"]) and 0 <= r["eval/syn_acc"] <= 1 for r in rows)
+    written = json.loads((run_dir / "eval" / "step_0000002" / "metrics.json").read_text())
+    assert written["syn_fvd"] == rows[-1]["eval/syn_fvd"] and written["protocol"]["step"] == 2
+    assert "fvd" not in written and written["protocol"]["metrics"] == ["syn_fvd", "syn_acc"]
