@@ -31,7 +31,8 @@ from minivdit.train import CkptConfig, EMAConfig, LogConfig, OptimConfig, Sample
 def config() -> TrainConfig:
     return TrainConfig(
         run_name="quickstart_align",
-        # Everything but align/teacher as recipes/quickstart.py.
+        # Everything but align/teacher as the quickstart before issue 11 (spatial/temporal blocks, so that
+        # block 3 is a spatial block, velocity prediction): the alignment smoke test keeps its baseline.
         model=DiTConfig(
             depth=8,
             hidden_size=128,
