@@ -77,7 +77,7 @@ def test_quickstart_trains_in_latent_space(tmp_path, vae_dir, single_thread, mon
     latent = "--vae.kind causal3d --data.num-frames 9 --data.image-size 32 --model.in-channels 4"
     latent += " --model.input-size 4 4 --model.num-frames 3 --model.patch-size 1"
     args = [*latent.split(), "--vae.path", str(vae_dir), "--out-dir", str(tmp_path), "--run-name", "qs"]
-    tiny_eval = "--eval.num-gen 4 --eval.num-real 4 --eval.steps 2 --eval.batch-size 4".split()
+    tiny_eval = ["--eval.num-gen", "4", "--eval.num-real", "4", "--eval.steps", "2", "--eval.batch-size", "4"]
     train_mod.main(quickstart_config(), [*args, *TINY_DIT, *tiny_eval])
 
     run = tmp_path / "qs"
