@@ -630,6 +630,36 @@ def evaluate_model(
         fake.add(clips, labels, first_index=lo)
         done += hi - lo
         progress.update(done)
+    return _finish(
+        protocol,
+        metrics,
+        real_measure,
+        fake,
+        detectors,
+        num_frames,
+        resolution,
+        checkpoint=run_cfg.get("_ckpt"),
+        sampler={
+            "steps": cfg.steps,
+            "cfg_scale": protocol.cfg_scale,
+            "objective": run_cfg["objective"].get("_type"),
+        },
+        world_size=world,
+    )
+
+
+def _finish(
+    protocol,
+    metrics,
+    real_measure: Measure | None,
+    fake: Measure,
+    detectors,
+    num_frames,
+    resolution,
+    /,
+    **used,
+):
+    """Merge the ranks' generated-side sums, compute the values and the protocol record."""
     fake.all_reduce()
     values = metric_values(real_measure, fake, metrics, protocol)
     record = protocols.record(
@@ -640,13 +670,7 @@ def evaluate_model(
         num_real_used=real_measure.clips if real_measure is not None else 0,
         num_fake_used=fake.clips,
         detectors={d: {"sha256": h} for d, (_, h) in detectors.items()},
-        checkpoint=run_cfg.get("_ckpt"),
-        sampler={
-            "steps": cfg.steps,
-            "cfg_scale": protocol.cfg_scale,
-            "objective": run_cfg["objective"].get("_type"),
-        },
-        world_size=world,
+        **used,
     )
     return values, record
 
@@ -702,21 +726,18 @@ def evaluate_folders(
             fake.add(torch.stack([clip(i) for i in range(lo, hi)]), first_index=lo)
             done += hi - lo
             progress.update(done)
-    fake.all_reduce()
-    values = metric_values(real_measure, fake, metrics, protocol)
-    record = protocols.record(
+    return _finish(
         protocol,
-        metrics=list(metrics),
-        num_frames_used=num_frames,
-        resolution_used=resolution,
-        num_real_used=real_measure.clips if real_measure is not None else 0,
-        num_fake_used=fake.clips,
-        detectors={d: {"sha256": h} for d, (_, h) in detectors.items()},
+        metrics,
+        real_measure,
+        fake,
+        detectors,
+        num_frames,
+        resolution,
         real=str(real_dir) if real_dir else None,
         real_stats=cfg.real_stats,
         fake=str(fake_dir),
     )
-    return values, record
 
 
 def _published_stats(path: str, detectors: dict, metrics) -> Measure:
