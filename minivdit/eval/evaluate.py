@@ -244,7 +244,7 @@ class Measure:
             return
         for det in sorted(self.stats):
             if self.stats[det] is None:  # this rank saw no clips: join the reduction with zeros
-                self.stats[det] = FeatureStats(_DIMS[det])
+                self.stats[det] = FeatureStats(self.detectors[det][0].dim)
             self.stats[det].all_reduce()
         t = torch.tensor(
             [self.clip_sum, self.clip_count, self.correct, self.labelled, self.clips], dtype=torch.float64
@@ -258,9 +258,6 @@ class Measure:
             parts: list = [None] * tdist.get_world_size()
             tdist.all_gather_object(parts, self.is_probs)
             self.is_probs = [p for part in parts for p in part]
-
-
-_DIMS = {"i3d": 400, "videomae": 1408, "inception": 2048, "synthetic": 128}
 
 
 def metric_values(real: Measure | None, fake: Measure, metrics, protocol: Protocol) -> dict[str, float]:
@@ -475,16 +472,22 @@ def chunks(count: int, batch_size: int) -> Iterator[tuple[int, int, bool]]:
         yield k * batch_size, min(count, (k + 1) * batch_size), real
 
 
-def measure_real(real: RealClips, measure: Measure, batch_size: int, show: bool) -> None:
-    progress = Progress("real", real.count, show)
-    done = 0
-    for lo, hi, is_real in chunks(real.count, batch_size):
+def measure_clips(
+    what: str, count: int, clip: Callable[[int], Tensor], measure: Measure, batch_size: int, show: bool
+) -> None:
+    """Feed this rank's chunks of ``clip(i)`` (uint8 ``[F, 3, R, R]``) to ``measure``; a progress line."""
+    progress, done = Progress(what, count, show), 0
+    for lo, hi, is_real in chunks(count, batch_size):
         if not is_real:
             continue
-        video = torch.stack([real.clip(i) for i in range(lo, hi)])
-        measure.add(video, first_index=lo)
+        measure.add(torch.stack([clip(i) for i in range(lo, hi)]), first_index=lo)
         done += hi - lo
         progress.update(done)
+
+
+def measure_real(real: RealClips, measure: Measure, batch_size: int, show: bool) -> None:
+    """The real side (not called when the cache has the statistics)."""
+    measure_clips("real", real.count, real.clip, measure, batch_size, show)
 
 
 def real_stats_cached(
@@ -720,12 +723,7 @@ def evaluate_folders(
     count, clip = fake_from_folder(fake_dir, protocol.num_fake, num_frames, resolution)
     check_count("generated", count, protocol.num_fake, cfg.strict)
     fake = Measure(detectors, metrics, generated=True)
-    progress, done = Progress("generated", count, show), 0
-    for lo, hi, is_real in chunks(count, cfg.batch_size):
-        if is_real:
-            fake.add(torch.stack([clip(i) for i in range(lo, hi)]), first_index=lo)
-            done += hi - lo
-            progress.update(done)
+    measure_clips("generated", count, clip, fake, cfg.batch_size, show)
     return _finish(
         protocol,
         metrics,
