@@ -6,10 +6,9 @@ objective, and writes one mp4 per video, a grid (mp4 and gif) and ``contact.png`
 frames across) for a quick look.
 
 CFG (Ho & Salimans 2022): ``pred = uncond + s·(cond − uncond)`` on a doubled batch whose second half carries
-the
-null label (index ``num_classes``). With learned σ only the first C channels (ε or the velocity) are guided;
-the
-variance channels are the conditional ones. DiT/Latte take the variance channels of the *first half* after
+the unconditional ``Cond`` (the backbone's ``null_cond``: for a V-DiT the null label, index ``num_classes``).
+With learned σ only the first C channels (ε or the velocity) are guided; the variance channels are the
+conditional ones. DiT/Latte take the variance channels of the *first half* after
 mixing, i.e. the conditional half too, so numbers match; unlike DiT we do not restrict guidance to 3 of 4
 latent channels (DiT's "exact reproducibility" quirk).
 """
@@ -29,6 +28,7 @@ from torch import Tensor
 from minivdit import media
 from minivdit.config import from_dict
 from minivdit.dist import Precision, autocast
+from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTConfig, VDiT
 from minivdit.models.vae import VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
@@ -39,33 +39,45 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 def cfg_denoise_fn(
     model: torch.nn.Module,
-    labels: Tensor | None,
+    cond: Cond,
+    null: Cond | None,
     *,
     scale: float,
     guided_channels: int,
-    num_classes: int,
     precision: Precision = "fp32",
 ) -> DenoiseFn:
-    """``denoise_fn(x_t, t_model) -> pred`` for the sampler, with classifier-free guidance when ``scale !=
-    1``."""
+    """``denoise_fn(x_t, t_model) -> pred`` for the sampler, with classifier-free guidance over ``Cond`` when
+    ``null`` is given and ``scale != 1``: the conditional and the unconditional halves run as one doubled
+    batch, ``pred = uncond + scale·(cond − uncond)`` on the first ``guided_channels`` channels."""
     device = next(model.parameters()).device
 
-    def run(x: Tensor, t_model: Tensor, y: Tensor | None) -> Tensor:
+    def run(x: Tensor, t_model: Tensor, c: Cond) -> Tensor:
         with autocast(device, precision):
-            return model(x, t_model, y).pred.float()
+            return model(x, t_model, c).pred.float()
 
-    if labels is None or scale == 1.0:
-        return lambda x, t_model: run(x, t_model, labels)
-    null = torch.full_like(labels, num_classes)
+    if null is None or scale == 1.0:
+        return lambda x, t_model: run(x, t_model, cond)
+    both = Cond.cat([cond, null])
 
     def guided(x: Tensor, t_model: Tensor) -> Tensor:
-        pred = run(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([labels, null]))
-        cond, uncond = pred.chunk(2)  # [B, F, C_out, H, W] each
+        pred = run(torch.cat([x, x]), torch.cat([t_model, t_model]), both)
+        on, off = pred.chunk(2)  # [B, F, C_out, H, W] each: conditional, unconditional
         c = guided_channels
-        mixed = uncond[:, :, :c] + scale * (cond[:, :, :c] - uncond[:, :, :c])
-        return torch.cat([mixed, cond[:, :, c:]], dim=2)
+        mixed = off[:, :, :c] + scale * (on[:, :, :c] - off[:, :, :c])
+        return torch.cat([mixed, on[:, :, c:]], dim=2)
 
     return guided
+
+
+def label_cond(model: torch.nn.Module, labels: Tensor | None) -> tuple[Cond, Cond | None]:
+    """``(cond, null)`` of a class-conditional V-DiT for ``labels`` (range-checked), or ``(Cond(), None)``."""
+    if labels is None:
+        return Cond(), None
+    num_classes = model.cfg.num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"sample labels must be in [0, {num_classes}), got {labels.tolist()}")
+    cond = Cond(label=labels)
+    return cond, model.null_cond(cond)
 
 
 @torch.no_grad()
@@ -73,7 +85,9 @@ def generate(
     model: torch.nn.Module,
     objective: DDPM | Flow,
     *,
-    labels: Tensor | None,
+    labels: Tensor | None = None,
+    cond: Cond | None = None,
+    null: Cond | None = None,
     shape: tuple[int, ...],
     steps: int,
     cfg_scale: float,
@@ -82,18 +96,18 @@ def generate(
     precision: Precision = "fp32",
 ) -> Tensor:
     """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) with a seeded
-    noise."""
+    noise, conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``."""
+    if labels is not None and cond is not None:
+        raise ValueError("generate takes labels or cond, not both")
+    if cond is None:
+        cond, null = label_cond(model, labels.to(device) if labels is not None else None)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn(shape, generator=gen, device=device)
-    labels = labels.to(device) if labels is not None else None
-    num_classes = model.cfg.num_classes
-    if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"sample labels must be in [0, {num_classes}), got {labels.tolist()}")
-    fn = cfg_denoise_fn(
-        model, labels, scale=cfg_scale, guided_channels=shape[2], num_classes=num_classes, precision=precision
-    )
+    cond = cond.to(device)
+    null = null.to(device) if null is not None else None
+    fn = cfg_denoise_fn(model, cond, null, scale=cfg_scale, guided_channels=shape[2], precision=precision)
     out = objective.sample(fn, noise, steps, generator=gen)
     model.train(was_training)
     return out

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from minivdit import ckpt, dist
 from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
 from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
+from minivdit.conditioning import batch_cond
 from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
@@ -273,11 +274,7 @@ def train_step(
     ``align``: clean video → (frozen teacher) → feats; the model's block ``align.block_index`` → head → loss.
     ``loss = mean(loss_diff + align.weight · loss_align)`` (DESIGN.md §3). Returns the scalar loss to
     backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
-    if num_classes and (batch.label.min() < 0 or batch.label.max() >= num_classes):
-        raise ValueError(
-            f"labels must be in [0, {num_classes}) (index {num_classes} is the CFG null class), "
-            f"got {batch.label.tolist()}"
-        )
+    cond = batch_cond(batch, num_classes=num_classes).to(device, non_blocking=True)  # conditioning/
     batch = batch.to(device, non_blocking=True)
     if batch.latents is not None:  # cached by tools/cache_latents.py: the VAE is skipped
         x_data = batch.latents  # [B, F', C, h, w]
@@ -298,7 +295,7 @@ def train_step(
     noised = objective.corrupt(x_data)
     tap = {"tap": align.block_index} if align is not None else {}  # hidden [B, F, N, D] of that block
     with dist.autocast(device, precision):
-        out = model(noised.x_t, noised.t_model, batch.label if num_classes else None, **tap)
+        out = model(noised.x_t, noised.t_model, cond, **tap)
     terms = objective.loss_terms(out.pred.float(), noised)  # each [B], fp32
     loss_diff = torch.stack(list(terms.values())).sum(0)  # [B]
     metrics = {f"loss/{k}": v.detach().mean() for k, v in terms.items()}

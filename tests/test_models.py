@@ -40,6 +40,7 @@ from minivdit.models.blocks import (
     sincos_1d,
     sincos_2d,
 )
+from minivdit.models.cond import Cond
 from minivdit.models.dit import PRESETS, DiTConfig, VDiT, num_params, preset
 from minivdit.models.repvideo import RepVideoGate
 
@@ -250,11 +251,11 @@ def test_output_shape_and_zero_at_init(block_type, learn_sigma, input_size):
     )
     model = _model(cfg)
     x, t, y = _inputs(cfg)
-    out = model(x, t, y)
+    out = model(x, t, Cond(label=y))
     C = 8 if learn_sigma else 4
     assert out.pred.shape == (2, 3, C, *input_size) and out.hidden is None
     assert torch.equal(out.pred, torch.zeros_like(out.pred))  # adaLN-Zero + zero final linear
-    assert _randomize(model)(x, t, y).pred.abs().mean() > 0.1
+    assert _randomize(model)(x, t, Cond(label=y)).pred.abs().mean() > 0.1
 
 
 @pytest.mark.parametrize("block_type", ["spatiotemporal", "full3d"])
@@ -366,7 +367,7 @@ def test_preset_parameter_counts_match_latte(name):
 
 def _loss_and_grads(model: VDiT, x, t, y=None):
     model.zero_grad(set_to_none=True)
-    pred = model(x, t, y).pred
+    pred = model(x, t, Cond(label=y)).pred
     (pred.square().mean() + pred.mean()).backward()
     return pred.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -559,7 +560,7 @@ def test_latte_parity(num_classes):
     model.eval()
     x, t, y = _inputs(cfg, batch=3)
     with torch.no_grad():
-        ref, ours = oracle(x, t, y), model(x, t, y).pred
+        ref, ours = oracle(x, t, y), model(x, t, Cond(label=y)).pred
     assert ours.shape == ref.shape == (3, 3, 8, 8, 8) and ref.abs().mean() > 0.1
     assert (ours - ref).abs().max().item() <= 1e-5
     inferred = convert_weights.infer_config(sd)
@@ -599,7 +600,7 @@ def test_convert_latte_checkpoint_end_to_end(tmp_path, capsys):
             model.init_weights()
             model.load_state_dict(converted, strict=True)
             with torch.no_grad():
-                assert (model.eval()(x, t, y).pred - ref).abs().max().item() <= 1e-5
+                assert (model.eval()(x, t, Cond(label=y)).pred - ref).abs().max().item() <= 1e-5
 
 
 def test_convert_script_runs(tmp_path):
@@ -742,9 +743,9 @@ def _bad_cases():
         "height/width": (TINY, dict(x_t=x[..., :6], t_model=t), "8x6"),
         "t_model": (TINY, dict(x_t=x, t_model=t[:, None]), r"\(2, 1\)"),
         "t_model batch": (TINY, dict(x_t=x, t_model=t[:1]), r"\(1,\)"),
-        "y to uncond": (TINY, dict(x_t=x, t_model=t, y=torch.tensor([1, 2])), "num_classes=0"),
+        "y to uncond": (TINY, dict(x_t=x, t_model=t, cond=Cond(label=torch.tensor([1, 2]))), "num_classes=0"),
         "y missing": (cond, dict(x_t=x, t_model=t), "num_classes=5"),
-        "y shape": (cond, dict(x_t=x, t_model=t, y=torch.tensor([1, 2, 3])), r"\(3,\)"),
+        "y shape": (cond, dict(x_t=x, t_model=t, cond=Cond(label=torch.tensor([1, 2, 3]))), r"\(3,\)"),
         "tap 0": (TINY, dict(x_t=x, t_model=t, tap=0), "tap=0"),
         "tap depth+1": (TINY, dict(x_t=x, t_model=t, tap=5), "tap=5"),
     }

@@ -12,6 +12,7 @@ from PIL import Image
 
 import minivdit.ckpt as ckpt_mod
 from minivdit.dist import DistContext
+from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
 from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.sample import SampleConfig, cfg_denoise_fn, generate, sample
@@ -147,7 +148,8 @@ class _Stub(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # cfg_denoise_fn reads the device from it
         self.seen: list[torch.Tensor | None] = []
 
-    def forward(self, x, t_model, y=None):
+    def forward(self, x, t_model, cond=None):
+        y = cond.label if cond is not None else None
         self.seen.append(y)
         scale = (y.float() + 1.0 if y is not None else torch.ones(x.shape[0])).view(-1, 1, 1, 1, 1)
         out = torch.cat([x, x], dim=2) if self.sigma else x
@@ -159,14 +161,16 @@ X = torch.randn(3, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
 T = torch.tensor([5.0, 6.0, 7.0])
 LABELS = torch.tensor([0, 2, 1])
 NUM_CLASSES = 4
+COND = Cond(label=LABELS)
+NULL = COND.null(label=NUM_CLASSES)  # what VDiT.null_cond gives
 
 
 @pytest.mark.parametrize("sigma", [False, True])
 def test_cfg_scale_one_is_the_conditional_prediction(sigma):
     stub = _Stub(sigma)
-    fn = cfg_denoise_fn(stub, LABELS, scale=1.0, guided_channels=3, num_classes=NUM_CLASSES)
+    fn = cfg_denoise_fn(stub, COND, NULL, scale=1.0, guided_channels=3)
     got = fn(X, T)
-    assert torch.equal(got, stub(X, T, LABELS).pred)
+    assert torch.equal(got, stub(X, T, COND).pred)
     assert torch.equal(stub.seen[0], LABELS)  # one conditional pass, no doubled batch
 
 
@@ -174,12 +178,12 @@ def test_cfg_scale_one_is_the_conditional_prediction(sigma):
 def test_cfg_guides_only_the_first_channels(sigma):
     stub = _Stub(sigma)
     s = 4.0
-    got = cfg_denoise_fn(stub, LABELS, scale=s, guided_channels=3, num_classes=NUM_CLASSES)(X, T)
+    got = cfg_denoise_fn(stub, COND, NULL, scale=s, guided_channels=3)(X, T)
     doubled = stub.seen[0]
     null = NUM_CLASSES  # the CFG null label
     assert torch.equal(doubled, torch.tensor([0, 2, 1, null, null, null]))
-    cond = stub(X, T, LABELS).pred
-    uncond = stub(X, T, torch.full_like(LABELS, NUM_CLASSES)).pred
+    cond = stub(X, T, COND).pred
+    uncond = stub(X, T, Cond(label=torch.full_like(LABELS, NUM_CLASSES))).pred
     assert got.shape == cond.shape == (3, 2, 6 if sigma else 3, 4, 4)
     torch.testing.assert_close(got[:, :, :3], uncond[:, :, :3] + s * (cond[:, :, :3] - uncond[:, :, :3]))
     assert not torch.allclose(got[:, :, :3], cond[:, :, :3])
@@ -189,6 +193,6 @@ def test_cfg_guides_only_the_first_channels(sigma):
 
 def test_cfg_unconditional_passes_no_labels():
     stub = _Stub(False)
-    got = cfg_denoise_fn(stub, None, scale=5.0, guided_channels=3, num_classes=0)(X, T)
+    got = cfg_denoise_fn(stub, Cond(), None, scale=5.0, guided_channels=3)(X, T)
     assert stub.seen == [None]
     assert torch.equal(got, X + 10.0 * torch.arange(3.0).view(1, 1, -1, 1, 1) + T.view(-1, 1, 1, 1, 1))

@@ -61,6 +61,7 @@ from torch import Tensor
 from minivdit.align.analysis import delta_freq, frame_vectors, iicr_terms, pca_colors
 from minivdit.data import DataConfig, build_dataset
 from minivdit.dist import autocast
+from minivdit.models.cond import Cond
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg")
 ENCODERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")  # TeacherConfig path fields, in CLI order
@@ -228,7 +229,8 @@ class DiTTap:
         if self.cfg.num_classes:  # labels of the synthetic clips mean something only to a synthetic run
             known = (label >= 0) & (label < self.cfg.num_classes) & self.synthetic
             y = torch.where(known, label, torch.full_like(label, self.cfg.num_classes)).to(self.device)
-        return self.model(noised.x_t, noised.t_model, y, tap=self.tap).hidden.float()  # [B, F, N, D]
+        out = self.model(noised.x_t, noised.t_model, Cond(label=y), tap=self.tap)
+        return out.hidden.float()  # [B, F, N, D]
 
 
 class Accumulator:

@@ -88,6 +88,7 @@ from torch import Tensor
 
 from minivdit.align import losses as align_losses
 from minivdit.models import blocks
+from minivdit.models.cond import Cond
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
 from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
 
@@ -144,12 +145,12 @@ def make_reference(model: VDiT) -> VDiT:
 # ---------------------------------------------------------------- train-step benchmark
 
 
-def _time_steps(model, opt, x, t, y, precision: str, device: torch.device, warmup: int, iters: int) -> float:
+def _time_steps(model, opt, x, t, cond, precision: str, device: torch.device, warmup: int, iters: int):
     """Seconds per training step (forward, backward, AdamW), after ``warmup`` untimed steps."""
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x, t, y).pred
+            out = model(x, t, cond).pred
         out.float().square().mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -204,6 +205,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         x = torch.randn(B, args.frames, args.channels, args.size, args.size, device=device)
         t = torch.randint(0, 1000, (B,), device=device).float()
         y = torch.randint(0, args.num_classes, (B,), device=device) if args.num_classes else None
+        y = Cond(label=y)
 
         dt = _time_steps(model, opt, x, t, y, precision, device, args.warmup, args.iters)
         tokens = B * args.frames * cfg.grid[0] * cfg.grid[1]

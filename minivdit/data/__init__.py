@@ -210,6 +210,8 @@ class Batch:
     label: Tensor  # [B] int64
     latents: Tensor | None = None  # [B, F', C, h, w], already scaled by the VAE
     feats: Tensor | None = None  # teacher features, layout owned by the teacher
+    text: Tensor | None = None  # [B, L, Dt] cached text-encoder tokens (bf16 on disk), see conditioning/
+    text_mask: Tensor | None = None  # [B, L] bool, True = real token; None = no mask (CogVideoX's T5)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """A new ``Batch`` with every tensor on ``device``."""
@@ -230,11 +232,12 @@ def _apply(x: Tensor | None, fn: Callable[[Tensor], Tensor]) -> Tensor | None:
 
 
 def collate(samples: Sequence[dict]) -> Batch:
-    """Stack dataset samples ``{"video", "label", "latents"?, "feats"?}`` into a ``Batch``."""
+    """Stack dataset samples ``{"video", "label", "latents"?, "feats"?, "text"?, "text_mask"?}`` into a
+    ``Batch``."""
     if not samples:
         raise ValueError("collate: got an empty list of samples")
     stacked = {}
-    for key in ("video", "latents", "feats"):
+    for key in ("video", "latents", "feats", "text", "text_mask"):
         present = [key in s and s[key] is not None for s in samples]
         if any(present) and not all(present):
             raise ValueError(
@@ -253,7 +256,14 @@ def collate(samples: Sequence[dict]) -> Batch:
             f"collate: video must be [F, 3, H, W] per sample, got batch shape {tuple(video.shape)}"
         )
     label = torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64)
-    return Batch(video=video, label=label, latents=stacked.get("latents"), feats=stacked.get("feats"))
+    return Batch(
+        video=video,
+        label=label,
+        latents=stacked.get("latents"),
+        feats=stacked.get("feats"),
+        text=stacked.get("text"),
+        text_mask=stacked.get("text_mask"),
+    )
 
 
 def _collate_with_skips(samples: Sequence[dict]) -> tuple[Batch, list[tuple[str, str]]]:

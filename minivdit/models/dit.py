@@ -46,6 +46,7 @@ from minivdit.models.blocks import (
     sincos_1d,
     sincos_2d,
 )
+from minivdit.models.cond import Cond
 from minivdit.models.repvideo import RepVideoGate
 
 
@@ -140,7 +141,8 @@ class PatchEmbed(nn.Module):
 
 
 class VDiT(nn.Module):
-    """Video DiT. ``forward(x_t [B,F,C,H,W], t_model [B], y [B] | None, *, tap) -> DiTOutput``."""
+    """Video DiT. ``forward(x_t [B,F,C,H,W], t_model [B], cond: Cond, *, tap) -> DiTOutput``; it consumes
+    ``cond.label`` only (class-conditional iff ``num_classes > 0``; the null class is ``num_classes``)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -208,8 +210,20 @@ class VDiT(nn.Module):
         self.temp_embed.copy_(sincos_1d(cfg.hidden_size, torch.arange(cfg.num_frames))[None])
 
     # --------------------------------------------------------------- forward
-    def _check(self, x_t: Tensor, t_model: Tensor, y: Tensor | None, tap: int | None) -> None:
+    def null_cond(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond`` for classifier-free guidance: the null class."""
+        return cond.null(label=self.cfg.num_classes)
+
+    def _check(self, x_t: Tensor, t_model: Tensor, cond: Cond, tap: int | None) -> Tensor | None:
         cfg = self.cfg
+        if not isinstance(cond, Cond):
+            raise ValueError(f"cond must be a minivdit.models.cond.Cond (Cond(label=y)), got {type(cond)}")
+        cond.check_uses(
+            f"VDiT (num_classes={cfg.num_classes})",
+            allowed=("label",),
+            required=("label",) if cfg.num_classes else (),
+        )
+        y = cond.label
         if x_t.ndim != 5:
             raise ValueError(f"x_t must be [B, F, C, H, W], got shape {tuple(x_t.shape)}")
         B, F, C, H, W = x_t.shape
@@ -221,14 +235,13 @@ class VDiT(nn.Module):
             raise ValueError(f"x_t has {F} frames but the temporal table holds num_frames={cfg.num_frames}")
         if t_model.shape != (B,):
             raise ValueError(f"t_model must be [B]=[{B}], got shape {tuple(t_model.shape)}")
-        if (y is None) != (self.y_embedder is None):
-            raise ValueError(
-                f"y must be given iff num_classes > 0 (num_classes={cfg.num_classes}, y={y is not None})"
-            )
+        if y is not None and self.y_embedder is None:
+            raise ValueError(f"Cond.label given to an unconditional VDiT (num_classes={cfg.num_classes})")
         if y is not None and y.shape != (B,):
-            raise ValueError(f"y must be [B]=[{B}] integer labels, got shape {tuple(y.shape)}")
+            raise ValueError(f"Cond.label must be [B]=[{B}] integer labels, got shape {tuple(y.shape)}")
         if tap is not None and not 1 <= tap <= cfg.depth:
             raise ValueError(f"tap={tap} out of range: blocks are 1-indexed, 1..{cfg.depth}")
+        return y
 
     def _run_block(self, i: int, x: Tensor, c: Tensor, rope: Tensor | None) -> Tensor:
         """Block i on canonical tokens x [B, F, N, D]; the layout rearranges live here and only here."""
@@ -243,9 +256,9 @@ class VDiT(nn.Module):
         return rearrange(self.blocks[i](seq, c), "(b n) f d -> b f n d", b=B)
 
     def forward(
-        self, x_t: Tensor, t_model: Tensor, y: Tensor | None = None, *, tap: int | None = None
+        self, x_t: Tensor, t_model: Tensor, cond: Cond | None = None, *, tap: int | None = None
     ) -> DiTOutput:
-        self._check(x_t, t_model, y, tap)
+        y = self._check(x_t, t_model, Cond() if cond is None else cond, tap)
         cfg = self.cfg
         B, F, _, H, W = x_t.shape
         gh, gw = cfg.grid
