@@ -34,7 +34,7 @@ class Noised:
     x_t: Tensor  # [B, F, C, H, W] network input
     t: Tensor  # [B] in [0, 1], the convention above
     t_model: Tensor  # [B] float, what the network is conditioned on
-    target: Tensor  # [B, F, C, H, W] regression target (eps for DDPM, noise - x_data for flow)
+    target: Tensor  # [B, F, C, H, W] regression target (DDPM: eps or v; flow: noise - x_data)
 
 
 def check_video(x: Tensor, name: str) -> None:
