@@ -15,7 +15,8 @@ import torch
 
 from minivdit import media
 from minivdit.data.synthetic import SyntheticVideos
-from minivdit.eval import evaluate, protocols
+from minivdit.data.video import list_frames, read_folder_frames
+from minivdit.eval import evaluate, protocols, synthetic
 from minivdit.eval.__main__ import main as eval_main
 from minivdit.eval.evaluate import EvalConfig, evaluate_folders
 from minivdit.eval.protocols import get_protocol, proportional_counts, select_real
@@ -208,7 +209,7 @@ def test_run_synthetic_protocol_on_a_checkpoint(tmp_path, tiny_cfg, capsys):
         ]
     )
     written = json.loads((run_dir / "eval" / "step_0000002" / "metrics.json").read_text())
-    assert set(written) == {"syn_fvd", "syn_acc", "protocol"}
+    assert set(written) == {"syn_fvd", "syn_acc", "syn_count", "protocol"}
     assert (
         0.0 <= written["syn_acc"] <= 1.0
         and np.isfinite(written["syn_fvd"])
@@ -219,6 +220,12 @@ def test_run_synthetic_protocol_on_a_checkpoint(tmp_path, tiny_cfg, capsys):
     assert p["num_frames_used"] == 4 and p["resolution_used"] == 16 and p["sampler"]["steps"] == 2
     frames = sorted((run_dir / "eval" / "step_0000002" / "frames").glob("*/*.png"))
     assert len(frames) == 12 * 4
+    # syn_count recounted from the kept lossless frames: labels cycle over the 4 classes
+    clips = [read_folder_frames(list_frames(f.parent), range(4)) for f in frames[::4]]  # [F, H, W, 3] each
+    clips = torch.from_numpy(np.stack(clips))
+    labels = torch.arange(12) % 4
+    right = synthetic.count_objects(clips.permute(0, 1, 4, 2, 3).contiguous()) == 1
+    assert written["syn_count"] == pytest.approx(right.float().mean().item()) and labels.max() < 7
 
 
 WORKER = """

@@ -13,7 +13,8 @@ A checkpoint (EMA weights, the run's objective and VAE; ``torchrun`` shards the 
         --videomae … --i3d … --inception … --c3d … --clip … --cache-dir ~/.cache/minivdit
 
 Both print one JSON line and write ``--out``: the metric values at the top level (``fvd``, ``cdfvd``, ``fid``,
-``is`` and ``is_std``, ``clipsim``, ``syn_fvd``, ``syn_acc``) and the protocol record under ``protocol``.
+``is`` and ``is_std``, ``clipsim``, ``syn_fvd``, ``syn_acc``, ``syn_count``) and the protocol record under
+``protocol``.
 """
 
 from __future__ import annotations

@@ -211,6 +211,7 @@ class Measure:
         self.is_probs: list[tuple[int, np.ndarray]] = []
         self.clip_sum = self.clip_count = 0.0
         self.correct = self.labelled = 0
+        self.frames_right = self.frames_counted = 0
         self.clips = 0
 
     def add(self, video: Tensor, labels: Tensor | None = None, first_index: int = 0) -> None:
@@ -235,6 +236,12 @@ class Measure:
             probs = self.detectors["synthetic"][0].probs(video)
             self.correct += int((probs.argmax(-1) == labels.cpu()).sum())
             self.labelled += len(labels)
+        if "syn_count" in self.metrics and labels is not None:
+            from minivdit.eval.synthetic import count_objects, expected_objects
+
+            right = count_objects(video).cpu() == expected_objects(labels.cpu())[:, None]  # [B, F]
+            self.frames_right += int(right.sum())
+            self.frames_counted += right.numel()
 
     def all_reduce(self) -> None:
         """Merge every rank's sums (and gather the IS probabilities) into every rank."""
@@ -247,12 +254,15 @@ class Measure:
                 self.stats[det] = FeatureStats(self.detectors[det][0].dim)
             self.stats[det].all_reduce()
         t = torch.tensor(
-            [self.clip_sum, self.clip_count, self.correct, self.labelled, self.clips], dtype=torch.float64
+            [self.clip_sum, self.clip_count, self.correct, self.labelled, self.clips]
+            + [self.frames_right, self.frames_counted],
+            dtype=torch.float64,
         )
         if tdist.get_backend() == "nccl":
             t = t.cuda()
         tdist.all_reduce(t)
-        self.clip_sum, self.clip_count, correct, labelled, clips = t.cpu().tolist()
+        self.clip_sum, self.clip_count, correct, labelled, clips, right, counted = t.cpu().tolist()
+        self.frames_right, self.frames_counted = int(right), int(counted)
         self.correct, self.labelled, self.clips = int(correct), int(labelled), int(clips)
         if "is" in self.metrics:
             parts: list = [None] * tdist.get_world_size()
@@ -277,6 +287,10 @@ def metric_values(real: Measure | None, fake: Measure, metrics, protocol: Protoc
                     "syn_acc needs class-conditional generated clips (labels); none were labelled"
                 )
             out["syn_acc"] = fake.correct / fake.labelled
+        elif m == "syn_count":
+            if fake.frames_counted == 0:
+                raise ValueError("syn_count needs class-conditional generated clips (labels); none had one")
+            out["syn_count"] = fake.frames_right / fake.frames_counted
     return out
 
 
@@ -598,9 +612,9 @@ def evaluate_model(
     )
 
     labels_all = protocols.fake_labels(protocol, model_cfg.num_classes, counts)
-    if labels_all is None and "syn_acc" in metrics:
-        log.info("eval: syn_acc skipped: the model is unconditional (it needs the classes of the samples)")
-        metrics = tuple(m for m in metrics if m != "syn_acc")
+    if labels_all is None and {"syn_acc", "syn_count"} & set(metrics):
+        log.info("eval: syn_acc/syn_count skipped: the model is unconditional (they need the classes)")
+        metrics = tuple(m for m in metrics if m not in ("syn_acc", "syn_count"))
     fake = Measure(detectors, metrics, generated=True)
     shape = (model_cfg.num_frames, model_cfg.in_channels, *model_cfg.input_size)
     progress = Progress("generated", protocol.num_fake, show and rank == 0)
@@ -701,8 +715,8 @@ def evaluate_folders(
     """Two folders of videos / frame folders under the protocol (``python -m minivdit.eval folders``)."""
     protocol = cfg.resolved_protocol()
     metrics = cfg.chosen_metrics
-    if "syn_acc" in metrics:
-        raise ValueError("syn_acc needs the classes the clips were sampled for: use `run` on a checkpoint")
+    for m in {"syn_acc", "syn_count"} & set(metrics):
+        raise ValueError(f"{m} needs the classes the clips were sampled for: use `run` on a checkpoint")
     absent = missing_weights(cfg, metrics)
     if absent:
         m, flag = next(iter(absent.items()))

@@ -19,7 +19,8 @@ actually used (clip counts, detector hashes, minivdit version), into ``metrics.j
                    (the tables' "FVD"), I3D FVD (Table 7), FID over all frames, IS (C3D), CLIP similarity.
 ``align4gen-sky``  the same metrics but IS (seeds/004 Table 2), unconditional, the **train** split as the
 ``align4gen-ffs``  reference (2,048 random videos, one random window each).
-``synthetic``      the built-in synthetic dataset and the synthetic detector (``syn_fvd``, ``syn_acc``):
+``synthetic``      the built-in synthetic dataset and the synthetic detector (``syn_fvd``, ``syn_acc``,
+                   ``syn_count``: the fraction of frames showing the class's number of objects):
                    512 real clips (the run's dataset, indices 0…511, so every class equally) against 512
                    class-conditional samples (labels cycling over the classes), at the run's frames and size.
 =================  ======================================================================================
@@ -37,8 +38,8 @@ from typing import Literal
 
 import numpy as np
 
-Metric = Literal["fvd", "cdfvd", "fid", "is", "clipsim", "syn_fvd", "syn_acc"]
-METRICS: tuple[str, ...] = ("fvd", "cdfvd", "fid", "is", "clipsim", "syn_fvd", "syn_acc")
+Metric = Literal["fvd", "cdfvd", "fid", "is", "clipsim", "syn_fvd", "syn_acc", "syn_count"]
+METRICS: tuple[str, ...] = ("fvd", "cdfvd", "fid", "is", "clipsim", "syn_fvd", "syn_acc", "syn_count")
 DETECTOR_OF: dict[str, str] = {
     "fvd": "i3d",
     "cdfvd": "videomae",
@@ -47,6 +48,7 @@ DETECTOR_OF: dict[str, str] = {
     "clipsim": "clip",
     "syn_fvd": "synthetic",
     "syn_acc": "synthetic",
+    "syn_count": "synthetic",  # counts bright regions, no network; listed with the detector it goes with
 }
 """Which detector (``minivdit/eval/<name>.py``) computes each metric."""
 REAL_METRICS = ("fvd", "cdfvd", "fid", "syn_fvd")
@@ -124,7 +126,7 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "synthetic": Protocol(
         name="synthetic",
-        metrics=("syn_fvd", "syn_acc"),
+        metrics=("syn_fvd", "syn_acc", "syn_count"),
         num_frames=None,
         num_real=512,
         num_fake=512,
