@@ -94,9 +94,11 @@ def generate(
     seed: int,
     device: torch.device,
     precision: Precision = "fp32",
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) with a seeded
-    noise, conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``."""
+    """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) from a seeded
+    noise (or the given starting ``noise`` of that shape; ``seed`` then only drives a stochastic sampler),
+    conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``."""
     if labels is not None and cond is not None:
         raise ValueError("generate takes labels or cond, not both")
     if cond is None:
@@ -104,7 +106,11 @@ def generate(
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    noise = torch.randn(shape, generator=gen, device=device)
+    if noise is None:
+        noise = torch.randn(shape, generator=gen, device=device)
+    elif tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"generate: noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+    noise = noise.to(device)
     cond = cond.to(device)
     null = null.to(device) if null is not None else None
     fn = cfg_denoise_fn(model, cond, null, scale=cfg_scale, guided_channels=shape[2], precision=precision)

@@ -15,14 +15,13 @@ crop) to the protocol's resolution R; a clip already R×R is not resampled. Gene
 through a lossy codec on the way (anchors-eval §7); ``keep_frames`` writes them as PNG.
 
 Distributed: the clips are cut into fixed chunks of ``batch_size``; rank r takes chunks r, r + W, …, and every
-chunk (its real windows, its labels, its noise) is a function of the seed and the chunk index only, so each
-chunk is bitwise the same whatever W is. Statistics are sums, merged with one all-reduce (float64; the
-order of
-the sum is the only difference from one process, ≤ 1e-12 relative); IS probabilities are gathered in clip
-order.
-Every rank runs the same number of model calls (a rank short of chunks repeats its last one and discards
-it), so
-FSDP-sharded models work.
+chunk (its real windows, its labels, its noise) is a function of the seed and the clip or chunk index only, so
+each chunk is bitwise the same whatever W is. A generated clip's starting noise is drawn per clip
+(``clip_noise``), so with a deterministic sampler (Euler, Heun, DDIM η = 0) its sample does not depend on the
+batch size either; a stochastic sampler's step noise is per chunk, and the record keeps ``batch_size``.
+Statistics are sums, merged with one all-reduce (float64; the order of the sum is the only difference from
+one process, ≤ 1e-12 relative); IS probabilities are gathered in clip order. Every rank runs the same number
+of model calls (a rank short of chunks repeats its last one and discards it), so FSDP-sharded models work.
 """
 
 from __future__ import annotations
@@ -632,6 +631,7 @@ def evaluate_model(
             seed=seed,
             device=device,
             precision=cfg.precision,
+            noise=clip_noise(protocol.seed, range(lo, hi), shape),
         )
         if vae is not None:
             videos = decode_latents(vae, videos, device, cfg.precision)
@@ -659,10 +659,23 @@ def evaluate_model(
         sampler={
             "steps": cfg.steps,
             "cfg_scale": protocol.cfg_scale,
+            # the starting noise is per clip; a stochastic sampler's step noise is per chunk of batch_size
+            "batch_size": cfg.batch_size,
             "objective": run_cfg["objective"].get("_type"),
         },
         world_size=world,
     )
+
+
+def clip_noise(seed: int, indices: range, shape: tuple[int, ...]) -> Tensor:
+    """The starting noise ``[len(indices), *shape]`` of generated clips, each drawn from its own generator
+    seeded by ``(seed, clip index)``: a clip's sample does not depend on the batch size or the rank count
+    (for deterministic samplers: Euler, Heun, DDIM η = 0)."""
+    out = []
+    for i in indices:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 4, i]).generate_state(1)[0] >> 1))
+        out.append(torch.randn(shape, generator=g))
+    return torch.stack(out)
 
 
 def _finish(
