@@ -178,13 +178,10 @@ class TrainConfig:
             raise ValueError(
                 f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}"
             )
-        if self.vae.kind == "none" and tuple(self.model.input_size) != (
-            self.data.image_size,
-            self.data.image_size,
-        ):
+        if self.vae.kind == "none" and tuple(self.model.input_size) != self.data.frame_size:
             raise ValueError(
                 f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
-                f"({self.data.image_size}, {self.data.image_size}) when vae='none'"
+                f"{self.data.frame_size} when vae='none'"
             )
         pixel_frames = self.vae.kind == "none"
         if (
@@ -224,13 +221,14 @@ class TrainConfig:
 def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
     """The DiT must be built for the VAE's latents of the configured clips; say which flags fix it if not."""
     s = vae.spatial_compression
-    if cfg.data.image_size % s:
+    H, W = cfg.data.frame_size
+    if H % s or W % s:
         raise ValueError(
             f"data.image_size={cfg.data.image_size} is not divisible by the VAE's {s}x compression"
         )
     want = {
         "in-channels": (cfg.model.in_channels, vae.latent_channels),
-        "input-size": (tuple(cfg.model.input_size), (cfg.data.image_size // s,) * 2),
+        "input-size": (tuple(cfg.model.input_size), (H // s, W // s)),
     }
     if cfg.model.block_type == "spatiotemporal":
         want["num-frames"] = (cfg.model.num_frames, vae.latent_frames(cfg.data.num_frames))

@@ -141,7 +141,7 @@ class VAETrainConfig:
                 f"data.num_frames={frames}: the VAE's {r}x time compression needs {r}k + 1 frames "
                 f"(nearest valid: {_nearest_valid(frames, r)}); set --data.num-frames"
             )
-        if self.data.image_size % s:
+        if any(side % s for side in self.data.frame_size):
             raise ValueError(
                 f"data.image_size={self.data.image_size} is not a multiple of the VAE's {s}x space "
                 f"compression"
@@ -311,12 +311,13 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     if cfg.data.dataset != "synthetic":
         log.warning(f"eval clips of {cfg.data.dataset!r} come from the training files: PSNR is not held out")
 
-    side = cfg.data.image_size // cfg.vae.spatial_compression
-    latent = (vae.latent_frames(cfg.data.num_frames), cfg.vae.latent_channels, side, side)
-    pixels = cfg.data.num_frames * 3 * cfg.data.image_size**2
+    H, W = cfg.data.frame_size
+    s = cfg.vae.spatial_compression
+    latent = (vae.latent_frames(cfg.data.num_frames), cfg.vae.latent_channels, H // s, W // s)
+    pixels = cfg.data.num_frames * 3 * H * W
     log.info(
         f"VAE: {num_params(vae) / 1e6:.2f} M trainable parameters; clips {cfg.data.num_frames}x"
-        f"{cfg.data.image_size}x{cfg.data.image_size} -> latents {list(latent)} "
+        f"{H}x{W} -> latents {list(latent)} "
         f"({pixels / math.prod(latent):.0f}x fewer values); kl_weight {cfg.kl_weight:g}; world {ctx.world} "
         f"on {ctx.device.type}; strategy {dist.resolve_strategy(_PARALLEL, ctx)}; precision {cfg.precision}"
     )

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minivdit.align.analysis import delta_freq, frame_vectors, iicr_terms, pca_colors
-from minivdit.data import DataConfig, build_dataset
+from minivdit.data import DataConfig, build_dataset, frame_size
 from minivdit.dist import autocast
 from minivdit.models.cond import Cond
 
@@ -209,7 +209,10 @@ class DiTTap:
         vae_dict = run.get("vae")
         vae = build_vae(from_dict(VAEConfig, vae_dict)) if isinstance(vae_dict, dict) else None
         self.vae = vae.to(device) if vae is not None else None
-        self.frames, self.size = int(run["data"]["num_frames"]), int(run["data"]["image_size"])
+        H, W = frame_size(run["data"]["image_size"])
+        if H != W:
+            raise ValueError(f"{ckpt}: analyze_encoders takes square runs, this one trains on {H}x{W} frames")
+        self.frames, self.size = int(run["data"]["num_frames"]), H
         self.synthetic = run["data"].get("dataset") == "synthetic"
         if not 1 <= tap <= self.cfg.depth:
             raise ValueError(f"--tap {tap} out of range: blocks are 1-indexed, 1..{self.cfg.depth}")

@@ -2,10 +2,11 @@
 
 A dataset is any object with ``__len__`` and ``get(index: int, rng: numpy.random.Generator) -> dict``, where
 the dict holds ``"video"`` (float ``[F, 3, H, W]`` in ``[-1, 1]``), ``"label"`` (int) and optionally
-``"latents"`` and ``"feats"`` (precomputed tensors). The dataset draws every random choice it makes
-(temporal crop, flip, …) from ``rng``; it never touches global RNGs. Real-video datasets may add
-``"caption"`` (str, not batched) and ``"skipped"`` (``(path, reason)`` of bad sources replaced by another
-draw from ``rng``); the loader logs the skipped paths once per epoch and keeps them in ``Loader.bad_paths``.
+``"latents"``, ``"feats"``, ``"text"`` and ``"text_mask"`` (precomputed tensors). The dataset draws every
+random choice it makes (temporal crop, flip, …) from ``rng``; it never touches global RNGs. Real-video
+datasets may add ``"caption"`` (str; ``Batch.caption`` when every sample has one) and ``"skipped"``
+(``(path, reason)`` of bad sources replaced by another draw from ``rng``); the loader logs the skipped paths
+once per epoch and keeps them in ``Loader.bad_paths``.
 
 Exact resume. Everything that decides which sample comes next is a pure function of the config and of two
 integers, ``(epoch, batch_in_epoch)``:
@@ -48,6 +49,20 @@ logger = logging.getLogger("minivdit")
 # ---------------------------------------------------------------------------------------------- config
 
 
+def frame_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of an ``image_size``: an int ``S`` is the square ``(S, S)``, a pair is ``(H, W)``;
+    ``ValueError`` for anything else or a side < 1."""
+    if isinstance(size, int | np.integer) and not isinstance(size, bool):
+        hw = (int(size), int(size))
+    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        hw = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(f"image_size must be an int or a pair (H, W), got {size!r}")
+    if min(hw) < 1:
+        raise ValueError(f"image_size sides must be >= 1, got {size!r}")
+    return hw
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: Literal["synthetic", "shards", "ucf101", "sky", "ffs", "folder"] = "synthetic"
@@ -60,8 +75,10 @@ class DataConfig:
     """Directory holding the dataset's files; unused by "synthetic"."""
     num_frames: int = 8
     """Frames per clip (F)."""
-    image_size: int = 32
-    """Side of the square frames in pixels (H = W)."""
+    image_size: int | tuple[int, int] = 32
+    """Frame size in pixels: one side for square frames (``--data.image-size 256``) or ``H W``
+    (``--data.image-size 480 720``, CogVideoX). Real videos are resized to cover it, then centre-cropped.
+    A square pair ``S S`` is stored as the int ``S``; ``frame_size`` is always ``(H, W)``."""
     frame_interval: int = 3
     """Stride between sampled frames when decoding real videos; unused by "synthetic", whose clips always span
     the whole motion."""
@@ -77,9 +94,10 @@ class DataConfig:
     """Number of distinct clips of "synthetic", i.e. the length of one epoch."""
     drop_last: bool = True
     """Drop each epoch's last, incomplete batch (keeps every batch the same shape)."""
-    shard_fields: tuple[Literal["video", "caption", "latents", "feats"], ...] = ()
+    shard_fields: tuple[Literal["video", "caption", "latents", "feats", "text", "text_mask"], ...] = ()
     """"shards" only: the stored fields to read (label always); empty reads all. E.g. ``latents feats`` skips
-    the clips of a cache made with ``--keep-video`` (``minivdit/data/shards.py``)."""
+    the clips of a cache made with ``--keep-video`` (``minivdit/data/shards.py``); ``text`` brings
+    ``text_mask`` along when the shards store one."""
     split: Literal["train", "test", "all"] = "train"
     """"ucf101": the official split of ``fold`` ("all" = train + test, Latte's 13,320 clips); "sky": the
     ``sky_train`` / ``sky_test`` folder ("all": both); "ffs": ``train`` or ``test``. Unused otherwise."""
@@ -93,15 +111,24 @@ class DataConfig:
     centre-crops; "crop_resize" centre-crops a square on the short side then resizes. None: the dataset's
     default, as Latte (sky: crop_resize; the others: short_side_crop)."""
     labels_csv: str | None = None
-    """"folder" only: CSV with a header ``path,label`` and/or ``caption`` (paths relative to ``root``); it
-    then lists the clips. Without it every video / frame folder under ``root`` is used, unlabelled."""
+    """"folder" only: CSV listing the clips, with a header naming a clip column (``path`` relative to
+    ``root``, or a video id ``videoid`` resolved as ``<root>/<id>.mp4``), an optional ``label`` and an
+    optional caption column (``caption``, or ``name`` as in the ChronoMagic-ProH / WebVid CSVs). Without it
+    every video / frame folder under ``root`` is used, unlabelled (``minivdit/data/folder.py``)."""
+    path_column: str | None = None
+    """"folder" CSV only: the column naming each clip; None: the first of path, videoid, video_id, video."""
+    caption_column: str | None = None
+    """"folder" CSV only: the column holding the captions; None: caption, else name, else no captions."""
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        if isinstance(self.image_size, list | tuple):  # tyro gives a tuple, config.json a list
+            size = tuple(self.image_size)
+            object.__setattr__(self, "image_size", size[0] if len(size) == 2 and size[0] == size[1] else size)
+        frame_size(self.image_size)  # ValueError for a bad size
         for name in (
             "num_frames",
-            "image_size",
             "frame_interval",
             "num_classes",
             "batch_size",
@@ -124,6 +151,16 @@ class DataConfig:
                 f"DataConfig.num_classes must be <= {len(CLASS_NAMES)} for the synthetic dataset, "
                 f"got {self.num_classes}"
             )
+        if self.dataset == "synthetic" and not isinstance(self.image_size, int):
+            raise ValueError(
+                f"DataConfig.image_size must be one side (square frames) for the synthetic dataset, "
+                f"got {self.image_size}"
+            )
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the clips: ``(image_size, image_size)`` for an int."""
+        return frame_size(self.image_size)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -180,7 +217,13 @@ def _ffs(cfg: DataConfig) -> VideoDataset:
 def _folder(cfg: DataConfig) -> VideoDataset:
     from minivdit.data import folder
 
-    return folder.build(cfg.root, cfg.labels_csv, _clip_spec(cfg, "short_side_crop", False))
+    return folder.build(
+        cfg.root,
+        cfg.labels_csv,
+        _clip_spec(cfg, "short_side_crop", False),
+        path_column=cfg.path_column,
+        caption_column=cfg.caption_column,
+    )
 
 
 DATASETS: dict[str, Callable[[DataConfig], VideoDataset]] = {
@@ -212,6 +255,7 @@ class Batch:
     feats: Tensor | None = None  # teacher features, layout owned by the teacher
     text: Tensor | None = None  # [B, L, Dt] cached text-encoder tokens (bf16 on disk), see conditioning/
     text_mask: Tensor | None = None  # [B, L] bool, True = real token; None = no mask (CogVideoX's T5)
+    caption: tuple[str, ...] | None = None  # the captions, when every sample has one (online text encoding)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """A new ``Batch`` with every tensor on ``device``."""
@@ -227,13 +271,13 @@ class Batch:
         return Batch(**{f.name: _apply(getattr(self, f.name), Tensor.pin_memory) for f in fields(self)})
 
 
-def _apply(x: Tensor | None, fn: Callable[[Tensor], Tensor]) -> Tensor | None:
-    return None if x is None else fn(x)
+def _apply(x, fn: Callable[[Tensor], Tensor]):
+    return fn(x) if isinstance(x, Tensor) else x
 
 
 def collate(samples: Sequence[dict]) -> Batch:
-    """Stack dataset samples ``{"video", "label", "latents"?, "feats"?, "text"?, "text_mask"?}`` into a
-    ``Batch``."""
+    """Stack dataset samples ``{"video", "label", "latents"?, "feats"?, "text"?, "text_mask"?, "caption"?}``
+    into a ``Batch`` (captions as a tuple of str, when every sample has one)."""
     if not samples:
         raise ValueError("collate: got an empty list of samples")
     stacked = {}
@@ -263,6 +307,9 @@ def collate(samples: Sequence[dict]) -> Batch:
         feats=stacked.get("feats"),
         text=stacked.get("text"),
         text_mask=stacked.get("text_mask"),
+        caption=tuple(str(s["caption"]) for s in samples)
+        if all(s.get("caption") is not None for s in samples)
+        else None,
     )
 
 
@@ -464,5 +511,6 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "collate",
+    "frame_size",
     "sample_seeds",
 ]

@@ -24,6 +24,9 @@ caption.txt    UTF-8 caption (only when the source dataset gives captions)
 latents.npy    ``[F', C, h, w]`` already scaled by the VAE, ``float32`` / ``float16`` / ``bfloat16``
 feats.npy      ``[F', N', ΣD]`` teacher features (``Teacher.forward``), ``bfloat16`` / ``float16`` /
                ``float32``
+text.npy       ``[L, Dt]`` text-encoder tokens of the caption (``tools/cache_text.py``), ``bfloat16`` by
+               default; the loader serves them as ``"text"`` and ``collate`` fills ``Batch.text``
+text_mask.npy  ``[L]`` bool, True = real token; only for encoders run with a mask (not CogVideoX's T5)
 =============  =========================================================================================
 
 numpy has no bfloat16: a ``bfloat16`` array is stored as ``uint16`` holding the raw bf16 bits (the npy header
@@ -34,7 +37,15 @@ meta.json: ``format`` ("minivdit-shards"), ``version`` (1), ``fields`` (per fiel
 ``source_size``, ``shards`` ([{name, count}]), ``num_classes``, ``class_names``, ``source`` (the DataConfig
 that produced the clips, loader-only fields dropped), ``vae`` and ``teacher`` (configs that made the caches,
 plus the VAE's compression and the teacher's ``names``/``dims``/``grid``, or null), ``seed``, ``made_by`` and
-``complete``.
+``complete``; with cached text also ``text_encoder``: the encoder's identity
+(``minivdit.conditioning.text.text_identity``: class, hashes of its config, weight headers and tokenizer,
+``max_length``, ``use_mask``, dtype) plus ``null``, the folder file holding the empty-prompt tokens
+(``text_null.npy`` ``[L, Dt]``, and ``text_null_mask.npy``), read with :meth:`ShardDataset.text_null`.
+A run refuses text cached by another encoder: :func:`text_cache_mismatch`.
+
+Adding members. :func:`extend_shards` adds members to every sample of a finished folder in place (each shard
+rewritten to ``.tmp`` and renamed; resumable, since a shard already holding the members is skipped):
+``tools/cache_text.py`` adds ``text.npy`` this way to shards of clips or latents.
 
 Writing. :class:`ShardWriter` writes ``shard-NNNNNN.tar.tmp`` and renames it when the shard is whole, so an
 interrupted run leaves no half shard; :func:`prepare_shards` makes a rerun skip the shards that exist and
@@ -63,7 +74,7 @@ import math
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -78,8 +89,9 @@ META, INDEX = "meta.json", "index.json"
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 MEMBERS = {"video": ("video.npy", "video.mp4"), "label": ("label.cls",), "caption": ("caption.txt",)}
 MEMBERS |= {"latents": ("latents.npy",), "feats": ("feats.npy",)}
+MEMBERS |= {"text": ("text.npy",), "text_mask": ("text_mask.npy",)}
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPTIONAL_FIELDS = ("video", "caption", "latents", "feats")
+OPTIONAL_FIELDS = ("video", "caption", "latents", "feats", "text", "text_mask")
 # DataConfig fields that change how clips are batched, not what they are: ignored when comparing settings.
 LOADER_FIELDS = ("batch_size", "num_workers", "drop_last", "shard_fields", "_type")
 
@@ -159,8 +171,8 @@ def decode_mp4(data: bytes, shape: Sequence[int], where: str = "mp4") -> np.ndar
 
 
 def encode_sample(sample: Mapping, fields: Mapping[str, dict]) -> dict[str, bytes]:
-    """A sample ``{"video"?, "label", "caption"?, "latents"?, "feats"?}`` -> ``{member: bytes}`` for the
-    fields of ``fields`` (meta.json's ``fields``), checking each shape."""
+    """A sample ``{"video"?, "label", "caption"?, "latents"?, "feats"?, "text"?, "text_mask"?}`` ->
+    ``{member: bytes}`` for the fields of ``fields`` (meta.json's ``fields``), checking each shape."""
     out = {}
     for name, spec in fields.items():
         if name == "label":
@@ -179,6 +191,8 @@ def encode_sample(sample: Mapping, fields: Mapping[str, dict]) -> dict[str, byte
         if name == "video":
             clip = to_uint8_clip(value)
             data = _npy_bytes(clip) if spec["member"] == "video.npy" else encode_mp4(clip, **_mp4_opts(spec))
+        elif spec["dtype"] == "bool":
+            data = _npy_bytes(torch.as_tensor(value).detach().cpu().bool().numpy())
         else:
             data = _tensor_npy(value, spec["dtype"])
         out[spec["member"]] = data
@@ -204,8 +218,8 @@ def _load_npy(data: bytes, spec: dict, where: str) -> np.ndarray:
 
 def decode_member(name: str, data: bytes, spec: dict, where: str):
     """One member's bytes -> its value as ``get`` returns it: video float32 ``[F, 3, H, W]`` in [-1, 1],
-    label int, caption str, latents float32 tensor, feats tensor in the stored dtype (``train_step``
-    upcasts)."""
+    label int, caption str, latents float32 tensor, feats and text tensors in the stored dtype (``train_step``
+    and ``batch_cond`` upcast), text_mask bool tensor."""
     if name == "label":
         try:
             return int(data.decode("ascii").strip())
@@ -382,6 +396,128 @@ def write_shard(root: str | Path, shard: int, meta: dict, samples: Iterable[tupl
         if writer.count != spec["count"]:
             raise ValueError(f"{spec['name']}: wrote {writer.count} samples, the plan says {spec['count']}")
     return writer.path
+
+
+def _has_members(path: Path, members: Sequence[str]) -> bool:
+    try:
+        index_shard(path, members)
+    except ValueError:
+        return False
+    return True
+
+
+def _extend_shard(
+    path: Path,
+    count: int,
+    stored: Mapping[str, dict],
+    new: Mapping[str, dict],
+    inputs: Sequence[str],
+    compute: Callable[[list[dict]], list[Mapping]],
+    batch_size: int,
+    drop_fields: Sequence[str] = (),
+) -> None:
+    """Rewrite one shard with the members of ``new`` added to (or replaced in) every sample and those of
+    ``drop_fields`` removed."""
+    drop = {spec["member"] for spec in new.values()} | {stored[f]["member"] for f in drop_fields}
+    want = {stored[f]["member"]: f for f in inputs}
+    with tarfile.open(path, mode="r:") as tar, ShardWriter(path) as writer:
+        pending: list[tuple[str, dict[str, bytes]]] = []
+
+        def flush() -> None:
+            samples = []
+            for key, members in pending:
+                sample = {"key": key}
+                for member, name in want.items():
+                    if member not in members:
+                        raise ValueError(f"{path.name}: sample {key!r} has no member {key}.{member}")
+                    where = f"{path}:{key}.{member}"
+                    sample[name] = decode_member(name, members[member], stored[name], where)
+                samples.append(sample)
+            values = list(compute(samples))
+            if len(values) != len(samples):
+                raise ValueError(
+                    f"extend_shards: compute gave {len(values)} results for {len(samples)} samples"
+                )
+            for (key, members), value in zip(pending, values, strict=True):
+                kept = {m: d for m, d in members.items() if m not in drop}
+                writer.write(key, kept | encode_sample(value, new))
+            pending.clear()
+
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, member = _split_member(info.name)
+            if not pending or pending[-1][0] != key:
+                if len(pending) == batch_size:
+                    flush()
+                pending.append((key, {}))
+            pending[-1][1][member] = tar.extractfile(info).read()
+        if pending:
+            flush()
+        if writer.count != count:
+            raise ValueError(f"{path}: holds {writer.count} samples, meta.json says {count}")
+
+
+def extend_shards(
+    root: str | Path,
+    fields: Mapping[str, dict],
+    compute: Callable[[list[dict]], list[Mapping]],
+    *,
+    inputs: Sequence[str],
+    meta_updates: Mapping | None = None,
+    redo: bool = False,
+    drop_fields: Sequence[str] = (),
+    batch_size: int = 64,
+    on_shard: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Add the fields ``fields`` (meta.json specs, e.g. ``{"text": {"member": "text.npy", "dtype":
+    "bfloat16", "shape": [L, D]}}``) to every sample of the shard folder ``root``, in place, and return the
+    new meta.json. ``compute(samples)`` gets up to ``batch_size`` samples as dicts holding ``"key"`` and the
+    decoded ``inputs`` fields (e.g. ``["caption"]``) and returns one dict per sample with a value for each
+    new field.
+
+    Each shard is rewritten to ``.tmp`` and renamed (``ShardWriter``), keeping its other members and order;
+    meta.json says ``complete: false`` until every shard is done, with ``meta_updates`` merged in. A rerun
+    skips the shards that already hold every new member, unless ``redo`` (then every shard is rewritten and
+    existing members of these fields are replaced). ``drop_fields`` (stored fields, not ``label``) are
+    removed from meta.json and, in the shards rewritten, from the samples (pass ``redo``). ``on_shard(shard,
+    seconds)`` is called after each."""
+    import time
+
+    root = Path(root)
+    meta = read_meta(root)
+    missing = [s["name"] for s in meta["shards"] if not (root / s["name"]).is_file()]
+    if missing:
+        raise ValueError(
+            f"{root}: {len(missing)} of {len(meta['shards'])} shards are missing (e.g. {missing[:3]}): "
+            f"finish making the shards first (rerun the tool that made them)"
+        )
+    stored = dict(meta["fields"])
+    absent = [f for f in inputs if f not in stored]
+    if absent:
+        raise ValueError(f"{root}: the shards store no {absent} (fields: {sorted(stored)})")
+    for name, spec in fields.items():
+        if name not in MEMBERS or spec.get("member") not in MEMBERS[name]:
+            raise ValueError(f"field {name!r} with member {spec.get('member')!r}: expected one of {MEMBERS}")
+    if "label" in drop_fields or any(f not in stored for f in drop_fields):
+        raise ValueError(f"extend_shards: cannot drop {list(drop_fields)} (stored: {sorted(stored)})")
+    kept = {k: v for k, v in stored.items() if k not in drop_fields}
+    new_meta = {**meta, **(meta_updates or {}), "fields": {**kept, **fields}, "complete": False}
+    for p in root.glob("shard-*.tar.tmp"):
+        p.unlink()
+    _atomic_write_json(root / META, new_meta)
+    members = [spec["member"] for spec in fields.values()]
+    for i, spec in enumerate(meta["shards"]):
+        path = root / spec["name"]
+        if not redo and _has_members(path, members):
+            continue
+        t0 = time.perf_counter()
+        _extend_shard(path, spec["count"], stored, fields, inputs, compute, batch_size, drop_fields)
+        if on_shard is not None:
+            on_shard(i, time.perf_counter() - t0)
+    finish_shards(root, new_meta)
+    new_meta["complete"] = True
+    return new_meta
 
 
 def read_meta(root: str | Path) -> dict:
@@ -631,8 +767,9 @@ def load_index(
 class ShardDataset:
     """Map-style dataset over a shard folder (module docstring): ``get(index, rng)`` reads sample ``index``
     (shards in name order, samples in tar order) by seeking to its members; ``rng`` is unused (shards hold
-    final clips). Returns ``{"video"?, "label", "caption"?, "latents"?, "feats"?, "key"}`` for the stored
-    fields, or only those of ``fields`` (label is always read)."""
+    final clips). Returns ``{"video"?, "label", "caption"?, "latents"?, "feats"?, "text"?, "text_mask"?,
+    "key"}`` for the stored fields, or only those of ``fields`` (label is always read; ``text`` brings
+    ``text_mask`` along)."""
 
     def __init__(
         self, root: str | Path, *, fields: Sequence[str] | None = None, allow_incomplete: bool = False
@@ -647,6 +784,8 @@ class ShardDataset:
             )
         stored = self.meta["fields"]
         wanted = [f for f in OPTIONAL_FIELDS if f in stored] if not fields else list(fields)
+        if "text" in wanted and "text_mask" in stored and "text_mask" not in wanted:
+            wanted.append("text_mask")  # tokens without their mask would be attended as if all were real
         bad = [f for f in wanted if f not in stored and f != "label"]
         if bad:
             raise ValueError(
@@ -680,7 +819,8 @@ class ShardDataset:
     @classmethod
     def from_config(cls, cfg) -> ShardDataset:
         """The ``"shards"`` dataset of a ``DataConfig``: ``cfg.root`` is the folder; the clips' frames and
-        size must be ``cfg.num_frames`` and ``cfg.image_size`` (the model is built from them)."""
+        size must be ``cfg.num_frames`` and ``cfg.image_size`` (the model is built from them; ``S`` and
+        ``S S`` are the same size)."""
         if not cfg.root:
             raise ValueError(
                 "--data.dataset shards needs --data.root: a folder made by tools/make_shards.py or "
@@ -690,13 +830,24 @@ class ShardDataset:
         src = ds.meta.get("source") or {}
         frames, size = src.get("num_frames"), src.get("image_size")
         if "video" in ds.meta["fields"]:
-            frames, _, size, _ = ds.meta["fields"]["video"]["shape"]
-        if (frames, size) != (cfg.num_frames, cfg.image_size):
+            frames, _, h, w = ds.meta["fields"]["video"]["shape"]
+            size = h if h == w else [h, w]
+        have = (frames, None if size is None else _hw(size))
+        if have != (cfg.num_frames, _hw(cfg.image_size)):
+            flag = " ".join(map(str, size)) if isinstance(size, list | tuple) else size
+            px = "x".join(map(str, size)) if isinstance(size, list | tuple) else size
+            want = " ".join(map(str, cfg.image_size)) if isinstance(cfg.image_size, tuple) else cfg.image_size
             raise ValueError(
-                f"{cfg.root}: the shards hold {frames}-frame clips at {size}px, but --data.num-frames "
-                f"{cfg.num_frames} --data.image-size {cfg.image_size}: set them to {frames} and {size}"
+                f"{cfg.root}: the shards hold {frames}-frame clips at {px}px, but --data.num-frames "
+                f"{cfg.num_frames} --data.image-size {want}: set them to {frames} and {flag}"
             )
         return ds
+
+    def text_null(self) -> tuple[Tensor, Tensor | None]:
+        """The cached empty-prompt tokens ``[L, Dt]`` (stored dtype) and their mask ``[L]`` bool (None when
+        the encoder runs without one): the null context of caption dropout and CFG
+        (``Cond.drop(keep, context=..., context_mask=...)``). ValueError when the shards hold no text."""
+        return read_text_null(self.root, self.meta)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -731,15 +882,113 @@ class ShardDataset:
         return sample
 
 
+def _hw(size) -> tuple[int, int]:
+    from minivdit.data import frame_size
+
+    return frame_size(size)
+
+
+TEXT_NULL, TEXT_NULL_MASK = "text_null.npy", "text_null_mask.npy"
+TEXT_IDENTITY_KEYS = (
+    "class",
+    "config_sha256",
+    "weights_sha256",
+    "tokenizer_sha256",
+    "max_length",
+    "use_mask",
+)
+"""The keys of a text encoder's identity that decide its tokens (the folder names and dtype are recorded in
+meta.json but not compared: folders move between machines, and the cache has its own dtype)."""
+
+
+def _short_identity(identity: Mapping | None) -> str:
+    if not identity:
+        return "none"
+    parts = [f"{identity.get('class')}({identity.get('name') or '?'})"]
+    for k in TEXT_IDENTITY_KEYS[1:]:
+        v = identity.get(k)
+        parts.append(f"{k}={v[:12] if isinstance(v, str) and k.endswith('sha256') else v}")
+    return " ".join(parts)
+
+
+def text_cache_mismatch(meta: Mapping, identity: Mapping | None) -> str | None:
+    """Why the text tokens cached in the shards of ``meta`` do not fit a run whose text encoder has
+    ``identity`` (``minivdit.conditioning.text.text_identity(cfg)`` or ``T5TextEncoder.identity()``), naming
+    both identities; None when they fit, when the shards hold no text, or when ``identity`` is None (the run
+    has no text encoder). Compared: ``TEXT_IDENTITY_KEYS``."""
+    if identity is None or "text" not in meta.get("fields", {}):
+        return None
+    have = meta.get("text_encoder") or {}
+    diff = [k for k in TEXT_IDENTITY_KEYS if have.get(k) != identity.get(k)]
+    if not diff:
+        return None
+    return (
+        f"text tokens were cached by another text encoder (differing: {', '.join(diff)}): cached by "
+        f"[{_short_identity(have)}], the run has [{_short_identity(identity)}]; re-run tools/cache_text.py "
+        f"--overwrite with the run's encoder, or point the run at the encoder that made the cache"
+    )
+
+
+def read_text_null(root: str | Path, meta: Mapping | None = None) -> tuple[Tensor, Tensor | None]:
+    """The empty-prompt tokens ``[L, Dt]`` (stored dtype) and mask ``[L]`` (or None) that
+    ``tools/cache_text.py`` stored next to the shards of ``root`` (``ShardDataset.text_null``)."""
+    root = Path(root)
+    meta = read_meta(root) if meta is None else meta
+    info = (meta.get("text_encoder") or {}).get("null")
+    if "text" not in meta.get("fields", {}) or not info:
+        raise ValueError(f"{root}: the shards hold no cached text (run tools/cache_text.py on them first)")
+    spec = meta["fields"]["text"]
+    where = str(root / info["file"])
+    try:
+        data = (root / info["file"]).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read the cached empty-prompt tokens ({e})") from e
+    context = decode_member("text", data, spec, where)
+    mask = None
+    if info.get("mask_file"):
+        data = (root / info["mask_file"]).read_bytes()
+        mask = decode_member("text_mask", data, meta["fields"]["text_mask"], str(root / info["mask_file"]))
+    return context, mask
+
+
+def write_text_null(
+    root: str | Path, context: Tensor, mask: Tensor | None, fields: Mapping[str, dict]
+) -> dict:
+    """Store the empty-prompt tokens ``context [L, Dt]`` (and ``mask [L]``) next to the shards of ``root`` as
+    ``TEXT_NULL`` (``TEXT_NULL_MASK``) in the dtype of ``fields["text"]``, atomically; returns the ``null``
+    entry of meta.json's ``text_encoder`` (read back by :func:`read_text_null`)."""
+    root = Path(root)
+    values = {"text": context} | ({} if mask is None else {"text_mask": mask})
+    specs = {k: fields[k] for k in values}
+    encoded = encode_sample(values, specs)
+    names = {"text": TEXT_NULL, "text_mask": TEXT_NULL_MASK}
+    for k, spec in specs.items():
+        path = root / names[k]
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_bytes(encoded[spec["member"]])
+        os.replace(tmp, path)
+    return {"file": TEXT_NULL, "mask_file": TEXT_NULL_MASK if mask is not None else None}
+
+
 def cache_mismatches(
-    meta: dict, *, vae: dict | None = None, teacher: dict | None = None, grid: Sequence[int] | None = None
+    meta: dict,
+    *,
+    vae: dict | None = None,
+    teacher: dict | None = None,
+    grid: Sequence[int] | None = None,
+    text: Mapping | None = None,
 ) -> list[str]:
     """Why the caches of ``meta`` do not fit a run, as readable lines (empty: they fit). ``vae`` and
     ``teacher`` are the run's ``VAEConfig`` / ``TeacherConfig`` as ``minivdit.config.to_dict`` gives them,
-    ``grid`` the DiT token grid. Compared: the VAE kind and weights folder name (folders move between
-    machines: only the last path component), each teacher encoder's folder name, ``sam2_stage``, ``layer``,
-    ``drop_first_frame`` and the grid."""
+    ``grid`` the DiT token grid, ``text`` the identity of the run's text encoder
+    (``minivdit.conditioning.text.text_identity``). Compared: the VAE kind and weights folder name (folders
+    move between machines: only the last path component), each teacher encoder's folder name,
+    ``sam2_stage``, ``layer``, ``drop_first_frame``, the grid, and the text encoder
+    (:func:`text_cache_mismatch`)."""
     out = []
+    text_problem = text_cache_mismatch(meta, text)
+    if text_problem:
+        out.append(text_problem)
     fields = meta.get("fields", {})
     if vae is not None and "latents" in fields:
         have = meta.get("vae") or {}
@@ -853,6 +1102,10 @@ __all__ = [
     "PlannedSamples",
     "ShardWriter",
     "cache_mismatches",
+    "extend_shards",
+    "read_text_null",
+    "text_cache_mismatch",
+    "write_text_null",
     "decode_member",
     "encode_sample",
     "finish_shards",

@@ -3,7 +3,7 @@
 A *source* is a video file (any container PyAV opens) or a frame folder (``FrameFolder``: image files sorted
 by the last number in their names). ``sample_clip(source, spec, rng)`` draws a random temporal window of
 ``spec.span = (F - 1) · frame_interval + 1`` frames from ``rng``, reads only the ``F`` frames it needs and
-returns ``[F, 3, S, S]`` float32 in ``[-1, 1]``.
+returns ``[F, 3, H, W]`` float32 in ``[-1, 1]`` (``spec.image_size``: a square side or ``(H, W)``).
 
 Decoding only what is needed (Latte decodes the whole file for every sample):
 
@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+from minivdit.data import frame_size
 
 logger = logging.getLogger("minivdit")
 
@@ -384,14 +386,16 @@ class ClipSpec:
 
     num_frames: int = 16
     frame_interval: int = 3
-    image_size: int = 256
+    image_size: int | tuple[int, int] = 256
+    """Side of square frames, or ``(H, W)``."""
     resize: Resize = "short_side_crop"
     flip: bool = True
 
     def __post_init__(self):
-        for name in ("num_frames", "frame_interval", "image_size"):
+        for name in ("num_frames", "frame_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClipSpec.{name} must be >= 1, got {getattr(self, name)}")
+        frame_size(self.image_size)
         if self.resize not in ("short_side_crop", "crop_resize"):
             raise ValueError(
                 f"ClipSpec.resize must be 'short_side_crop' or 'crop_resize', got {self.resize!r}"
@@ -415,7 +419,7 @@ def clip_indices(total: int, spec: ClipSpec, rng: np.random.Generator) -> np.nda
 
 
 def sample_clip(source: Source, spec: ClipSpec, rng: np.random.Generator) -> Tensor:
-    """A random clip of ``source`` as float32 ``[F, 3, S, S]`` in ``[-1, 1]`` (window, then flip, from
+    """A random clip of ``source`` as float32 ``[F, 3, H, W]`` in ``[-1, 1]`` (window, then flip, from
     ``rng``). ``BadVideo`` if the source is unreadable or shorter than ``spec.span`` frames."""
     total = num_frames(source)
     if total < spec.span:
@@ -432,35 +436,46 @@ def sample_clip(source: Source, spec: ClipSpec, rng: np.random.Generator) -> Ten
     return to_clip(frames, spec.image_size, spec.resize, bool(spec.flip and rng.random() < 0.5))
 
 
-def to_clip(frames: np.ndarray, size: int, resize: Resize = "short_side_crop", flip: bool = False) -> Tensor:
-    """uint8 ``[F, H, W, 3]`` → float32 ``[F, 3, size, size]`` in ``[-1, 1]``.
+def to_clip(
+    frames: np.ndarray,
+    size: int | Sequence[int],
+    resize: Resize = "short_side_crop",
+    flip: bool = False,
+) -> Tensor:
+    """uint8 ``[F, H, W, 3]`` → float32 ``[F, 3, h, w]`` in ``[-1, 1]``, ``(h, w) = frame_size(size)`` (an int
+    is a square).
 
-    ``short_side_crop`` (UCF-101/FFS in Latte): bilinear resize of the short side to ``size``, then a centre
-    crop. ``crop_resize`` (SkyTimelapse): a square centre crop on the short side, then a bilinear resize.
-    Antialiased when shrinking.
+    ``short_side_crop`` (UCF-101/FFS in Latte): a bilinear resize by the smallest factor that makes the frame
+    cover ``h × w`` (for a square: the short side to ``size``), then a centre crop. ``crop_resize``
+    (SkyTimelapse): the largest centre crop of the target's aspect ratio (for a square: the short side's
+    square), then a bilinear resize. Antialiased when shrinking.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"to_clip: frames must be [F, H, W, 3], got {frames.shape}")
+    th, tw = frame_size(size)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [F, 3, H, W]
     H, W = x.shape[-2:]
     if resize == "crop_resize":
-        side = min(H, W)
-        top, left = (H - side) // 2, (W - side) // 2
-        x = x[:, :, top : top + side, left : left + side]
-        if side != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if W * th > H * tw:  # wider than the target: keep the height
+            ch, cw = H, max(1, min(W, round(H * tw / th)))
+        else:
+            ch, cw = max(1, min(H, round(W * th / tw))), W
+        top, left = (H - ch) // 2, (W - cw) // 2
+        x = x[:, :, top : top + ch, left : left + cw]  # [F, 3, ch, cw]
+        if (ch, cw) != (th, tw):
+            x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
     elif resize == "short_side_crop":
-        scale = size / min(H, W)
-        h, w = max(size, round(H * scale)), max(size, round(W * scale))
+        scale = max(th / H, tw / W)
+        h, w = max(th, round(H * scale)), max(tw, round(W * scale))
         if (h, w) != (H, W):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
-        top, left = (h - size) // 2, (w - size) // 2
-        x = x[:, :, top : top + size, left : left + size]
+        top, left = (h - th) // 2, (w - tw) // 2
+        x = x[:, :, top : top + th, left : left + tw]
     else:
         raise ValueError(f"to_clip: unknown resize {resize!r}")
     if flip:
         x = x.flip(-1)
-    return x.div(127.5).sub_(1.0).clamp_(-1.0, 1.0).contiguous()  # [F, 3, size, size]
+    return x.div(127.5).sub_(1.0).clamp_(-1.0, 1.0).contiguous()  # [F, 3, h, w]
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -577,16 +592,14 @@ class ClipDataset:
         )
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
-    """Rows of a CSV with a header (``path`` required; ``label`` and ``caption`` optional)."""
-    with open(path, newline="", encoding="utf-8") as f:
+def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The header (column names, stripped) and the rows (``{column: stripped value}``) of a CSV file. A
+    UTF-8 byte-order mark is dropped."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols or not ({"label", "caption"} & set(cols)):
-            raise ValueError(
-                f"{path}: a labels CSV needs a header with 'path' and 'label' and/or 'caption', got {cols}"
-            )
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    return cols, rows
 
 
 def find_dir(candidates: Sequence[str]) -> str | None:

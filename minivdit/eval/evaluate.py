@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minivdit.data import frame_size
 from minivdit.eval import protocols
 from minivdit.eval.detector import resize_short_centre_crop, sha256_file
 from minivdit.eval.frechet import FeatureStats, fd_from_stats, inception_score
@@ -595,7 +596,7 @@ def evaluate_model(
     model_cfg = model.cfg
     pixel_frames = run_cfg["data"]["num_frames"]
     num_frames = protocol.num_frames or pixel_frames
-    resolution = protocol.resolution or run_cfg["data"]["image_size"]
+    resolution = protocol.resolution or min(frame_size(run_cfg["data"]["image_size"]))  # short side
     detectors = load_detectors(cfg, metrics, device)
     check_frames(detectors, num_frames)
     rank, world = _rank_world()

@@ -76,9 +76,7 @@ class Cond:
         return tuple(f for f in FIELDS if getattr(self, f) is not None)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Cond:
-        return Cond(
-            **{f.name: _to(getattr(self, f.name), device, non_blocking) for f in fields(self)}
-        )
+        return Cond(**{f.name: _to(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
     @staticmethod
     def cat(conds: list[Cond]) -> Cond:
