@@ -3,10 +3,13 @@
 - ``init()`` works under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) and as a plain ``python``
   process (a world of one, no process group). NCCL on CUDA, gloo on CPU.
 - ``parallelize(model, cfg, ctx)`` applies, in torchtitan's order: activation checkpointing →
-  ``torch.compile``
-  per block → FSDP2 (``fully_shard`` per block, then the root) or DDP. Call it on a model built on the
-  ``meta``
-  device, then ``to_empty`` + ``init_weights`` (or load weights): one code path for one GPU and many nodes.
+  ``torch.compile`` per block → FSDP2 (``fully_shard`` per block, then the root) or DDP. Call it on a model
+  built on the ``meta`` device, then ``materialize`` (``to_empty`` + ``init_weights``) or
+  ``materialize(init=False)`` + ``load_pretrained``: one code path for one GPU and many nodes, for every
+  backbone whose repeated blocks are an ``nn.ModuleList`` named in ``BLOCK_LISTS`` (``block_list``).
+- ``load_pretrained(model, folder)`` fills a materialised (sharded or not) model from a diffusers folder, one
+  tensor at a time: no rank ever holds the full model; ``init_lora(model, seed)`` then initialises LoRA
+  layers identically for every strategy and world size.
 - Precision: ``"bf16"`` means FSDP2 ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` on CUDA, and
   bf16 autocast otherwise (``autocast()``); master weights and optimizer state stay fp32 either way.
 """
@@ -18,6 +21,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -114,17 +118,41 @@ def resolve_strategy(cfg: ParallelConfig, ctx: DistContext) -> str:
     return "fsdp" if ctx.device.type == "cuda" else "ddp"
 
 
+BLOCK_LISTS = ("blocks", "transformer_blocks")
+"""The contract between a backbone and ``parallelize``: its repeated blocks are an ``nn.ModuleList`` attribute
+with one of these names (``VDiT.blocks``; ``CogVideoXTransformer.transformer_blocks``, diffusers' name), and
+it runs them through ``torch.utils.checkpoint`` when its ``grad_checkpointing`` attribute is True."""
+
+
+def block_list(model: nn.Module) -> nn.ModuleList:
+    """The model's repeated blocks (``BLOCK_LISTS``): the units of FSDP2 sharding, compile and checkpointing.
+    ``ValueError`` naming the model class when it has none."""
+    inner = unwrap(model)
+    for name in BLOCK_LISTS:
+        blocks = getattr(inner, name, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise ValueError(
+        f"{type(inner).__name__} has no block list: parallelize needs its blocks as an nn.ModuleList "
+        f"attribute named one of {BLOCK_LISTS}"
+    )
+
+
 def parallelize(
     model: nn.Module, cfg: ParallelConfig, ctx: DistContext, precision: Precision, *, trainable: bool = True
 ) -> nn.Module:
-    """AC → compile → FSDP2 / DDP on a (meta-built) model with a ``blocks`` ModuleList. ``trainable=False``
-    (the
-    EMA copy) skips AC and compile and never uses DDP (it has no gradients to reduce)."""
+    """AC → compile → FSDP2 / DDP on a (meta-built) model whose blocks ``block_list`` finds (VDiT, CogVideoX,
+    with or without LoRA). ``trainable=False`` (the EMA copy) skips AC and compile and never uses DDP (it has
+    no gradients to reduce). Frozen parameters (LoRA's base) are fine: FSDP2 shards them with the trainable
+    ones of their block and reduces only gradients that exist; DDP (``find_unused_parameters=False``) ignores
+    parameters with ``requires_grad=False``, so freeze *before* ``materialize`` builds it."""
     strategy = resolve_strategy(cfg, ctx)
     if trainable and cfg.activation_checkpointing:
+        if not hasattr(model, "grad_checkpointing"):
+            raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")
         model.grad_checkpointing = True  # per-block torch.utils.checkpoint inside the block loop
     if trainable and cfg.compile:
-        for block in model.blocks:
+        for block in block_list(model):
             block.compile()  # in place: parameter names are unchanged
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -133,7 +161,7 @@ def parallelize(
         if precision == "bf16" and ctx.device.type == "cuda":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kw = {"mp_policy": mp} if mp is not None else {}
-        for block in model.blocks:
+        for block in block_list(model):
             fully_shard(block, **kw)
         fully_shard(model, **kw)
     elif strategy == "ddp" and trainable:
@@ -181,6 +209,120 @@ def materialize(model: nn.Module, device: torch.device, *, init: bool = True) ->
         unwrap(model).init_weights()
     if isinstance(model, _LazyDDP):
         model.materialize()
+
+
+@torch.no_grad()
+def load_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """Fill a materialised model (``materialize(model, device, init=False)``; sharded by FSDP2, wrapped in
+    DDP or plain) from a diffusers transformer folder (``folder`` or ``folder/transformer``, located by
+    ``minivdit.models.cogvideox``): the single safetensors file or the shards of its index. Returns the
+    transformer folder.
+
+    Every rank reads the files itself, one tensor at a time in the file's dtype, casts it to the model
+    tensor's dtype and keeps only its own FSDP2 shard (``distribute_tensor`` with ``src_data_rank=None``:
+    local slicing, no communication): beyond its shards a rank holds one full tensor at a time (the file's
+    copy and its cast), never the whole model.
+    Before anything is written the file headers are checked: every parameter and persistent buffer must be
+    in exactly one file with its shape, and nothing else (``ValueError`` naming the folder, listing missing,
+    unexpected, duplicated and mis-shaped keys). LoRA layers (``apply_lora``) are mapped: the file's
+    ``X.weight`` loads into ``X.base.weight``; ``lora_A`` / ``lora_B`` are not in the files and are left for
+    ``init_lora``. Non-persistent buffers (sin-cos tables) are rebuilt (``reset_buffers``). The
+    config is the caller's (build the model from the folder's config.json); mismatches of shape-free
+    diffusers config fields are logged as warnings."""
+    from safetensors import safe_open
+
+    from minivdit.models.cogvideox import CogVideoXConfig, pretrained_folder, weight_files
+    from minivdit.models.lora import lora_modules
+
+    inner = unwrap(model)
+    folder = pretrained_folder(folder)
+    files = weight_files(folder)
+    if isinstance(cfg := getattr(inner, "cfg", None), CogVideoXConfig):
+        theirs, ours = CogVideoXConfig.from_json(folder / "config.json").to_dict(), cfg.to_dict()
+        if differ := {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}:
+            log.warning("%s: config.json differs from the model's config (file, model): %s", folder, differ)
+
+    tensors = dict(inner.named_parameters()) | dict(inner.named_buffers())
+    targets = {k: tensors[k] for k in inner.state_dict()}  # parameters and persistent buffers
+    if meta := [k for k, t in targets.items() if t.is_meta]:
+        raise ValueError(f"load_pretrained: {meta[0]!r} is on meta; call materialize(..., init=False) first")
+    rename = {}  # file key -> model key, for the base Linears LoRA wrapped
+    for name in lora_modules(inner):
+        targets.pop(f"{name}.lora_A.weight")
+        targets.pop(f"{name}.lora_B.weight")
+        rename |= {f"{name}.{leaf}": f"{name}.base.{leaf}" for leaf in ("weight", "bias")}
+
+    where: dict[str, list[Path]] = {}  # model key -> files holding it
+    shapes, unexpected = {}, []
+    for file in files:  # headers only
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118
+                ours = rename.get(key, key)
+                if ours not in targets:
+                    unexpected.append(key)
+                    continue
+                where.setdefault(ours, []).append(file)
+                shapes[ours] = tuple(f.get_slice(key).get_shape())
+    problems = []
+    if missing := sorted(targets.keys() - where.keys()):
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {sorted(unexpected)}")
+    if twice := {k: [p.name for p in ps] for k, ps in where.items() if len(ps) > 1}:
+        problems.append(f"keys in more than one file {twice}")
+    problems += [
+        f"{k}: {s} in file vs {tuple(targets[k].shape)} in model"
+        for k, s in shapes.items()
+        if s != tuple(targets[k].shape)
+    ]
+    if problems:
+        raise ValueError(f"{folder}: weights do not fit {type(inner).__name__}: " + "; ".join(problems))
+
+    back = {v: k for k, v in rename.items()}
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for ours in [k for k, ps in where.items() if ps[0] == file]:
+                _copy_full(targets[ours], f.get_tensor(back.get(ours, ours)))
+    if hasattr(inner, "reset_buffers"):
+        inner.reset_buffers()  # non-persistent tables: garbage after to_empty, not in the files
+    return folder
+
+
+@torch.no_grad()
+def init_lora(model: nn.Module, seed: int) -> int:
+    """``LoRALinear.init_weights`` (A kaiming-uniform, B = 0) for every LoRA layer of a materialised model,
+    the same for every strategy, world size and device: exactly the values of ``torch.manual_seed(seed);
+    init_lora_weights(model)`` on the CPU in one process. Each layer's A and B are drawn whole on the CPU
+    (from a forked RNG: the global state is left as it was) and each rank keeps its shard. Use it instead of
+    ``init_lora_weights`` on an FSDP2 model: initialising DTensors in place draws from each rank's own RNG,
+    and on CPU, where DTensor has no RNG tracker, every rank then draws the same values for its own rows
+    (A's rank r shrinks to r / world). Returns the number of layers; base weights are untouched."""
+    from minivdit.models.lora import LoRALinear, lora_modules
+
+    layers = lora_modules(unwrap(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in layers.values():  # module order, as init_lora_weights
+            A, B = m.lora_A.weight, m.lora_B.weight
+            shape = nn.Linear(A.shape[1], B.shape[0], bias=False, device="meta")
+            whole = LoRALinear(shape, m.rank, m.alpha, dtype=A.dtype)  # on meta: not initialised yet
+            whole.lora_A.to_empty(device="cpu")
+            whole.lora_B.to_empty(device="cpu")
+            whole.init_weights()
+            _copy_full(A, whole.lora_A.weight)
+            _copy_full(B, whole.lora_B.weight)
+    return len(layers)
+
+
+def _copy_full(dst: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the whole tensor ``full`` (the same on every rank) into a parameter or buffer, cast to its dtype;
+    into an FSDP2 DTensor only this rank's shard, sliced locally (no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    full = full.to(dtype=dst.dtype)
+    if isinstance(dst, DTensor):
+        full = distribute_tensor(full, dst.device_mesh, dst.placements, src_data_rank=None)
+    dst.copy_(full)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

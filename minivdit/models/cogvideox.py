@@ -63,12 +63,12 @@ from minivdit.models.dit import DiTOutput
 CLASS_NAME = "CogVideoXTransformer3DModel"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-_OURS = ("attn_backend", "ofs", "rope_grid")  # our fields; every other field is a diffusers config.json key
+_OURS = ("attn_backend", "ofs", "rope_grid", "input_size", "num_frames")  # not diffusers config.json keys
 
 
 @dataclass(frozen=True, kw_only=True)
 class CogVideoXConfig:
-    """A ``CogVideoXTransformer3DModel`` config.json (same keys, same defaults: the 2B) + 3 fields of ours."""
+    """A ``CogVideoXTransformer3DModel`` config.json (same keys, same defaults: the 2B) + 5 fields of ours."""
 
     num_attention_heads: int = 30
     """Attention heads (2B: 30; 5B: 48)."""
@@ -132,6 +132,11 @@ class CogVideoXConfig:
     """Ours: the ofs value fed to the ofs embedding (1.5-I2V); the diffusers I2V pipeline uses 2.0."""
     rope_grid: Literal["auto", "linspace", "slice"] = "auto"
     """Ours: RoPE position grid; auto = ``linspace`` (with crop region) for 1.0, ``slice`` for 1.5."""
+    input_size: tuple[int, int] | None = None
+    """Ours: latent (H, W) a run trains and samples at (the trainer checks it against the VAE's latents);
+    None = the trained ``sample_height`` × ``sample_width``. The model itself accepts any size RoPE allows."""
+    num_frames: int | None = None
+    """Ours: latent frames F a run trains and samples at; None = the trained ``(sample_frames − 1)/4 + 1``."""
 
     def __post_init__(self) -> None:
         names = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers")
@@ -161,6 +166,35 @@ class CogVideoXConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
+
+    # What the trainer reads of any backbone config (the same names as ``DiTConfig``).
+    num_classes = 0  # CogVideoX is text-conditioned; a class label is refused
+    learn_sigma = False
+    block_type = "full3d"  # joint attention over [text; video]
+
+    @property
+    def depth(self) -> int:
+        return self.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.inner_dim
+
+    @property
+    def frames(self) -> int:
+        """Latent frames the run uses (``num_frames`` or the trained count)."""
+        return self.num_frames or self.trained_size[0]
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """Latent (H, W) the run uses (``input_size`` or the trained size)."""
+        return tuple(self.input_size) if self.input_size else (self.sample_height, self.sample_width)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (h, w) per frame at ``latent_size``."""
+        H, W = self.latent_size
+        return H // self.patch_size, W // self.patch_size
 
     @property
     def is_i2v(self) -> bool:
@@ -434,6 +468,32 @@ class AdaNormOut(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 
+# --------------------------------------------------------------------------- diffusers folders
+def pretrained_folder(folder: str | Path) -> Path:
+    """The diffusers transformer folder: ``folder`` itself, or ``folder/transformer`` in a pipeline folder,
+    whichever holds config.json (``ValueError`` naming the folder otherwise)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
+        folder = folder / "transformer"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder}: no config.json (expected a diffusers {CLASS_NAME} folder)")
+    return folder
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a transformer folder (``pretrained_folder``): the single file, or the shards
+    its ``.index.json`` lists, sorted; ``ValueError`` naming the folder when none or some are missing."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    if not (folder / INDEX_NAME).is_file():
+        raise ValueError(f"{folder}: no weights ({WEIGHTS_NAME} or {INDEX_NAME})")
+    weight_map = json.loads((folder / INDEX_NAME).read_text())["weight_map"]  # key -> shard file
+    shards = sorted({folder / name for name in weight_map.values()})
+    if absent := [s.name for s in shards if not s.is_file()]:
+        raise ValueError(f"{folder}: shards listed in {INDEX_NAME} are missing: {absent}")
+    return shards
+
+
 # --------------------------------------------------------------------------- the model
 class CogVideoXTransformer(nn.Module):
     """``forward(x_t [B,F,C,H,W], t_model [B], cond: Cond(context, image_latents?), *, tap) -> DiTOutput``."""
@@ -565,21 +625,9 @@ class CogVideoXTransformer(nn.Module):
         match exactly (``ValueError`` listing the differences); tensors are read one shard at a time, cast to
         ``dtype`` on ``device`` and assigned into a meta-built model (no second copy). ``kw`` set config
         fields (``attn_backend=...``). Returned in eval mode, as diffusers does."""
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
-            folder = folder / "transformer"
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"{folder}: no config.json (expected a diffusers {CLASS_NAME} folder)")
+        folder = pretrained_folder(folder)
         cfg = CogVideoXConfig.from_json(folder / "config.json", **kw)
-        if (folder / WEIGHTS_NAME).is_file():
-            shards = [folder / WEIGHTS_NAME]
-        elif (folder / INDEX_NAME).is_file():
-            weight_map = json.loads((folder / INDEX_NAME).read_text())["weight_map"]  # key -> shard file
-            shards = sorted({folder / name for name in weight_map.values()})
-        else:
-            raise ValueError(f"{folder}: no weights ({WEIGHTS_NAME} or {INDEX_NAME})")
-        if absent := [s.name for s in shards if not s.is_file()]:
-            raise ValueError(f"{folder}: shards listed in {INDEX_NAME} are missing: {absent}")
+        shards = weight_files(folder)
         with torch.device("meta"):  # no init: every persistent tensor is assigned below
             model = cls(cfg)
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -629,4 +677,4 @@ def preset(name: str) -> CogVideoXConfig:
 
 
 __all__ = ["CogVideoXConfig", "CogVideoXTransformer", "PRESETS", "preset", "rope_cos_sin", "sincos_3d_table"]
-__all__ += ["num_tokens", "flops_per_sample"]
+__all__ += ["num_tokens", "flops_per_sample", "pretrained_folder", "weight_files"]
