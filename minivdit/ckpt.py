@@ -67,6 +67,30 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def trainable_keys(model: nn.Module) -> set[str] | None:
+    """The names of the trained parameters when some are frozen (LoRA: the adapters), else None (all)."""
+    named = list(model.named_parameters())
+    if all(p.requires_grad for _, p in named):
+        return None
+    return {n for n, p in named if p.requires_grad}
+
+
+def selected_state_dict(model: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The parameters named ``keys``, unsharded on the CPU (collective under FSDP: every rank gathers the
+    same parameters in the same order); nothing else is gathered, so a LoRA checkpoint never touches the base
+    weights."""
+    out = {}
+    for name, p in model.named_parameters():
+        if name in keys:
+            t = p.full_tensor() if dist.is_sharded(p) else p
+            out[name] = t.detach().to("cpu", copy=True)
+    return out
+
+
+def _weights(model: nn.Module, keys: set[str] | None) -> dict[str, torch.Tensor]:
+    return full_state_dict(model) if keys is None else selected_state_dict(model, keys)
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
@@ -109,8 +133,9 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    model_sd = full_state_dict(model)
-    ema_sd = full_state_dict(ema) if ema is not None else None
+    keys = trainable_keys(model)  # LoRA: only the adapters are written; the base comes from --pretrained
+    model_sd = _weights(model, keys)
+    ema_sd = _weights(ema, keys) if ema is not None else None
     extra_sd = extra.state_dict() if extra is not None else None
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / "optim"))
     torch.save({"rng": rng_state(), **rank_state}, tmp / f"rank{ctx.rank}.pt")
@@ -125,7 +150,9 @@ def save(
             )
         if extra_optimizer is not None:
             torch.save(extra_optimizer.state_dict(), tmp / "extra_optim.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "world": ctx.world, **meta}, indent=2))
+        weights = "all" if keys is None else "trainable"
+        info = {"step": step, "world": ctx.world, "weights": weights, **meta}
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
     dist.barrier()
     if ctx.is_main:
         if final.exists():  # a re-run of the same step: replace only once the new copy is complete
@@ -139,10 +166,18 @@ def save(
     return final
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a full safetensors state dict into a plain or FSDP-sharded model (strict)."""
+def load_weights(model: nn.Module, path: Path, keys: set[str] | None = None) -> None:
+    """Load a full safetensors state dict into a plain or FSDP-sharded model: every weight (strict), or with
+    ``keys`` exactly those (a LoRA checkpoint; the frozen base is already in place)."""
     state = load_file(str(path))
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    if keys is not None and set(state) != keys:
+        missing, unexpected = sorted(keys - set(state)), sorted(set(state) - keys)
+        raise ValueError(
+            f"{path}: the checkpoint's trained weights do not match the model's (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}): was it written with the same --lora settings?"
+        )
+    options = StateDictOptions(full_state_dict=True, strict=keys is None)
+    set_model_state_dict(model, state, options=options)
 
 
 def load(
@@ -161,9 +196,15 @@ def load(
             f"{path} is not a minivdit checkpoint (no meta.json); expected .../checkpoints/step_NNNNNNN"
         )
     meta = json.loads((path / "meta.json").read_text())
-    load_weights(model, path / "model.safetensors")
+    keys = trainable_keys(model)
+    if (meta.get("weights", "all") == "trainable") != (keys is not None):
+        raise ValueError(
+            f"{path} holds {meta.get('weights', 'all')} weights but this run trains "
+            f"{'only some (LoRA)' if keys is not None else 'all of them'}: resume with the same --lora"
+        )
+    load_weights(model, path / "model.safetensors", keys)
     if ema is not None:
-        load_weights(ema, path / "ema.safetensors")
+        load_weights(ema, path / "ema.safetensors", keys)
     if extra is not None:
         if not (path / "extra.safetensors").exists():
             raise ValueError(

@@ -36,13 +36,17 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from minivdit import ckpt, dist
 from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
 from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
-from minivdit.conditioning import batch_cond
+from minivdit.conditioning import Conditioner, batch_cond
+from minivdit.conditioning.i2v import I2VConfig
+from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, text_identity
 from minivdit.config import to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
+from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer
 from minivdit.models.dit import DiTConfig, VDiT, num_params
+from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights
 from minivdit.models.vae import VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
@@ -80,6 +84,8 @@ class OptimConfig:
 class EMAConfig:
     """Exponential moving average of the model weights (used for sampling)."""
 
+    enabled: bool = True
+    """Keep an EMA copy (sampling and evaluation use it); off: they use the trained weights."""
     decay: float = 0.9999
     """EMA decay per optimizer step (Latte/DiT: 0.9999)."""
     start_step: int = 0
@@ -124,8 +130,20 @@ class SampleEvalConfig:
 class TrainConfig:
     """Everything a run needs. Recipes build one in Python; the CLI overrides values (``--optim.lr 2e-4``)."""
 
-    model: DiTConfig = field(default_factory=DiTConfig)
-    """The backbone (``minivdit/models/dit.py``)."""
+    model: DiTConfig | CogVideoXConfig = field(default_factory=DiTConfig)
+    """The backbone: a V-DiT (``minivdit/models/dit.py``) or the CogVideoX transformer
+    (``minivdit/models/cogvideox.py``); the recipe picks the class, the CLI tweaks its fields."""
+    pretrained: str | None = None
+    """A diffusers CogVideoX folder (the pipeline folder or its ``transformer/``) whose weights the model
+    starts from, loaded shard by shard into the (sharded) model; None: a fresh init."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters (``minivdit/models/lora.py``); ``--lora.rank 0`` trains every weight. With LoRA only the
+    adapters are trained and checkpointed; the base weights come from ``pretrained``."""
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """Frozen T5 text encoder (``minivdit/conditioning/text.py``) for online encoding of the captions, and
+    caption dropout; not needed when the shards carry cached text (``tools/cache_text.py``)."""
+    i2v: I2VConfig = field(default_factory=I2VConfig)
+    """Image-to-video / anyframe conditioning (``minivdit/conditioning/i2v.py``); needs the VAE."""
     objective: DDPMConfig | FlowConfig = field(default_factory=FlowConfig)
     """Diffusion objective; the recipe picks the class, the CLI tweaks its fields."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -174,6 +192,14 @@ class TrainConfig:
             raise ValueError(
                 f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"
             )
+        if isinstance(self.model, CogVideoXConfig):
+            self._check_cogvideox()
+            return
+        if self.pretrained is not None or self.lora.enabled or self.i2v.enabled:
+            raise ValueError(
+                "--pretrained, --lora.rank > 0 and --i2v.mode are for the CogVideoX transformer; this run "
+                "trains a V-DiT"
+            )
         if self.vae.kind == "none" and self.model.in_channels != 3:
             raise ValueError(
                 f"pixel-space training (vae='none') needs model.in_channels=3, got {self.model.in_channels}"
@@ -213,6 +239,28 @@ class TrainConfig:
                 f"gives {self.model.out_channels}; set --model.learn-sigma to match the objective"
             )
 
+    def _check_cogvideox(self) -> None:
+        m = self.model
+        if self.vae.kind == "none":
+            raise ValueError("the CogVideoX transformer trains on VAE latents: set --vae.kind cogvideox")
+        if m.is_i2v != self.i2v.enabled:
+            raise ValueError(
+                f"model.in_channels={m.in_channels} is {'an I2V' if m.is_i2v else 'a text-to-video'} "
+                f"CogVideoX but --i2v.mode is {self.i2v.mode!r}: I2V models need 'first' or 'anyframe'"
+            )
+        if not self.text.enabled and self.data.dataset != "shards":
+            raise ValueError(
+                "CogVideoX is text-conditioned: give --text.path (the T5 folder) or train on shards with "
+                "cached text (tools/cache_text.py)"
+            )
+        if self.align is not None:
+            check_block_index(self.align, m.depth)
+        pred = build_objective(self.objective).pred_channels(m.out_channels)
+        if pred != m.out_channels:
+            raise ValueError(f"objective needs {pred} output channels, CogVideoX gives {m.out_channels}")
+        if self.eval is not None:
+            raise ValueError("evaluation of text-conditioned runs is not supported yet (--eval None)")
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name
@@ -226,10 +274,23 @@ def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
         raise ValueError(
             f"data.image_size={cfg.data.image_size} is not divisible by the VAE's {s}x compression"
         )
-    want = {
-        "in-channels": (cfg.model.in_channels, vae.latent_channels),
-        "input-size": (tuple(cfg.model.input_size), (H // s, W // s)),
-    }
+    if isinstance(cfg.model, CogVideoXConfig):
+        m, F = cfg.model, vae.latent_frames(cfg.data.num_frames)
+        want = {
+            "out-channels": (m.out_channels, vae.latent_channels),
+            "input-size": (m.latent_size, (H // s, W // s)),
+            "num-frames": (m.frames, F),
+        }
+        if (H // s) % m.patch_size or (W // s) % m.patch_size:
+            raise ValueError(
+                f"data.image_size={cfg.data.image_size}: latents must divide by the patch {m.patch_size}, "
+                f"so the frame sides must be multiples of {s * m.patch_size}"
+            )
+    else:
+        want = {
+            "in-channels": (cfg.model.in_channels, vae.latent_channels),
+            "input-size": (tuple(cfg.model.input_size), (H // s, W // s)),
+        }
     if cfg.model.block_type == "spatiotemporal":
         want["num-frames"] = (cfg.model.num_frames, vae.latent_frames(cfg.data.num_frames))
     bad = {k: v for k, (have, v) in want.items() if have != v}
@@ -267,12 +328,17 @@ def train_step(
     align: AlignConfig | None = None,
     teacher: Teacher | None = None,
     head: torch.nn.Module | None = None,
+    conditioner: Conditioner | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One micro-batch forward: data → (frozen VAE) → objective.corrupt → model → objective.loss, and with
     ``align``: clean video → (frozen teacher) → feats; the model's block ``align.block_index`` → head → loss.
     ``loss = mean(loss_diff + align.weight · loss_align)`` (DESIGN.md §3). Returns the scalar loss to
     backpropagate and detached metrics (device tensors; reduced across ranks only at log time)."""
-    cond = batch_cond(batch, num_classes=num_classes).to(device, non_blocking=True)  # conditioning/
+    if conditioner is not None:  # text (cached or online, caption dropout), I2V: conditioning/
+        cond = conditioner(batch, generator, device)
+    else:
+        cond = batch_cond(batch, num_classes=num_classes).to(device, non_blocking=True)
     batch = batch.to(device, non_blocking=True)
     if batch.latents is not None:  # cached by tools/cache_latents.py: the VAE is skipped
         x_data = batch.latents  # [B, F', C, h, w]
@@ -310,36 +376,81 @@ def train_step(
 # ---------------------------------------------------------------------------------------------- setup
 
 
+def model_class(model_cfg: DiTConfig | CogVideoXConfig) -> type:
+    """The backbone class a config builds."""
+    return CogVideoXTransformer if isinstance(model_cfg, CogVideoXConfig) else VDiT
+
+
 def build_models(
-    cfg: TrainConfig, ctx: dist.DistContext, model_cls: type[VDiT] = VDiT
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Model and EMA: built on ``meta``, parallelised, materialised on the device. The weights come from one
-    seeded CPU reference init, loaded shard-wise, so every strategy (none / DDP / FSDP), world size and device
-    starts from bitwise the same model."""
+    cfg: TrainConfig, ctx: dist.DistContext, model_cls: type | None = None
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """Model and EMA (None with ``--ema.no-enabled``): built on ``meta``, LoRA-wrapped, parallelised,
+    materialised on the device. A fresh init comes from one seeded CPU reference, loaded shard-wise, so every
+    strategy (none / DDP / FSDP), world size and device starts from bitwise the same model. ``--pretrained``
+    weights are read shard file by shard file straight into the (sharded) parameters, and the LoRA adapters
+    are drawn whole on the CPU from the seed (``dist.init_lora``): reproducible without a full CPU copy."""
+    model_cls = model_cls or model_class(cfg.model)
+    lora = cfg.lora if cfg.lora.enabled else None
     with torch.device("meta"):
-        model, ema = model_cls(cfg.model), model_cls(cfg.model)
+        model = model_cls(cfg.model)
+        ema = model_cls(cfg.model) if cfg.ema.enabled else None
         # The reference too: a CPU constructor's default init would consume the seeded RNG.
-        reference = model_cls(cfg.model)
+        reference = model_cls(cfg.model) if cfg.pretrained is None else None
+    for m in (model, ema, reference):
+        if m is not None and lora is not None:
+            apply_lora(m, lora)  # freezes every non-LoRA weight
     model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
-    ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
+    if ema is not None:
+        ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
     torch.manual_seed(cfg.seed)
-    reference.to_empty(device="cpu")
-    reference.init_weights()
-    state = reference.state_dict()
+    state = None
+    if reference is not None:
+        reference.to_empty(device="cpu")
+        reference.init_weights()
+        if lora is not None:
+            init_lora_weights(reference)  # init_weights re-initialised every Linear, LoRA's included
+        state = reference.state_dict()
     for m in (model, ema):
+        if m is None:
+            continue
         dist.materialize(m, ctx.device, init=False)
         inner = dist.unwrap(m)
         inner.reset_buffers()
-        set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        if state is not None:
+            set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        else:
+            dist.load_pretrained(inner, cfg.pretrained)  # the base weights, shard file by shard file
+            if lora is not None:
+                dist.init_lora(inner, cfg.seed)  # drawn whole on the CPU: the same for any sharding
     del reference, state
-    ema.requires_grad_(False).eval()
+    if ema is not None:
+        ema.requires_grad_(False).eval()
     return model, ema
+
+
+def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> Conditioner | None:
+    """What builds each batch's ``Cond`` beyond class labels (None: labels only, ``batch_cond``): the frozen
+    text encoder or the shards' cached text with caption dropout, and the I2V condition."""
+    if not isinstance(cfg.model, CogVideoXConfig):
+        return None
+    encoder = build_text_encoder(cfg.text)
+    if encoder is not None:
+        encoder = encoder.to(ctx.device)
+    cached = "text" in (getattr(dataset, "meta", None) or {}).get("fields", {})
+    null = dataset.text_null() if cached else None  # the empty prompt's cached tokens
+    return Conditioner(
+        text_encoder=encoder,
+        text_null=null,
+        text_dropout=cfg.text.dropout,
+        i2v=cfg.i2v,
+        vae=vae,
+    )
 
 
 def check_dataset(cfg: TrainConfig, dataset) -> None:
     """The run fits the dataset: class count, and for shards the VAE/teacher that made their caches."""
     num_classes = getattr(dataset, "num_classes", cfg.data.num_classes)
-    if cfg.model.num_classes not in (0, num_classes):
+    if cfg.model.num_classes not in (0, num_classes) and not isinstance(cfg.model, CogVideoXConfig):
         raise ValueError(
             f"model.num_classes={cfg.model.num_classes} must be 0 (unconditional) or the dataset's "
             f"{num_classes} classes ({cfg.data.dataset} at {cfg.data.root}); set --model.num-classes"
@@ -354,7 +465,8 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
             f"trains in pixel space (--vae.kind none): set --vae.kind/--vae.path to the VAE that made them"
         )
     teacher = to_dict(cfg.teacher) if cfg.align is not None and cfg.teacher.enabled else None
-    problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid)
+    text = text_identity(cfg.text) if cfg.text.enabled else None
+    problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid, text=text)
     if problems:
         raise ValueError(f"the caches in {cfg.data.root} do not fit this run: " + "; ".join(problems))
 
@@ -417,10 +529,13 @@ def _build_head(cfg: TrainConfig, ctx: dist.DistContext, vae, *, names, dims, gr
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    ema_p = [dist.local(p) for p in ema.parameters()]
-    model_p = [dist.local(p) for p in dist.unwrap(model).parameters()]
-    torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+def update_ema(ema: torch.nn.Module | None, model: torch.nn.Module, decay: float) -> None:
+    """EMA of the trained weights (with LoRA: the adapters; the frozen base is the same in both)."""
+    if ema is None:
+        return
+    pairs = zip(ema.parameters(), dist.unwrap(model).parameters(), strict=True)
+    ema_p, model_p = zip(*[(dist.local(e), dist.local(m)) for e, m in pairs if m.requires_grad], strict=True)
+    torch._foreach_lerp_(list(ema_p), list(model_p), 1.0 - decay)
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -578,9 +693,11 @@ def _full(t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
-    """Train to ``cfg.max_steps``; returns the run directory. ``model_cls`` is the backbone class: a fork of
-    ``VDiT`` (same constructor and forward contract) plugs in here without touching this file."""
+def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
+    """Train to ``cfg.max_steps``; returns the run directory. ``model_cls`` is the backbone class (default:
+    the one ``cfg.model`` configures): a fork of ``VDiT`` or of the CogVideoX transformer (same constructor
+    and forward contract) plugs in here without touching this file."""
+    model_cls = model_cls or model_class(cfg.model)
     ctx = dist.init()
     run_dir = cfg.run_dir
     resume_from = start_run(cfg, ctx)
@@ -593,8 +710,10 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
     teacher, head = build_alignment(cfg, ctx, vae, loader.dataset)
+    conditioner = build_conditioner(cfg, ctx, vae, loader.dataset)
     objective = build_objective(cfg.objective)
-    optimizer = build_optimizer(dist.unwrap(model).parameters(), cfg.optim)
+    trainable = [p for p in dist.unwrap(model).parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = build_optimizer(trainable, cfg.optim)
     head_optimizer = build_optimizer(dist.unwrap(head).parameters(), cfg.optim) if head is not None else None
     step = restore(
         cfg,
@@ -633,7 +752,9 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
         step_metrics: dict[str, Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = next(loader)
-            torch.manual_seed(micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank))
+            seed = micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank)
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed + 1)  # the conditioner's own stream
             sync = micro == cfg.grad_accum - 1
             with dist.sync_grads(model, enabled=sync), dist.sync_grads(head, enabled=sync):
                 loss, metrics = train_step(
@@ -647,6 +768,8 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                     align=cfg.align,
                     teacher=teacher,
                     head=head,
+                    conditioner=conditioner,
+                    generator=generator,
                 )
                 (loss / cfg.grad_accum).backward()
             for k, v in metrics.items():
@@ -695,13 +818,18 @@ def train(cfg: TrainConfig, *, model_cls: type[VDiT] = VDiT) -> Path:
                 keep=cfg.ckpt.keep,
             )
             log.info(f"saved checkpoint {path}")
-        if cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
+        sampler = ema if ema is not None else dist.unwrap(model)
+        due = cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last)
+        if due and conditioner is not None and conditioner.needs_prompts:
+            if last:
+                log.info("samples: text-conditioned runs sample with python -m minivdit.sample (prompts)")
+        elif due:
             _sample_grid(
-                cfg, ema, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
+                cfg, sampler, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
             )
             model.train()
         if eval_metrics and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
-            _evaluate(cfg, ema, objective, vae, ctx, logger, step, eval_metrics)
+            _evaluate(cfg, sampler, objective, vae, ctx, logger, step, eval_metrics)
             logger.start(step)  # the evaluation's time is not training throughput
     logger.close()
     dist.barrier()

@@ -36,6 +36,11 @@ x-prediction, logit-normal t (0.0, 0.8), lr 1e-3                 —            
 - **lr 1e-3** (with 100 warm-up steps and clipping at 1): twice the previous rate, for a 1500-step run.
 - **Not taken:** 32x32 with patch 8 keeps the cost but cuts objects along the 8-pixel patch grid at this
   budget; full-3-D blocks gave coherent single objects by eye but worse numbers.
+- **One object per clip: not yet.** ``syn_count`` (the fraction of sample frames showing the class's number
+  of objects; real clips 1.000) exposes what the detector forgives: this run scores 0.44 (CFG 3) / 0.59
+  (CFG 1): its samples often split the object or grow a second one. Full-3-D blocks fix that (0.88, one
+  object per clip by eye) but blur the shapes: 2.21 / 0.924 / 0.884 (CFG 3, Euler 5; 2.07 / 0.936 / 0.871
+  at CFG 4), short of the ``syn_fvd`` and ``syn_acc`` targets. The choice between them is open (issue 11).
 - **CFG 3** for the samples and the evaluation, as the previous quickstart sampled: guidance sharpens class
   identity, which a 1500-step model still mixes up. The protocol's default is no guidance (as the papers);
   the quickstart's record says which it used. **Euler, 5 steps**: x-prediction samples cleanly in few steps

@@ -40,8 +40,9 @@ def test_recipe_parses_and_overrides(path):
     default = load(path).config()
     assert isinstance(default, TrainConfig)
     assert parse(default, []) == default
-    changed = parse(default, ["--optim.lr", "3e-4", "--model.depth", "12", "--max-steps", "7"])
-    assert (changed.optim.lr, changed.model.depth, changed.max_steps) == (3e-4, 12, 7)
+    depth = "--model.num-layers" if hasattr(default.model, "num_layers") else "--model.depth"  # CogVideoX
+    changed = parse(default, ["--optim.lr", "3e-4", depth, "24", "--max-steps", "7"])
+    assert (changed.optim.lr, changed.model.depth, changed.max_steps) == (3e-4, 24, 7)
     assert type(changed.objective) is type(default.objective)  # the recipe's objective class is kept
 
 

@@ -1,18 +1,25 @@
 """What turns a training batch into the ``Cond`` a backbone takes (DESIGN.md §7).
 
-``train_step`` calls ``batch_cond`` once; the conditioning methods live in this package (text encoders in
-``text.py``, image-to-video and anyframe conditioners in ``i2v.py``) and are pure functions of the batch and
-an RNG, so exact resume holds. No model constants live here: the backbone owns its null class, the text
-encoder its empty-prompt embedding, the VAE its latent scale.
+``train_step`` makes one call, ``Conditioner(batch, generator) -> Cond``; the methods live in this package
+(text encoders in ``text.py``, image-to-video and anyframe conditioners in ``i2v.py``). Everything is a pure
+function of the batch and the generator the trainer seeds per micro-batch, so exact resume holds. Order of
+the generator's draws: the caption keep mask (``rand(B)``), then the I2V condition (``i2v.image_condition``).
+
+No model constants live here: the backbone owns its null class (``VDiT.null_cond``), the text encoder or the
+text cache its empty-prompt embedding, the VAE its latent scale.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor
+
 from minivdit.models.cond import Cond
 
 if TYPE_CHECKING:  # conditioning/ depends on models/ only (DESIGN.md §1); a Batch is duck-typed here
+    from minivdit.conditioning.i2v import I2VConfig
     from minivdit.data import Batch
 
 
@@ -33,4 +40,65 @@ def batch_cond(batch: Batch, *, num_classes: int) -> Cond:
     return Cond(label=label, context=context, context_mask=mask)
 
 
-__all__ = ["batch_cond"]
+class Conditioner:
+    """The ``Cond`` of a training batch: labels, text (cached in the batch, or encoded online from
+    ``Batch.caption``) with caption dropout, and the image-to-video condition.
+
+    ``text_encoder``: a frozen encoder (``text.T5TextEncoder``) for online encoding, or None when the batches
+    carry cached text. ``text_null``: the empty-prompt tokens ``[L, Dt]`` (and mask) that replace a dropped
+    caption; taken from the encoder when not given. ``text_dropout``: per-sample caption dropout in training
+    (CogVideoX SAT ``ucg_rate`` 0.1). ``i2v`` + ``vae``: the image condition (``i2v.image_condition``)."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 0,
+        text_encoder=None,
+        text_null: tuple[Tensor, Tensor | None] | None = None,
+        text_dropout: float = 0.0,
+        i2v: I2VConfig | None = None,
+        vae=None,
+    ):
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"text dropout must be in [0, 1), got {text_dropout}")
+        if i2v is not None and i2v.enabled and vae is None:
+            raise ValueError("--i2v.mode needs the frozen VAE (--vae.kind, --vae.path)")
+        self.num_classes, self.text_encoder, self.text_dropout = num_classes, text_encoder, text_dropout
+        self.i2v = i2v if i2v is not None and i2v.enabled else None
+        self.vae = vae
+        if text_null is None and text_encoder is not None:
+            text_null = (text_encoder.empty(), text_encoder.empty_mask())
+        self.text_null = text_null
+
+    @property
+    def needs_prompts(self) -> bool:
+        """Text-conditioned: samples need prompts (the in-training class grid does not apply)."""
+        return self.text_encoder is not None or self.text_null is not None
+
+    def __call__(self, batch: Batch, generator: torch.Generator, device: torch.device) -> Cond:
+        cond = batch_cond(batch, num_classes=self.num_classes)
+        if cond.context is None and self.text_encoder is not None:
+            if batch.caption is None:
+                raise ValueError("online text encoding needs captions in the batch (a captioned dataset)")
+            context, mask = self.text_encoder.encode(list(batch.caption))  # [B, L, Dt], [B, L] | None
+            cond = Cond(label=cond.label, context=context.float(), context_mask=mask)
+        keep = torch.rand(batch.label.shape[0], generator=generator) >= self.text_dropout  # drawn always
+        cond = cond.to(device)
+        if cond.context is not None and self.text_dropout > 0:
+            if self.text_null is None:
+                raise ValueError("caption dropout needs the empty-prompt tokens (cache them, or --text.path)")
+            null, null_mask = self.text_null
+            cond = cond.drop(keep.to(device), context=null.to(device).float(), context_mask=null_mask)
+        if self.i2v is not None:
+            from minivdit.conditioning.i2v import image_condition
+
+            if batch.video is None:
+                raise ValueError("--i2v.mode needs the pixel clips in the batch, not only latents")
+            latents, _ = image_condition(batch.video.to(device), self.vae, self.i2v, generator)
+            cond = Cond(
+                label=cond.label, context=cond.context, context_mask=cond.context_mask, image_latents=latents
+            )
+        return cond
+
+
+__all__ = ["batch_cond", "Conditioner"]

@@ -94,8 +94,13 @@ class TextEncoderConfig:
     returned. True (other models): the mask goes to T5, pad outputs are zeroed and the mask is returned."""
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Weights and output dtype of the encoder (CogVideoX's trainers run T5 in bf16; fp16 overflows T5)."""
+    dropout: float = 0.1
+    """Caption dropout in training: the probability that a sample's text becomes the empty prompt's
+    (CogVideoX SAT ``ucg_rate`` 0.1; finetrainers' examples use 0.05). Applies to cached text too."""
 
     def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TextEncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.max_length < 1:
             raise ValueError(f"TextEncoderConfig.max_length must be >= 1, got {self.max_length}")
         for name in ("path", "text_encoder", "tokenizer"):

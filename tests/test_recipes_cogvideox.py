@@ -1,0 +1,156 @@
+"""The CogVideoX fine-tuning recipes end to end on tiny random weights saved in the real formats: a diffusers
+CogVideoX-I2V folder (transformer/, vae/, text_encoder/, tokenizer/), a V-JEPA 2 teacher, and a captioned
+video folder. Two steps of each recipe (online text, then cached text), exact resume with and without LoRA."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_data_real import write_video  # tests/ is on sys.path (pytest's rootdir insertion)
+from test_recipes import load
+
+from minivdit.align.teachers import make_tiny_teacher
+from minivdit.conditioning.text import make_tiny_t5
+from minivdit.models.cogvideox import CogVideoXConfig
+from minivdit.models.lora import LoRAConfig
+from minivdit.models.vae import VAEConfig
+from minivdit.train import CkptConfig, LogConfig, train
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]
+RECIPES = Path(__file__).parents[1] / "recipes"
+TEXT_LEN = 8
+VAE = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=4, latent_channels=4)
+FRAMES, H, W = 9, 32, 48  # pixels -> latents 3 x 4 x 6 -> tokens 3 x 2 x 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny CogVideoX-I2V pipeline folder, a tiny V-JEPA 2 and a captioned folder of 4 clips."""
+    root = tmp_path_factory.mktemp("cogvideox")
+    pipe = root / "CogVideoX-tiny-I2V"
+    torch.manual_seed(0)
+    transformer = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8,
+        out_channels=4,
+        time_embed_dim=16,
+        text_embed_dim=32,
+        num_layers=2,
+        sample_width=W // 8,
+        sample_height=H // 8,
+        sample_frames=FRAMES,
+        max_text_seq_length=TEXT_LEN,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=True,
+    )
+    with torch.no_grad():  # random everything, norms and the learned PE included
+        for p in transformer.parameters():
+            p.normal_(0, 0.05)
+    transformer.save_pretrained(pipe / "transformer", max_shard_size="40KB")  # several shard files
+    diffusers.AutoencoderKLCogVideoX(**VAE).save_pretrained(pipe / "vae")
+    make_tiny_t5(pipe)  # text_encoder/ + tokenizer/, d_model 32
+    make_tiny_teacher("vjepa2", root / "vjepa2")
+    data = root / "clips"
+    rows = ["path,caption"]
+    for i in range(4):
+        write_video(data / f"clip{i}.mp4", FRAMES + 3, w=W, h=H, tint=40 * i)
+        rows.append(f"clip{i}.mp4,a red disc grows slowly {i}")
+    (data / "captions.csv").write_text("\n".join(rows) + "\n")
+    return {"pipe": pipe, "vjepa2": root / "vjepa2", "data": data}
+
+
+def tiny_config(recipe: str, tiny: dict[str, Path], out: Path, **overrides):
+    """The recipe's config with the tiny folders and sizes: only what the tiny weights force changes."""
+    cfg = load(RECIPES / f"{recipe}.py").config()
+    pipe = tiny["pipe"]
+    model = CogVideoXConfig.from_json(pipe / "transformer" / "config.json")
+    changes = dict(
+        out_dir=str(out),
+        model=dataclasses.replace(model, attn_backend=cfg.model.attn_backend),
+        pretrained=str(pipe),
+        vae=VAEConfig(kind="cogvideox", path=str(pipe / "vae")),
+        text=dataclasses.replace(cfg.text, path=str(pipe), max_length=TEXT_LEN, dtype="float32"),
+        data=dataclasses.replace(
+            cfg.data,
+            root=str(tiny["data"]),
+            num_frames=FRAMES,
+            image_size=(H, W),
+            num_workers=0,
+            batch_size=2,
+        ),
+        max_steps=2,
+        precision="fp32",
+        parallel=dataclasses.replace(cfg.parallel, compile=False),
+        log=LogConfig(every=1, tensorboard=False),
+        ckpt=CkptConfig(every=1, keep=5),
+    )
+    if cfg.align is not None:
+        changes["align"] = dataclasses.replace(cfg.align, block_index=1, projector_dim=32)
+        changes["teacher"] = dataclasses.replace(cfg.teacher, vjepa2=str(tiny["vjepa2"]))
+    return dataclasses.replace(cfg, **(changes | overrides))
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe", ["cogvideox_i2v", "drepa_timelapse"])
+def test_recipe_runs_two_steps(recipe, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = train(tiny_config(recipe, tiny, tmp_path))
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(("loss/align" in r) == (recipe == "drepa_timelapse") for r in rows)
+    saved = load_file(str(run_dir / "checkpoints" / "step_0000002" / "model.safetensors"))
+    assert "transformer_blocks.0.attn1.to_q.weight" in saved  # a full fine-tune saves every weight
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_resume_is_exact(lora, tiny, tmp_path):
+    """3 steps straight = 2 steps, then ``--resume auto`` to 3: same losses, same weights; with LoRA the
+    checkpoints hold the adapters only."""
+    kw = dict(lora=LoRAConfig(rank=lora, alpha=8.0)) if lora else {}
+    straight = train(tiny_config("cogvideox_i2v", tiny, tmp_path / "a", max_steps=3, **kw))
+    first = tiny_config("cogvideox_i2v", tiny, tmp_path / "b", max_steps=2, **kw)
+    train(first)
+    resumed = train(dataclasses.replace(first, max_steps=3, resume="auto"))
+    assert [r["loss"] for r in _rows(straight)] == [r["loss"] for r in _rows(resumed)][-3:]
+    a = load_file(str(straight / "checkpoints" / "step_0000003" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_0000003" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if lora:
+        assert a and all(".lora_" in k for k in a)  # the base is never copied into checkpoints
+        meta = json.loads((resumed / "checkpoints" / "step_0000003" / "meta.json").read_text())
+        assert meta["weights"] == "trainable"
+
+
+def test_recipe_runs_on_shards_with_cached_text(tiny, tmp_path, monkeypatch):
+    """Shards of the captioned clips + T5 tokens cached by tools/cache_text.py: the run loads no text encoder
+    and drops captions to the cached empty prompt; a cache from another encoder is refused."""
+    from test_text import load_tool
+
+    from minivdit.data import shards as S
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tiny_config("cogvideox_i2v", tiny, tmp_path)
+    out = S.write_clip_shards(cfg.data, tmp_path / "shards", samples_per_shard=2)
+    load_tool("cache_text").main(
+        ["--root", str(out), "--text.path", str(tiny["pipe"]), "--text.dtype", "float32", "--batch-size", "2"]
+        + ["--text.max-length", str(TEXT_LEN)]
+    )
+    data = dataclasses.replace(cfg.data, dataset="shards", root=str(out), labels_csv=None)
+    cached = dataclasses.replace(cfg, data=data, text=dataclasses.replace(cfg.text, path=None))
+    run_dir = train(cached)
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    other = make_tiny_t5(tmp_path / "other_t5", seed=1)
+    with pytest.raises(ValueError, match="cached by another text encoder"):
+        train(dataclasses.replace(cached, text=dataclasses.replace(cfg.text, path=str(other)), run_name="b"))
