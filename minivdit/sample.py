@@ -1,24 +1,64 @@
 """Sampling: classifier-free guidance (written once, here), ``generate``, and ``python -m minivdit.sample``.
 
+V-DiT runs (class-conditional or unconditional):
 ``python -m minivdit.sample --ckpt RUN/checkpoints/step_0001000 --out samples/ --classes 0 1 2 --cfg-scale 4``
 loads the run's ``config.json``, the EMA weights (``--no-use-ema`` for the raw ones), samples with the run's
 objective, and writes one mp4 per video, a grid (mp4 and gif) and ``contact.png`` (one row per sample, a few
 frames across) for a quick look.
 
+CogVideoX (text-to-video and image-to-video), from a fine-tuning run or from a diffusers folder::
+
+    python -m minivdit.sample --ckpt RUN --image cond.png --frame-index 24 --prompt "a flower blooms" \
+        --prompt "ice melts" --out DIR [--steps 50 --cfg-scale 6 --dynamic-cfg --seed 0 --num-frames 49 \
+        --size 480 720 --text-encoder DIR --precision bf16]
+    python -m minivdit.sample --pretrained /models/CogVideoX-5b-I2V --image cond.png --prompt "..." --out DIR
+
+- ``--ckpt`` rebuilds the run from its ``config.json``: the model class, then either the full fine-tuned
+  weights, or the run's ``pretrained`` base plus the LoRA adapters of the checkpoint (a LoRA run saves only
+  those); EMA weights when the run kept them (``--use-ema``, the default), else ``model.safetensors`` with one
+  log line. The VAE and the text encoder are the run's (``--text-encoder`` replaces the latter; a run that
+  trained on cached text falls back to its ``pretrained`` folder when that holds ``text_encoder/``).
+- ``--pretrained FOLDER`` samples a diffusers CogVideoX pipeline folder (``transformer/``, ``vae/``,
+  ``text_encoder/``, ``tokenizer/``) with no minivdit checkpoint, so the base model and a fine-tune can be
+  compared on the same seed: same noise, same image condition. The objective is ``DDPMConfig.cogvideox`` with
+  the SNR shift of ``FOLDER/scheduler/scheduler_config.json`` when present, else inferred from the
+  transformer: 3.0 for the 2B (the only release without RoPE), 1.0 for every 5B and 1.5 model
+  (``--snr-shift-scale`` overrides). I2V iff ``in_channels == 2·out_channels``.
+- One video per ``--prompt``; sample i uses its own CPU generator seeded ``seed + i``, which draws, in the
+  pipeline's order, the VAE posterior of the image condition (and the anyframe fill noise) and then the
+  initial noise [1, F', C, h, w]. With ``frame_index = 0`` that is what ``CogVideoXImageToVideoPipeline``
+  draws with ``generator=torch.Generator().manual_seed(seed + i)`` (``CogVideoXPipeline``: the noise only),
+  so the two give the same video for the same seed; ``--batch-size`` only changes how many run at once.
+- The text is the T5 encoding of the prompt; the null of CFG is the empty prompt ``""`` (the pipelines'
+  default negative prompt). The image latents are kept in the unconditional half (``Cond.null``), as the I2V
+  pipeline does: guidance acts on the text only. ``--dynamic-cfg`` is the pipelines' ``use_dynamic_cfg``
+  (``objectives.ddpm.dynamic_cfg_scale``, its odd schedule included); as there, a scale ≤ 1 turns CFG off.
+- The image is loaded with PIL, resized to cover ``--size`` (bicubic) and centre-cropped, then mapped to
+  [-1, 1] as diffusers' ``VaeImageProcessor`` (x / 255 · 2 − 1). The pipeline stretches it to the size
+  instead; both agree for an image that already has the size. ``--frame-index i > 0`` is anyframe conditioning
+  (``conditioning.i2v.inference_condition``).
+- CogVideoX 1.5 (``patch_size_t`` 2): when the latent frame count is odd, one latent frame is added in front
+  and dropped after sampling, as the pipelines do (first-frame conditioning only).
+- ``--precision bf16`` casts the CogVideoX transformer's weights to bf16 (the pipelines' ``torch_dtype``; a 5B
+  is 22 GB in fp32) and runs it under autocast; the VAE stays fp32 (decoded under autocast).
+
 CFG (Ho & Salimans 2022): ``pred = uncond + s·(cond − uncond)`` on a doubled batch whose second half carries
-the unconditional ``Cond`` (the backbone's ``null_cond``: for a V-DiT the null label, index ``num_classes``).
-With learned σ only the first C channels (ε or the velocity) are guided; the variance channels are the
-conditional ones. DiT/Latte take the variance channels of the *first half* after
+the unconditional ``Cond`` (the backbone's ``null_cond``: for a V-DiT the null label, index ``num_classes``;
+for CogVideoX the empty prompt). With learned σ only the first C channels (ε or the velocity) are guided; the
+variance channels are the conditional ones. DiT/Latte take the variance channels of the *first half* after
 mixing, i.e. the conditional half too, so numbers match; unlike DiT we do not restrict guidance to 3 of 4
 latent channels (DiT's "exact reproducibility" quirk).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -31,10 +71,16 @@ from minivdit.dist import Precision, autocast
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTConfig, VDiT
 from minivdit.models.vae import VAEConfig, build_vae
-from minivdit.objectives.ddpm import DDPM, DDPMConfig
+from minivdit.objectives.ddpm import DDPM, DDPMConfig, dynamic_cfg_scale
 from minivdit.objectives.flow import Flow, FlowConfig
 
+log = logging.getLogger("minivdit")
+
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+COGVIDEOX_CFG_SCALE = 6.0
+"""The CogVideoX pipelines' default ``guidance_scale``."""
+PROMPT_LABEL_CHARS = 40
+"""Prompts longer than this are truncated in the contact sheet's labels."""
 
 
 def cfg_denoise_fn(
@@ -45,17 +91,24 @@ def cfg_denoise_fn(
     scale: float,
     guided_channels: int,
     precision: Precision = "fp32",
+    dynamic_steps: int | None = None,
 ) -> DenoiseFn:
     """``denoise_fn(x_t, t_model) -> pred`` for the sampler, with classifier-free guidance over ``Cond`` when
     ``null`` is given and ``scale != 1``: the conditional and the unconditional halves run as one doubled
-    batch, ``pred = uncond + scale·(cond − uncond)`` on the first ``guided_channels`` channels."""
+    batch, ``pred = uncond + scale·(cond − uncond)`` on the first ``guided_channels`` channels.
+
+    ``dynamic_steps = N`` (the sampler's step count): the CogVideoX pipelines' ``use_dynamic_cfg``. The weight
+    becomes per sample, ``w = dynamic_cfg_scale(scale, t_model, N)`` = 1 + scale·(1 − cos(π((N − t)/N)⁵))/2,
+    cast to the prediction's dtype (the pipeline multiplies by a Python float, i.e. in fp32), and, as in the
+    pipeline, ``scale ≤ 1`` turns guidance off."""
     device = next(model.parameters()).device
 
     def run(x: Tensor, t_model: Tensor, c: Cond) -> Tensor:
         with autocast(device, precision):
             return model(x, t_model, c).pred.float()
 
-    if null is None or scale == 1.0:
+    off_scale = scale == 1.0 if dynamic_steps is None else scale <= 1.0
+    if null is None or off_scale:
         return lambda x, t_model: run(x, t_model, cond)
     both = Cond.cat([cond, null])
 
@@ -63,7 +116,11 @@ def cfg_denoise_fn(
         pred = run(torch.cat([x, x]), torch.cat([t_model, t_model]), both)
         on, off = pred.chunk(2)  # [B, F, C_out, H, W] each: conditional, unconditional
         c = guided_channels
-        mixed = off[:, :, :c] + scale * (on[:, :, :c] - off[:, :, :c])
+        w: float | Tensor = scale
+        if dynamic_steps is not None:
+            w = dynamic_cfg_scale(scale, t_model, dynamic_steps).to(on.dtype)  # [B]
+            w = w.view(-1, 1, 1, 1, 1)
+        mixed = off[:, :, :c] + w * (on[:, :, :c] - off[:, :, :c])
         return torch.cat([mixed, on[:, :, c:]], dim=2)
 
     return guided
@@ -95,10 +152,12 @@ def generate(
     device: torch.device,
     precision: Precision = "fp32",
     noise: Tensor | None = None,
+    dynamic_cfg: bool = False,
 ) -> Tensor:
     """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) from a seeded
     noise (or the given starting ``noise`` of that shape; ``seed`` then only drives a stochastic sampler),
-    conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``."""
+    conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``.
+    ``dynamic_cfg``: the CogVideoX pipelines' per-step guidance weight (``cfg_denoise_fn``)."""
     if labels is not None and cond is not None:
         raise ValueError("generate takes labels or cond, not both")
     if cond is None:
@@ -113,7 +172,15 @@ def generate(
     noise = noise.to(device)
     cond = cond.to(device)
     null = null.to(device) if null is not None else None
-    fn = cfg_denoise_fn(model, cond, null, scale=cfg_scale, guided_channels=shape[2], precision=precision)
+    fn = cfg_denoise_fn(
+        model,
+        cond,
+        null,
+        scale=cfg_scale,
+        guided_channels=shape[2],
+        precision=precision,
+        dynamic_steps=steps if dynamic_cfg else None,
+    )
     out = objective.sample(fn, noise, steps, generator=gen)
     model.train(was_training)
     return out
@@ -144,28 +211,67 @@ def write_samples(out_dir: Path, videos: Tensor, names: list[str] | None = None,
 
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig:
-    """Sample videos from a checkpoint of a minivdit run."""
+    """Sample videos from a minivdit run's checkpoint (V-DiT or CogVideoX) or a diffusers CogVideoX folder."""
 
-    ckpt: str
+    ckpt: str | None = None
     """Checkpoint folder ``<run>/checkpoints/step_NNNNNNN`` (or a run folder: its latest checkpoint)."""
+    pretrained: str | None = None
+    """Instead of ``ckpt``: a diffusers CogVideoX pipeline folder (transformer/, vae/, text_encoder/,
+    tokenizer/), sampled as released (the base model a fine-tune is compared with)."""
     out: str = "samples"
     """Output folder."""
     classes: tuple[int, ...] = ()
-    """Class labels to sample, one video each (empty: ``num`` videos cycling over all classes)."""
+    """V-DiT: class labels to sample, one video each (empty: ``num`` videos cycling over all classes)."""
     num: int = 8
-    """Number of videos when ``classes`` is empty (and for unconditional models)."""
-    cfg_scale: float = 1.0
-    """Classifier-free guidance scale (1 = none; Latte UCF-101: 7.0)."""
+    """V-DiT: number of videos when ``classes`` is empty (and for unconditional models)."""
+    prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """CogVideoX: a text prompt, one video each; repeat the flag for more (``--prompt "a" --prompt "b"``)."""
+    image: str | None = None
+    """CogVideoX-I2V: the condition image (PNG/JPG), resized to cover ``size`` and centre-cropped."""
+    frame_index: int = 0
+    """CogVideoX-I2V: the pixel frame the image conditions (0 = the first frame, as the pipeline; > 0 =
+    anyframe)."""
+    text_encoder: str | None = None
+    """CogVideoX: the T5 folder (a CogVideoX folder holding text_encoder/ + tokenizer/, or one T5 folder);
+    default: the run's ``text.path`` (or its ``pretrained`` folder), or the ``--pretrained`` folder."""
+    text_dtype: Literal["bfloat16", "float32", "float16"] | None = None
+    """CogVideoX: the T5's dtype; default: the run's ``text.dtype``, bfloat16 with ``--pretrained``."""
+    num_frames: int | None = None
+    """CogVideoX: pixel frames, 4k + 1 (default: the model's, 49 for CogVideoX-5B)."""
+    size: tuple[int, int] | None = None
+    """CogVideoX: pixel height and width, multiples of 16 (default: the model's, 480 720 for CogVideoX-5B)."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance scale; default 1 (none) for a V-DiT (Latte UCF-101: 7.0), 6 for CogVideoX
+    (the pipelines' ``guidance_scale``)."""
+    dynamic_cfg: bool = False
+    """The CogVideoX pipelines' ``use_dynamic_cfg``: the guidance weight changes per step
+    (``objectives.ddpm.dynamic_cfg_scale``)."""
+    snr_shift_scale: float | None = None
+    """``--pretrained``: the objective's SNR shift (default: the folder's scheduler config, else 3.0 for the
+    2B, 1.0 otherwise)."""
+    batch_size: int = 1
+    """CogVideoX: videos per forward batch (doubled by CFG); the noise and the conditions do not depend on
+    it."""
     steps: int = 50
     """Sampler steps (DDPM respaced / DDIM / Euler / Heun as the run's objective says)."""
     seed: int = 0
-    """Noise seed."""
+    """Noise seed (CogVideoX: sample i uses ``seed + i``)."""
     use_ema: bool = True
-    """Sample with the EMA weights (default) or the raw trained weights."""
+    """Sample with the EMA weights (default; runs without EMA fall back to the trained weights) or the raw
+    trained weights."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """Torch device."""
     precision: Precision = "fp32"
-    """"fp32" or "bf16" (autocast)."""
+    """"fp32" or "bf16" (autocast; CogVideoX: bf16 weights too)."""
+
+    def __post_init__(self):
+        if (self.ckpt is None) == (self.pretrained is None):
+            raise ValueError(
+                "give --ckpt RUN (a minivdit run or checkpoint) or --pretrained FOLDER (a diffusers "
+                f"CogVideoX folder), exactly one; got ckpt={self.ckpt!r}, pretrained={self.pretrained!r}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 def _import_class(path: str | None) -> type:
@@ -191,18 +297,50 @@ def _find_ckpt(path: Path) -> Path:
     return found
 
 
+def _read_run(ckpt: str | Path) -> tuple[Path, dict]:
+    """The checkpoint folder and its meta.json (``meta["config"]`` is the run's config)."""
+    ckpt_dir = _find_ckpt(Path(ckpt))
+    return ckpt_dir, json.loads((ckpt_dir / "meta.json").read_text())
+
+
+def _model_config(run_cfg: dict):
+    """The run's backbone config: a ``CogVideoXConfig`` or a ``DiTConfig`` (by its ``_type`` tag)."""
+    from minivdit.models.cogvideox import CogVideoXConfig
+
+    d = run_cfg["model"]
+    return from_dict(CogVideoXConfig if d.get("_type") == "CogVideoXConfig" else DiTConfig, d)
+
+
+def _weights_file(ckpt_dir: Path, use_ema: bool) -> Path:
+    """``ema.safetensors`` (``use_ema``) or ``model.safetensors``; a run without EMA falls back to the
+    latter, with one log line."""
+    if use_ema and (ckpt_dir / "ema.safetensors").is_file():
+        return ckpt_dir / "ema.safetensors"
+    if use_ema:
+        log.warning(f"{ckpt_dir}: no ema.safetensors (the run kept no EMA): sampling model.safetensors")
+    return ckpt_dir / "model.safetensors"
+
+
 def load_run(
-    ckpt: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu"
+    ckpt: str | Path,
+    *,
+    use_ema: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.nn.Module, DDPM | Flow, torch.nn.Module | None, dict]:
     """A run's checkpoint (or the run folder: its latest checkpoint) as ``(model, objective, vae, config)``:
     the model class the trainer recorded, built on meta and filled with the EMA (or raw) weights, the run's
-    objective, its VAE (None in pixel space) and the run's config dict."""
-    from minivdit.ckpt import load_weights
+    objective, its VAE (None in pixel space) and the run's config dict.
 
-    ckpt_dir = _find_ckpt(Path(ckpt))
-    meta = json.loads((ckpt_dir / "meta.json").read_text())
+    A LoRA run (meta.json ``"weights": "trainable"``) is rebuilt as it trained: ``apply_lora`` with the
+    run's LoRA config, the base from the run's ``pretrained`` folder (``dist.load_pretrained``), then the
+    adapters of the checkpoint. ``dtype``: the CogVideoX weights' dtype (V-DiT weights stay fp32)."""
+    from minivdit import ckpt as ckpt_mod
+    from minivdit.models.cogvideox import CogVideoXConfig
+
+    ckpt_dir, meta = _read_run(ckpt)
     run_cfg = meta["config"]
-    model_cfg = from_dict(DiTConfig, run_cfg["model"])
+    model_cfg = _model_config(run_cfg)
     obj_dict = run_cfg["objective"]
     objective = (
         DDPM(from_dict(DDPMConfig, obj_dict))
@@ -210,11 +348,15 @@ def load_run(
         else Flow(from_dict(FlowConfig, obj_dict))
     )
     device = torch.device(device)
+    weights = _weights_file(ckpt_dir, use_ema)
     with torch.device("meta"):
         model = _import_class(meta.get("model_class"))(model_cfg)
-    model.to_empty(device=device)
-    model.reset_buffers()
-    load_weights(model, ckpt_dir / ("ema.safetensors" if use_ema else "model.safetensors"))
+    if isinstance(model_cfg, CogVideoXConfig):
+        _load_cogvideox_run(model, run_cfg, meta, weights, device, dtype)
+    else:
+        model.to_empty(device=device)
+        model.reset_buffers()
+        ckpt_mod.load_weights(model, weights)
     model.eval()
     vae_dict = run_cfg.get("vae")
     vae = build_vae(from_dict(VAEConfig, vae_dict)) if isinstance(vae_dict, dict) else None
@@ -223,8 +365,330 @@ def load_run(
     return model, objective, vae, run_cfg | {"_ckpt": str(ckpt_dir)}
 
 
+def _load_cogvideox_run(
+    model: torch.nn.Module, run_cfg: dict, meta: dict, weights: Path, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Fill a meta-built CogVideoX transformer from a run's checkpoint: every weight (a full fine-tune), or
+    the run's ``pretrained`` base + LoRA adapters (``weights == "trainable"``)."""
+    from minivdit import ckpt as ckpt_mod
+    from minivdit import dist
+    from minivdit.models.lora import LoRAConfig, apply_lora
+
+    lora = from_dict(LoRAConfig, run_cfg["lora"]) if run_cfg.get("lora") else LoRAConfig()
+    trainable = meta.get("weights", "all") == "trainable"
+    if trainable:
+        if not lora.enabled:
+            raise ValueError(f"{weights.parent}: holds only trained weights but the run has no LoRA config")
+        base = run_cfg.get("pretrained")
+        if not base or not Path(base).is_dir():
+            raise ValueError(
+                f"{weights.parent}: a LoRA checkpoint (adapters only), but its run's base folder (pretrained="
+                f"{base!r} in config.json) is not there"
+            )
+        apply_lora(model, lora)
+    model.to(dtype)  # on meta: no memory
+    model.to_empty(device=device)
+    if trainable:
+        dist.load_pretrained(model, base)  # the base, shard by shard (ValueError naming a missing folder)
+        ckpt_mod.load_weights(model, weights, keys=ckpt_mod.trainable_keys(model))  # the adapters
+        log.info(f"sampling the LoRA adapters of {weights} (rank {lora.rank}) on the base {base}")
+    else:
+        model.reset_buffers()
+        ckpt_mod.load_weights(model, weights)
+
+
+def pretrained_snr_shift(folder: str | Path) -> float:
+    """The SNR shift of a diffusers CogVideoX folder: ``scheduler/scheduler_config.json``'s
+    ``snr_shift_scale`` when the folder has one, else inferred from the transformer config: 3.0 for
+    CogVideoX-2B (the only release without RoPE: a 3-D sin-cos PE), 1.0 for 5B, 5B-I2V and 1.5."""
+    from minivdit.models.cogvideox import CogVideoXConfig, pretrained_folder
+
+    folder = Path(folder)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        value = json.loads(sched.read_text()).get("snr_shift_scale")
+        if value is not None:
+            return float(value)
+    cfg = CogVideoXConfig.from_json(pretrained_folder(folder) / "config.json")
+    return 1.0 if cfg.use_rotary_positional_embeddings else 3.0
+
+
+def load_pretrained_folder(
+    folder: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    snr_shift_scale: float | None = None,
+) -> tuple[torch.nn.Module, DDPM, torch.nn.Module, dict]:
+    """A diffusers CogVideoX pipeline folder as ``(model, objective, vae, info)``, like ``load_run``: the
+    transformer (``transformer/``), ``DDPMConfig.cogvideox`` with ``pretrained_snr_shift`` (or the given
+    shift), and the VAE of ``vae/``."""
+    from minivdit.models.cogvideox import CogVideoXTransformer, pretrained_folder
+
+    folder = Path(folder)
+    model = CogVideoXTransformer.from_pretrained(pretrained_folder(folder), dtype=dtype, device=device)
+    shift = pretrained_snr_shift(folder) if snr_shift_scale is None else snr_shift_scale
+    objective = DDPM(DDPMConfig.cogvideox(snr_shift_scale=shift))
+    if not (folder / "vae" / "config.json").is_file():
+        raise ValueError(
+            f"--pretrained {folder}: no vae/config.json (expected a diffusers CogVideoX pipeline folder: "
+            "transformer/, vae/, text_encoder/, tokenizer/)"
+        )
+    vae = build_vae(VAEConfig(kind="cogvideox", path=str(folder / "vae"))).to(device)
+    return model, objective, vae, {"pretrained": str(folder), "snr_shift_scale": shift}
+
+
+# ---------------------------------------------------------------------------------------------- CogVideoX
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """An image file as ``[1, 3, H, W]`` float in [-1, 1] at ``size = (H, W)``: RGB, resized (bicubic) to
+    cover the size with its aspect kept, centre-cropped, then x / 255 · 2 − 1 (diffusers'
+    ``VaeImageProcessor``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    H, W = size
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"--image {path}: cannot read it as an image ({e})") from e
+    if im.size != (W, H):
+        s = max(W / im.width, H / im.height)
+        rw, rh = max(W, round(im.width * s)), max(H, round(im.height * s))
+        im = im.resize((rw, rh), Image.Resampling.BICUBIC)
+        left, top = (rw - W) // 2, (rh - H) // 2
+        im = im.crop((left, top, left + W, top + H))
+    x = np.asarray(im).astype(np.float32) / 255.0  # [H, W, 3]
+    return torch.from_numpy(2.0 * x - 1.0).permute(2, 0, 1)[None]  # [1, 3, H, W]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A checked CogVideoX request: pixel size and frames, latent frames and the 1.5 front padding."""
+
+    height: int
+    width: int
+    num_frames: int
+    latent_frames: int
+    pad: int
+
+
+def _check_cogvideox_request(cfg: SampleConfig, mc) -> _Request:
+    """Refuse what a CogVideoX model (config ``mc``) cannot sample, before any weight is loaded."""
+    kind = "image-to-video" if mc.is_i2v else "text-to-video"
+    if cfg.ckpt is not None and cfg.snr_shift_scale is not None:
+        raise ValueError("--snr-shift-scale is for --pretrained; a run samples with its own objective")
+    if cfg.classes:
+        raise ValueError(
+            f"--classes {cfg.classes}: CogVideoX is text-conditioned and takes no class label; give --prompt"
+        )
+    if not cfg.prompt:
+        raise ValueError('CogVideoX is text-conditioned: give --prompt "..." (one video per prompt)')
+    if mc.is_i2v and cfg.image is None:
+        raise ValueError(
+            f"this CogVideoX is {kind} (in_channels {mc.in_channels} = 2 x out_channels): give --image FILE"
+        )
+    if not mc.is_i2v and cfg.image is not None:
+        raise ValueError(f"--image {cfg.image}: this CogVideoX is {kind} (in_channels {mc.in_channels})")
+    if not mc.is_i2v and cfg.frame_index:
+        raise ValueError(f"--frame-index {cfg.frame_index} needs an image-to-video model and --image")
+    r, s = mc.temporal_compression_ratio, 8  # the CogVideoX VAE: 4x time, 8x space
+    H, W = cfg.size or (mc.latent_size[0] * s, mc.latent_size[1] * s)
+    mult = s * mc.patch_size
+    if min(H, W) < mult or H % mult or W % mult:
+        near = [max(mult, round(v / mult) * mult) for v in (H, W)]
+        raise ValueError(
+            f"--size {H} {W}: height and width must be positive multiples of {mult} (VAE {s}x times patch "
+            f"{mc.patch_size}); e.g. --size {near[0]} {near[1]}"
+        )
+    N = cfg.num_frames or (mc.frames - 1) * r + 1
+    if N < 1 or (N - 1) % r:
+        below = max(N - 1, 0) // r * r + 1
+        nearest = " or ".join(str(n) for n in (below, below + r) if n >= 1 and n != N)
+        raise ValueError(f"--num-frames {N}: CogVideoX needs {r}k+1 frames; nearest valid counts: {nearest}")
+    F_lat = (N - 1) // r + 1
+    if mc.use_learned_positional_embeddings and (F_lat, H // s, W // s) != mc.trained_size:
+        F0, H0, W0 = mc.trained_size
+        raise ValueError(
+            f"--size {H} {W} --num-frames {N}: the learned position embedding of this model covers only "
+            f"{(F0 - 1) * r + 1} frames of {H0 * s}x{W0 * s}"
+        )
+    if cfg.image is not None:
+        if not 0 <= cfg.frame_index < N:
+            raise ValueError(
+                f"--frame-index {cfg.frame_index} is outside the clip of {N} frames (0..{N - 1})"
+            )
+        if not Path(cfg.image).is_file():
+            raise ValueError(f"--image {cfg.image}: no such file")
+    pad = (-F_lat) % (mc.patch_size_t or 1)
+    if pad and cfg.frame_index:
+        raise ValueError(
+            f"--frame-index {cfg.frame_index} with {N} frames ({F_lat} latent frames): CogVideoX 1.5 pads an "
+            f"odd latent count in front, which only first-frame conditioning supports; use {N + r} frames"
+        )
+    return _Request(height=H, width=W, num_frames=N, latent_frames=F_lat, pad=pad)
+
+
+def _text_config(cfg: SampleConfig, mc, run_cfg: dict | None):
+    """The T5 of this request (``SampleConfig.text_encoder`` docstring)."""
+    from minivdit.conditioning.text import TextEncoderConfig
+
+    if run_cfg is None:  # --pretrained
+        return TextEncoderConfig(
+            path=cfg.text_encoder or cfg.pretrained,
+            max_length=mc.max_text_seq_length,
+            dtype=cfg.text_dtype or "bfloat16",
+        )
+    text = from_dict(TextEncoderConfig, run_cfg["text"])
+    base = run_cfg.get("pretrained")
+    if cfg.text_encoder:
+        text = dataclasses.replace(text, path=cfg.text_encoder, text_encoder=None, tokenizer=None)
+    elif not text.enabled:
+        if not (base and (Path(base) / "text_encoder").is_dir()):
+            raise ValueError(
+                "the run trained on cached text and records no text encoder: give --text-encoder DIR (the T5 "
+                "folder the cache was made with)"
+            )
+        text = dataclasses.replace(text, path=base)
+    return dataclasses.replace(text, dtype=cfg.text_dtype or text.dtype)
+
+
+def _slice(cond: Cond, rows: slice) -> Cond:
+    return Cond(**{f: getattr(cond, f)[rows] for f in cond.given()})
+
+
+def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
+    """The latents ``[B, F', C, h, w]`` of a CogVideoX request (module docstring), the VAE that decodes them,
+    and a record of what made them."""
+    from minivdit.conditioning.i2v import inference_condition
+    from minivdit.conditioning.text import T5TextEncoder
+    from minivdit.models.cogvideox import CogVideoXConfig, pretrained_folder
+
+    device = torch.device(cfg.device)
+    if cfg.pretrained is not None:
+        run_cfg = None
+        mc = CogVideoXConfig.from_json(pretrained_folder(cfg.pretrained) / "config.json")
+    else:
+        _, meta = _read_run(cfg.ckpt)
+        run_cfg, mc = meta["config"], _model_config(meta["config"])
+    req = _check_cogvideox_request(cfg, mc)
+    text_cfg = _text_config(cfg, mc, run_cfg)
+
+    prompts = list(cfg.prompt)
+    encoder = T5TextEncoder(text_cfg).to(device)
+    context, mask = encoder.encode(prompts)  # [B, L, D], None (CogVideoX: no mask)
+    null_text = {k: v.float() if v is not None else None for k, v in encoder.null().items()}
+    context = context.float()
+    del encoder  # the 5B's T5 is 9.5 GB: gone before the transformer loads
+
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    if cfg.pretrained is not None:
+        model, objective, vae, info = load_pretrained_folder(
+            cfg.pretrained, device=device, dtype=dtype, snr_shift_scale=cfg.snr_shift_scale
+        )
+    else:
+        model, objective, vae, run = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device, dtype=dtype)
+        info = {"ckpt": run["_ckpt"]}
+
+    s, r = vae.spatial_compression, vae.temporal_compression
+    B, F_all = len(prompts), req.latent_frames + req.pad
+    shape = (1, F_all, mc.out_channels, req.height // s, req.width // s)
+    image = load_image(cfg.image, (req.height, req.width)).to(device) if cfg.image is not None else None
+    image_latents, noise = [], []
+    for i in range(B):  # the pipeline's draws, per sample: the image condition, then the initial noise
+        g = torch.Generator().manual_seed(cfg.seed + i)
+        if image is not None:
+            n = req.num_frames + r * req.pad
+            image_latents.append(inference_condition(image, vae, n, cfg.frame_index, generator=g))
+        noise.append(torch.randn(shape, generator=g))
+    cond = Cond(
+        context=context,
+        context_mask=mask,
+        image_latents=torch.cat(image_latents) if image is not None else None,
+    )
+    null = cond.null(**null_text)  # the empty prompt; the image latents are kept (text-only guidance)
+    noise = torch.cat(noise)  # [B, F', C, h, w]
+    cfg_scale = COGVIDEOX_CFG_SCALE if cfg.cfg_scale is None else cfg.cfg_scale
+    out = []
+    for start in range(0, B, cfg.batch_size):
+        rows = slice(start, start + cfg.batch_size)
+        out.append(
+            generate(
+                model,
+                objective,
+                cond=_slice(cond, rows),
+                null=_slice(null, rows),
+                shape=tuple(noise[rows].shape),
+                noise=noise[rows],
+                steps=cfg.steps,
+                cfg_scale=cfg_scale,
+                dynamic_cfg=cfg.dynamic_cfg,
+                seed=cfg.seed,
+                device=device,
+                precision=cfg.precision,
+            ).cpu()
+        )
+    latents = torch.cat(out)[:, req.pad :]  # CogVideoX 1.5: the front padding frame dropped, as the pipeline
+    record = info | {
+        "prompts": prompts,
+        "seeds": [cfg.seed + i for i in range(B)],
+        "image": cfg.image,
+        "frame_index": cfg.frame_index if cfg.image is not None else None,
+        "num_frames": req.num_frames,
+        "size": [req.height, req.width],
+        "steps": cfg.steps,
+        "cfg_scale": cfg_scale,
+        "dynamic_cfg": cfg.dynamic_cfg,
+        "use_ema": cfg.use_ema if cfg.ckpt is not None else None,
+        "precision": cfg.precision,
+    }
+    return latents, vae, record
+
+
+def _prompt_label(prompt: str) -> str:
+    prompt = " ".join(prompt.split())
+    return prompt if len(prompt) <= PROMPT_LABEL_CHARS else prompt[: PROMPT_LABEL_CHARS - 3] + "..."
+
+
+def _sample_text(cfg: SampleConfig) -> Path:
+    device = torch.device(cfg.device)
+    latents, vae, record = sample_cogvideox(cfg)
+    videos = torch.cat(
+        [
+            decode_latents(vae, latents[i : i + cfg.batch_size].to(device), device, cfg.precision).cpu()
+            for i in range(0, len(latents), cfg.batch_size)
+        ]
+    )
+    out = write_samples(Path(cfg.out), videos, [_prompt_label(p) for p in record["prompts"]])
+    (out["dir"] / "samples.json").write_text(json.dumps(record, indent=2))
+    print(
+        f"wrote {len(videos)} samples to {out['dir'].resolve()} (per-video mp4, grid.mp4, grid.gif, "
+        "contact.png, samples.json)"
+    )
+    return out["dir"]
+
+
+def _is_cogvideox(cfg: SampleConfig) -> bool:
+    if cfg.pretrained is not None:
+        return True
+    _, meta = _read_run(cfg.ckpt)
+    return meta["config"]["model"].get("_type") == "CogVideoXConfig"
+
+
 def sample(cfg: SampleConfig) -> Path:
-    """Load the run's config and weights, sample, write videos; returns the output folder."""
+    """Load the run's config and weights (or a diffusers CogVideoX folder), sample, write videos; returns the
+    output folder."""
+    if _is_cogvideox(cfg):
+        return _sample_text(cfg)
+    cogvideox_only = dict(prompt=cfg.prompt, image=cfg.image, text_encoder=cfg.text_encoder, size=cfg.size)
+    cogvideox_only |= dict(
+        num_frames=cfg.num_frames, frame_index=cfg.frame_index, snr_shift_scale=cfg.snr_shift_scale
+    )
+    for name, value in cogvideox_only.items():
+        if value:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is for CogVideoX; this run is a V-DiT (class labels: --classes)")
     device = torch.device(cfg.device)
     model, objective, vae, run_cfg = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device)
     model_cfg = model.cfg
@@ -242,7 +706,8 @@ def sample(cfg: SampleConfig) -> Path:
         labels=labels,
         shape=shape,
         steps=cfg.steps,
-        cfg_scale=cfg.cfg_scale,
+        cfg_scale=1.0 if cfg.cfg_scale is None else cfg.cfg_scale,
+        dynamic_cfg=cfg.dynamic_cfg,
         seed=cfg.seed,
         device=device,
         precision=cfg.precision,
@@ -262,4 +727,7 @@ def sample(cfg: SampleConfig) -> Path:
 
 
 if __name__ == "__main__":
+    from minivdit.log import setup_logging
+
+    setup_logging(rank=0)
     sample(tyro.cli(SampleConfig))

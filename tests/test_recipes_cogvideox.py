@@ -12,90 +12,24 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data_real import write_video  # tests/ is on sys.path (pytest's rootdir insertion)
-from test_recipes import load
+from tiny_cogvideox import TEXT_LEN, make_clips, make_pipeline_folder, tiny_config  # tests/ on sys.path
 
 from minivdit.align.teachers import make_tiny_teacher
 from minivdit.conditioning.text import make_tiny_t5
-from minivdit.models.cogvideox import CogVideoXConfig
 from minivdit.models.lora import LoRAConfig
-from minivdit.models.vae import VAEConfig
-from minivdit.train import CkptConfig, LogConfig, train
+from minivdit.train import train
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]
-RECIPES = Path(__file__).parents[1] / "recipes"
-TEXT_LEN = 8
-VAE = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=4, latent_channels=4)
-FRAMES, H, W = 9, 32, 48  # pixels -> latents 3 x 4 x 6 -> tokens 3 x 2 x 3
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny CogVideoX-I2V pipeline folder, a tiny V-JEPA 2 and a captioned folder of 4 clips."""
     root = tmp_path_factory.mktemp("cogvideox")
-    pipe = root / "CogVideoX-tiny-I2V"
-    torch.manual_seed(0)
-    transformer = diffusers.CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=8,
-        out_channels=4,
-        time_embed_dim=16,
-        text_embed_dim=32,
-        num_layers=2,
-        sample_width=W // 8,
-        sample_height=H // 8,
-        sample_frames=FRAMES,
-        max_text_seq_length=TEXT_LEN,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=True,
-    )
-    with torch.no_grad():  # random everything, norms and the learned PE included
-        for p in transformer.parameters():
-            p.normal_(0, 0.05)
-    transformer.save_pretrained(pipe / "transformer", max_shard_size="40KB")  # several shard files
-    diffusers.AutoencoderKLCogVideoX(**VAE).save_pretrained(pipe / "vae")
-    make_tiny_t5(pipe)  # text_encoder/ + tokenizer/, d_model 32
+    pipe = make_pipeline_folder(root / "CogVideoX-tiny-I2V")
     make_tiny_teacher("vjepa2", root / "vjepa2")
-    data = root / "clips"
-    rows = ["path,caption"]
-    for i in range(4):
-        write_video(data / f"clip{i}.mp4", FRAMES + 3, w=W, h=H, tint=40 * i)
-        rows.append(f"clip{i}.mp4,a red disc grows slowly {i}")
-    (data / "captions.csv").write_text("\n".join(rows) + "\n")
-    return {"pipe": pipe, "vjepa2": root / "vjepa2", "data": data}
-
-
-def tiny_config(recipe: str, tiny: dict[str, Path], out: Path, **overrides):
-    """The recipe's config with the tiny folders and sizes: only what the tiny weights force changes."""
-    cfg = load(RECIPES / f"{recipe}.py").config()
-    pipe = tiny["pipe"]
-    model = CogVideoXConfig.from_json(pipe / "transformer" / "config.json")
-    changes = dict(
-        out_dir=str(out),
-        model=dataclasses.replace(model, attn_backend=cfg.model.attn_backend),
-        pretrained=str(pipe),
-        vae=VAEConfig(kind="cogvideox", path=str(pipe / "vae")),
-        text=dataclasses.replace(cfg.text, path=str(pipe), max_length=TEXT_LEN, dtype="float32"),
-        data=dataclasses.replace(
-            cfg.data,
-            root=str(tiny["data"]),
-            num_frames=FRAMES,
-            image_size=(H, W),
-            num_workers=0,
-            batch_size=2,
-        ),
-        max_steps=2,
-        precision="fp32",
-        parallel=dataclasses.replace(cfg.parallel, compile=False),
-        log=LogConfig(every=1, tensorboard=False),
-        ckpt=CkptConfig(every=1, keep=5),
-    )
-    if cfg.align is not None:
-        changes["align"] = dataclasses.replace(cfg.align, block_index=1, projector_dim=32)
-        changes["teacher"] = dataclasses.replace(cfg.teacher, vjepa2=str(tiny["vjepa2"]))
-    return dataclasses.replace(cfg, **(changes | overrides))
+    return {"pipe": pipe, "vjepa2": root / "vjepa2", "data": make_clips(root / "clips")}
 
 
 def _rows(run_dir: Path) -> list[dict]:
