@@ -1,8 +1,8 @@
 """``tools/bench.py`` smoke tests: the ``vae`` subcommand at tiny sizes (JSON lines, keys, streamed == whole
 up to rounding, the diffusers comparison or its skip line), one ``train`` case with the Latte reference,
-the ``align`` losses with dREPA against the blog's reference, and the ``decode`` per-clip reader against
-whole-file decoding. CPU, one thread, ~20 s. ``tools/`` is a folder
-of scripts, so the module is loaded from its path."""
+the ``align`` losses with dREPA against the blog's reference, the ``decode`` per-clip reader against
+whole-file decoding, and the ``cogvideox`` training step on its tiny CPU config. CPU, one thread, ~25 s.
+``tools/`` is a folder of scripts, so the module is loaded from its path."""
 
 from __future__ import annotations
 
@@ -157,3 +157,89 @@ def test_decode_partial_vs_whole(capsys):
 def test_decode_rejects_clips_longer_than_the_video():
     with pytest.raises(SystemExit):
         bench.main(["decode", "--seconds", "0.4", "--fps", "10", "--width", "32", "--height", "24"])
+
+
+COGVIDEOX_KEYS = {
+    "bench",
+    "preset",
+    "backend",
+    "backend_ran",
+    "fallback_reason",
+    "attn_qkv_dtype",
+    "precision",
+    "param_dtype",
+    "activation_checkpointing",
+    "tuning",
+    "lora_rank",
+    "threads",
+    "frames",
+    "height",
+    "width",
+    "batch",
+    "text_tokens",
+    "video_tokens",
+    "params_M",
+    "trainable_M",
+    "step_s",
+    "samples_s",
+    "tokens_s",
+    "model_flops_per_step",
+    "flops_per_step",
+    "achieved_tflops",
+    "mfu",
+    "hfu",
+    "peak_mem_gib",
+    "speedup_vs_sdpa",
+    "speedup_vs_sat_anchor",
+}
+
+
+def test_cogvideox_tiny(capsys):
+    """The tiny I2V config, 1 warm-up + 1 timed step per case: the parity line says why it was skipped, every
+    case has the keys, flash reports that SDPA ran instead (no flash-attn / no CUDA here), bf16 weights reach
+    the attention in bf16, LoRA trains only the adapters, and AC adds one forward to the executed FLOPs."""
+    bench.main(
+        ["cogvideox", "--device", "cpu", "--warmup", "1", "--iters", "1", "--backends", "sdpa", "flash"]
+        + ["--precisions", "fp32", "bf16-params", "--ac", "off", "on", "--lora-rank", "0", "4"]
+    )
+    rows = _rows(capsys)
+    parity, cases = rows[0], rows[1:]
+    assert parity["check"] == "flash-vs-sdpa-parity" and "CUDA" in parity["skipped"]
+    assert parity["shape_bhld"] == [1, 2, 32 + 5 * 4 * 6, 64]
+    assert len(cases) == 2 * 2 * 2 * 2
+    for r in cases:
+        assert "error" not in r and r.keys() >= COGVIDEOX_KEYS, r
+        assert r["preset"] == "tiny" and (r["frames"], r["height"], r["width"]) == (5, 8, 12)
+        assert (r["text_tokens"], r["video_tokens"]) == (32, 120)
+        assert r["step_s"] > 0 and r["tokens_s"] > 0 and r["mfu"] is None and r["peak_mem_gib"] is None
+        assert r["speedup_vs_sat_anchor"] is None and r["threads"] == 1
+        assert r["backend_ran"] == "sdpa"
+        if r["backend"] == "sdpa":
+            assert r["fallback_reason"] is None and r["speedup_vs_sdpa"] is None
+        else:
+            assert r["fallback_reason"] and r["speedup_vs_sdpa"] > 0
+        bf16 = r["precision"] == "bf16-params"
+        assert r["param_dtype"] == ("bf16" if bf16 else "fp32")
+        assert r["attn_qkv_dtype"] == ["/".join(["bfloat16" if bf16 else "float32"] * 3)]
+        if r["tuning"] == "lora":
+            assert r["lora_rank"] == 4 and 0 < r["trainable_M"] < r["params_M"] / 10
+        else:
+            assert r["trainable_M"] == pytest.approx(r["params_M"], abs=0.01)
+        if r["activation_checkpointing"]:
+            assert r["flops_per_step"] > r["model_flops_per_step"]
+        else:
+            assert r["flops_per_step"] == r["model_flops_per_step"]
+    full = next(r for r in cases if r["tuning"] == "full")
+    assert full["model_flops_per_step"] == 3 * bench.cvx.flops_per_sample(bench.COGVIDEOX_TINY, 5, 8, 12)
+
+
+def test_attention_parity_maths_on_cpu():
+    """The CUDA-only flash line's comparison, run with SDPA on both sides: zero difference, parity holds."""
+    row = bench.attention_parity((1, 2, 40, 64), bench.torch.device("cpu"), "sdpa")
+    assert row["parity_ok"] and row["out_max_abs_diff_vs_sdpa"] == 0.0
+    assert 0 < row["dq_max_abs_err_vs_fp32"] < 0.1
+
+
+def test_cogvideox_rejects_sizes_off_the_learned_pe():
+    with pytest.raises(SystemExit):
+        bench.main(["cogvideox", "--device", "cpu", "--preset", "CogVideoX-5B-I2V", "--frames", "12"])

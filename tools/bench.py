@@ -61,6 +61,34 @@ cannot have here), timed when the dev extra's cd-fvd is installed. Then the esti
 ``align4gen-ucf`` protocol's detectors: 2,048 real clips through VideoMAE, I3D and Inception, and 2,048
 generated clips through those plus C3D and CLIP (sampling the 2,048 videos is not included: it depends on the
 model and the sampler).
+
+    python tools/bench.py cogvideox --device cpu --iters 1 --warmup 1
+    python tools/bench.py cogvideox --preset CogVideoX-5B-I2V --frames 13 --height 60 --width 90 --batch 1 \
+        --backends sdpa flash --lora-rank 0 128
+
+``cogvideox``: forward + backward + AdamW step of the CogVideoX transformer (I2V: image latents in ``Cond``),
+one case per attention backend × precision × activation checkpointing (``--ac off on``) × tuning
+(``--lora-rank``: 0 = full fine-tune, r = LoRA on ``attn1.to_{q,k,v,out.0}``, base frozen, LoRA in fp32).
+Precisions: ``fp32``; ``bf16`` = bf16 autocast over fp32 weights; ``bf16-params`` = bf16 weights and
+activations, no autocast (what FSDP2's ``MixedPrecisionPolicy(param_dtype=bf16)`` computes with; AdamW states
+then follow the weights, bf16 for a full fine-tune). The model is built on ``meta``, materialised with
+``to_empty`` + ``init_weights()`` (random weights; the zero-initialised adaLN / output layers and LoRA B get
+N(0, 0.02) so every branch does work). ``backend_ran`` is what actually served the attention calls (counted
+during the step), with ``fallback_reason``: flash and xformers fall back to SDPA on the CPU and without their
+package, flash also for fp32 queries (under CUDA bf16 autocast the per-head QK LayerNorm outputs fp32, so q/k
+reach the kernel in fp32 and v in bf16: see ``attn_qkv_dtype``). Reports step seconds, samples/s, tokens/s
+(text + video tokens), and FLOPs from ``minivdit.models.cogvideox.flops_per_sample``: ``model_flops_per_step``
+= 3 × forward (LoRA: the frozen base computes no weight gradients, so one linear-forward less, plus the
+adapters' own 3 ×), ``flops_per_step`` = that + one forward with activation checkpointing (the recompute),
+``achieved_tflops`` from the latter; on a GPU in ``PEAK_TFLOPS`` ``mfu`` (model FLOPs) and ``hfu`` (with the
+recompute), and ``peak_mem_gib`` (CUDA max allocated after the warm-up steps, so weights, gradients and AdamW
+state included). ``speedup_vs_sdpa``: the SDPA case with the same other settings over this one;
+``speedup_vs_sat_anchor``: 8 s/it (finetrainers #65, SAT 5B-I2V full SFT on H100, anchors-cogvideox §8) over
+our seconds per sample, for 5B-I2V at 13×60×90 only. The default is a tiny I2V config (2 layers, 2 heads × 64,
+32 text tokens of width 32, 5×8×12 latents: 152 tokens; one CPU thread unless ``--threads``), seconds on a
+CPU; ``--preset`` with no other flags runs ``bf16-params``, flash, AC, full and LoRA r128. A first line
+compares the flash kernel with SDPA at the model's attention shape on CUDA (bf16 output and q/k/v gradients
+against each other and against fp32 SDPA); elsewhere it says why it was skipped.
 """
 
 from __future__ import annotations
@@ -87,9 +115,12 @@ from einops import rearrange
 from torch import Tensor
 
 from minivdit.align import losses as align_losses
+from minivdit.models import attention as attention_mod
 from minivdit.models import blocks
+from minivdit.models import cogvideox as cvx
 from minivdit.models.cond import Cond
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
+from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, lora_modules
 from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
 
 # Dense peak TFLOP/s per device for MFU (bf16 / tf32 tensor cores, no sparsity).
@@ -1108,6 +1139,337 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+# ---------------------------------------------------------------------------------------------- cogvideox
+
+COGVIDEOX_TINY = replace(
+    cvx.PRESETS["CogVideoX-5B-I2V"],
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=64,
+    time_embed_dim=128,
+    text_embed_dim=32,
+    max_text_seq_length=32,
+    sample_frames=17,  # pixel frames: 5 latent frames
+    sample_height=8,
+    sample_width=12,
+)
+"""The CPU default: 5B-I2V's architecture (learned PE, RoPE, I2V channel concat) at 2 layers of 2 × 64."""
+SAT_ANCHOR_S_PER_IT = 8.0
+"""finetrainers #65: CogVideoX-5B-I2V full SFT on an H100 with SAT, ≈ 8 s/it (anchors-cogvideox §8)."""
+COGVIDEOX_PRECISIONS = ("fp32", "bf16", "bf16-params")
+
+
+class _AttnProbe:
+    """Counts, while active, the attention calls of ``minivdit.models.cogvideox`` and how many of them SDPA
+    served (patches the module globals ``cogvideox.attention`` and ``attention._sdpa``; restored on exit)."""
+
+    def __enter__(self) -> _AttnProbe:
+        self.calls, self.sdpa, self.qkv_dtypes, self.first = 0, 0, set(), None
+        self._attention, self._sdpa = cvx.attention, attention_mod._sdpa
+
+        def attention(q, k, v, *, backend="sdpa"):
+            self.calls += 1
+            self.qkv_dtypes.add("/".join(str(t.dtype).removeprefix("torch.") for t in (q, k, v)))
+            self.first = self.first or (backend, q.device, q.dtype)
+            return self._attention(q, k, v, backend=backend)
+
+        def sdpa(q, k, v):
+            self.sdpa += 1
+            return self._sdpa(q, k, v)
+
+        cvx.attention, attention_mod._sdpa = attention, sdpa
+        return self
+
+    def __exit__(self, *exc) -> None:
+        cvx.attention, attention_mod._sdpa = self._attention, self._sdpa
+
+    def ran(self, requested: str) -> tuple[str, str | None]:
+        """(the backend that served the calls: requested, "sdpa" or "mixed"; why it fell back, if it did)."""
+        if self.calls == 0:
+            return "none", "no attention call"
+        if requested == "sdpa" or self.sdpa == 0:
+            return requested, None
+        _, device, dtype = self.first
+        if attention_mod._load(requested) is None:
+            reason = "package not importable"
+        elif device.type != "cuda":
+            reason = "needs CUDA tensors"
+        elif requested == "flash" and dtype not in (torch.float16, torch.bfloat16):
+            reason = f"needs fp16/bf16 queries, got {str(dtype).removeprefix('torch.')}"
+        else:
+            reason = "unknown"
+        return ("sdpa" if self.sdpa == self.calls else "mixed"), reason
+
+
+def _cogvideox_cfg(args: argparse.Namespace) -> cvx.CogVideoXConfig:
+    return COGVIDEOX_TINY if args.preset == "tiny" else cvx.preset(args.preset)
+
+
+def _build_cogvideox(cfg, device: torch.device, precision: str, lora_rank: int, ac: bool):
+    """Meta build → (bf16 cast) → LoRA (fp32) → ``to_empty`` → ``init_weights`` → non-zero adaLN/output."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = cvx.CogVideoXTransformer(cfg)
+    if precision == "bf16-params":
+        model.to(dtype=torch.bfloat16)
+    if lora_rank:
+        apply_lora(model, LoRAConfig(rank=lora_rank), dtype=torch.float32)
+    model.grad_checkpointing = ac
+    model.to_empty(device=device)
+    model.init_weights()
+    init_lora_weights(model)
+    with torch.no_grad():  # the zero-initialised layers: random, so that every branch does real work
+        zeroed = [model.norm_out.linear, model.proj_out]
+        zeroed += [n.linear for b in model.transformer_blocks for n in (b.norm1, b.norm2)]
+        for m in zeroed:
+            m.weight.normal_(0, 0.02)
+        for m in lora_modules(model).values():
+            m.lora_B.weight.normal_(0, 0.02)
+    return model.train()
+
+
+def _cogvideox_inputs(cfg, args, device: torch.device, dtype: torch.dtype):
+    B, F_, H, W = args.batch, args.frames, args.height, args.width
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, F_, cfg.out_channels, H, W, generator=g)
+    context = torch.randn(B, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g)
+    image = None
+    if cfg.is_i2v:  # the condition frame first, zeros elsewhere (CogVideoX-I2V)
+        image = torch.zeros(B, F_, cfg.in_channels - cfg.out_channels, H, W)
+        image[:, 0] = torch.randn(B, cfg.in_channels - cfg.out_channels, H, W, generator=g)
+    t = torch.randint(0, 1000, (B,), generator=g).float().to(device)
+    to = dict(device=device, dtype=dtype)
+    cond = Cond(context=context.to(**to), image_latents=None if image is None else image.to(**to))
+    return x.to(**to), t, cond
+
+
+def _cogvideox_flops(cfg, args, model, ac: bool) -> tuple[float, float]:
+    """(model FLOPs per step, executed FLOPs per step incl. the AC recompute), matmuls only."""
+    B, L = args.batch, cfg.max_text_seq_length
+    S = L + cvx.num_tokens(cfg, args.frames, args.height, args.width)
+    fwd = cvx.flops_per_sample(cfg, args.frames, args.height, args.width, L) * B
+    attn_fwd = 2.0 * cfg.num_layers * 2 * S**2 * cfg.inner_dim * B  # QK^T and AV
+    lora = lora_modules(model).values()
+    lora_fwd = 2.0 * S * B * sum(m.rank * (m.base.in_features + m.base.out_features) for m in lora)
+    if lora_fwd:  # frozen base: activation gradients only (1 x), no weight gradients
+        model_flops = 3 * fwd - (fwd - attn_fwd) + 3 * lora_fwd
+    else:
+        model_flops = 3 * fwd
+    return model_flops, model_flops + (fwd + lora_fwd if ac else 0.0)
+
+
+def attention_parity(shape: tuple[int, ...], device: torch.device, backend: str = "flash") -> dict:
+    """``backend`` vs SDPA on random q, k, v of ``shape`` [B, H, L, Dh] in bf16: max |Δ| of the output and of
+    the q/k/v gradients (a random upstream gradient), and each one's error against fp32 SDPA. ``parity_ok``:
+    the backend's error is at most 2 × bf16 SDPA's + 1e-3, output and every gradient. Raises if the backend
+    fell back to SDPA (then there is nothing to compare)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, dout = (torch.randn(shape, generator=g, device=device) for _ in range(4))
+
+    def run(name: str, dtype: torch.dtype) -> list[Tensor]:
+        qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        with _AttnProbe() as probe:
+            out = attention_mod.attention(qq, kk, vv, backend=name)
+        out.backward(dout.to(dtype))
+        if name != "sdpa" and probe.sdpa:
+            raise RuntimeError(f"{name} fell back to SDPA: nothing to compare")
+        return [t.detach().float() for t in (out, qq.grad, kk.grad, vv.grad)]
+
+    ref = run("sdpa", torch.float32)
+    sdpa, other = run("sdpa", torch.bfloat16), run(backend, torch.bfloat16)
+    row, ok = {}, True
+    for name, a, b, r in zip(("out", "dq", "dk", "dv"), other, sdpa, ref, strict=True):
+        row[f"{name}_max_abs_diff_vs_sdpa"] = (a - b).abs().max().item()
+        row[f"{name}_max_abs_err_vs_fp32"] = err = (a - r).abs().max().item()
+        row[f"{name}_max_abs_err_sdpa_vs_fp32"] = err_sdpa = (b - r).abs().max().item()
+        ok = ok and err <= 2 * err_sdpa + 1e-3
+    row["parity_ok"] = ok
+    row["criterion"] = f"{backend}'s error against fp32 SDPA <= 2 x bf16 SDPA's + 1e-3, output and each grad"
+    return row
+
+
+def _flash_parity(cfg, args, device: torch.device) -> dict:
+    """The flash-vs-SDPA line at the model's attention shape [B, heads, L + N, Dh] (CUDA only)."""
+    S = cfg.max_text_seq_length + cvx.num_tokens(cfg, args.frames, args.height, args.width)
+    shape = (args.batch, cfg.num_attention_heads, S, cfg.attention_head_dim)
+    row = {"bench": "cogvideox", "check": "flash-vs-sdpa-parity", "device": _device_name(device)}
+    row["shape_bhld"] = list(shape)
+    if device.type != "cuda":
+        row["skipped"] = "needs CUDA: flash-attn has no CPU kernels (anchors-cogvideox §7); run this on a GPU"
+    elif attention_mod._load("flash") is None:
+        row["skipped"] = "flash-attn not importable here (neither flash_attn_interface nor flash_attn)"
+    else:
+        try:
+            row |= attention_parity(shape, device, "flash")
+        except Exception as e:  # a kernel refusing the shape, out of memory: say so, go on
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+    return row
+
+
+def bench_cogvideox(args: argparse.Namespace) -> list[dict]:
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _bench_cogvideox(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_cogvideox(args: argparse.Namespace) -> list[dict]:
+    device, cfg = torch.device(args.device), _cogvideox_cfg(args)
+    results, sdpa_s = [], {}
+    row = _flash_parity(cfg, args, device)
+    print(json.dumps(row), flush=True)
+    results.append(row)
+    N = cvx.num_tokens(cfg, args.frames, args.height, args.width)
+    L = cfg.max_text_seq_length
+    at_anchor = args.preset == "CogVideoX-5B-I2V" and (args.frames, args.height, args.width) == (13, 60, 90)
+    backends = sorted(set(args.backends), key=cvx.BACKENDS.index)  # sdpa first: the ratios' reference
+    for rank in args.lora_rank:
+        for precision in args.precisions:
+            for ac in (a == "on" for a in args.ac):
+                for backend in backends:
+                    case = {"bench": "cogvideox", "preset": args.preset, "backend": backend}
+                    case |= {"precision": precision, "activation_checkpointing": ac}
+                    case |= {"tuning": "lora" if rank else "full", "lora_rank": rank}
+                    try:
+                        row = _cogvideox_case(cfg, args, device, backend, precision, ac, rank)
+                    except Exception as e:  # out of memory, a kernel refusing: one line, then the next case
+                        row = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                    finally:
+                        gc.collect()
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    row = case | row
+                    key = (rank, precision, ac)
+                    if "error" not in row:
+                        if backend == "sdpa":
+                            sdpa_s[key] = row["step_s"]
+                        ref = sdpa_s.get(key) if backend != "sdpa" else None
+                        row["speedup_vs_sdpa"] = round(ref / row["step_s"], 3) if ref else None
+                        per_sample = row["step_s"] / args.batch
+                        row["speedup_vs_sat_anchor"] = (  # the anchor is a full fine-tune
+                            round(SAT_ANCHOR_S_PER_IT / per_sample, 3) if at_anchor and not rank else None
+                        )
+                        row["text_tokens"], row["video_tokens"] = L, N
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
+    return results
+
+
+def _cogvideox_case(cfg, args, device, backend: str, precision: str, ac: bool, rank: int) -> dict:
+    cfg = replace(cfg, attn_backend=backend)
+    model = _build_cogvideox(cfg, device, precision, rank, ac)
+    dtype = torch.bfloat16 if precision == "bf16-params" else torch.float32
+    x, t, cond = _cogvideox_inputs(cfg, args, device, dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    with _AttnProbe() as probe:
+        dt = _time_steps(model, opt, x, t, cond, precision, device, args.warmup, args.iters)
+    ran, reason = probe.ran(backend)
+    model_flops, flops = _cogvideox_flops(cfg, args, model, ac)
+    peak = _peak(device, "fp32" if precision == "fp32" else "bf16")
+    S = args.batch * (cfg.max_text_seq_length + cvx.num_tokens(cfg, args.frames, args.height, args.width))
+    row = {
+        "backend_ran": ran,
+        "fallback_reason": reason,
+        "attn_qkv_dtype": sorted(probe.qkv_dtypes),
+        "param_dtype": "bf16" if precision == "bf16-params" else "fp32",
+        "device": _device_name(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "frames": args.frames,
+        "height": args.height,
+        "width": args.width,
+        "batch": args.batch,
+        "params_M": round(num_params(model, trainable_only=False) / 1e6, 2),
+        "trainable_M": round(num_params(model) / 1e6, 3),
+        "step_s": round(dt, 4),
+        "samples_s": round(args.batch / dt, 4),
+        "tokens_s": round(S / dt, 1),
+        "model_flops_per_step": model_flops,
+        "flops_per_step": flops,
+        "achieved_tflops": round(flops / dt / 1e12, 3),
+        "mfu": round(model_flops / dt / peak, 4) if peak else None,
+        "hfu": round(flops / dt / peak, 4) if peak else None,
+        "peak_mem_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+        ),
+        "sat_anchor_s_per_it": SAT_ANCHOR_S_PER_IT,
+    }
+    del model, opt, params
+    return row
+
+
+def _add_cogvideox_parser(sub) -> None:
+    cv = sub.add_parser("cogvideox", help="CogVideoX train step per attention backend, precision, AC, LoRA")
+    cv.add_argument("--preset", default="tiny", choices=["tiny", *sorted(cvx.PRESETS)])
+    cv.add_argument("--frames", type=int, default=None, help="latent frames (default: the preset's PE size)")
+    cv.add_argument("--height", type=int, default=None, help="latent height (default: the preset's)")
+    cv.add_argument("--width", type=int, default=None, help="latent width (default: the preset's)")
+    cv.add_argument("--batch", type=int, default=1)
+    cv.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        choices=list(cvx.BACKENDS),
+        help="default: tiny: every importable one; a preset: flash",
+    )
+    cv.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=COGVIDEOX_PRECISIONS,
+        help="default: tiny: fp32 bf16; a preset: bf16-params",
+    )
+    cv.add_argument("--ac", nargs="+", default=None, choices=["off", "on"], help="activation checkpointing")
+    cv.add_argument(
+        "--lora-rank",
+        type=int,
+        nargs="+",
+        default=None,
+        help="0 = full fine-tune (default: tiny 0 8; a preset 0 128)",
+    )
+    cv.add_argument("--warmup", type=int, default=2)
+    cv.add_argument("--iters", type=int, default=5)
+    cv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cv.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: 1 for tiny, whose ops gain nothing)"
+    )
+
+
+def _check_cogvideox_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tiny = args.preset == "tiny"
+    cfg = _cogvideox_cfg(args)
+    F0, H0, W0 = cfg.trained_size
+    pt = cfg.patch_size_t or 1  # 1.5: 21 latent frames padded to 22, as its pipeline does
+    args.frames, args.height, args.width = (
+        args.frames or -(-F0 // pt) * pt,
+        args.height or H0,
+        args.width or W0,
+    )
+    args.backends = args.backends or (attention_mod.available_backends() if tiny else ["flash"])
+    args.precisions = args.precisions or (["fp32", "bf16"] if tiny else ["bf16-params"])
+    args.ac = args.ac or (["off", "on"] if tiny else ["on"])
+    args.lora_rank = args.lora_rank or ([0, 8] if tiny else [0, 128])
+    if args.threads is None and tiny and torch.device(args.device).type == "cpu":
+        args.threads = 1  # tiny ops: more threads only add OpenMP overhead (many times slower on a busy host)
+    if args.threads is not None and args.threads < 1:
+        ap.error("cogvideox: --threads must be >= 1")
+    if min(args.frames, args.height, args.width, args.batch, args.iters) < 1 or args.warmup < 0:
+        ap.error("cogvideox: --frames, --height, --width, --batch and --iters must be >= 1, --warmup >= 0")
+    if min(args.lora_rank) < 0:
+        ap.error("cogvideox: --lora-rank must be >= 0 (0 = full fine-tune)")
+    p = cfg.patch_size
+    if args.height % p or args.width % p or args.frames % (cfg.patch_size_t or 1):
+        ap.error(f"cogvideox: latent H, W must be multiples of {p} (and F of patch_size_t for 1.5)")
+    if cfg.use_learned_positional_embeddings and (args.frames, args.height, args.width) != (F0, H0, W0):
+        ap.error(f"cogvideox: {args.preset} has a learned PE for latents {F0}x{H0}x{W0} only")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1130,9 +1492,13 @@ def main(argv: list[str] | None = None) -> None:
     _add_align_parser(sub)
     _add_decode_parser(sub)
     _add_eval_parser(sub)
+    _add_cogvideox_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "train":
         bench_train(args)
+    elif args.cmd == "cogvideox":
+        _check_cogvideox_args(ap, args)
+        bench_cogvideox(args)
     elif args.cmd == "eval":
         bench_eval(args)
     elif args.cmd == "decode":
@@ -1161,6 +1527,8 @@ __all__ = [
     "bench_align",
     "bench_decode",
     "bench_eval",
+    "bench_cogvideox",
+    "attention_parity",
     "make_reference",
     "vae_case",
     "align_case",
