@@ -762,3 +762,13 @@ def test_unknown_preset_names_the_value():
     with pytest.raises(ValueError, match="'V-DiT-Q/2'"):
         preset("V-DiT-Q/2")
     assert preset("V-DiT-XL/2") is PRESETS["V-DiT-XL/2"]
+
+
+def test_attention_casts_qk_to_v_dtype():
+    """Autocast's fp32 QK norms next to a bf16 v: every backend gets one dtype (SDPA's autocast rule)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(3))
+    out = attention(q, k, v.bfloat16(), backend="sdpa")
+    assert out.dtype == torch.bfloat16
+    ref = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), backend="sdpa")
+    assert torch.equal(out, ref)

@@ -78,6 +78,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, backend: Backend = "sdpa") -> 
             f"attention expects q, k, v as [B, H, L, Dh] with matching B, H, Dh; got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    if q.dtype != v.dtype or k.dtype != v.dtype:
+        # Under CUDA autocast LayerNorm/RMSNorm return fp32, so QK-normed q, k arrive in fp32 next to a bf16 v
+        # (CogVideoX's norm_q/norm_k). SDPA's autocast rule would cast all three to bf16; do it here for every
+        # kernel, so flash / xformers still run instead of falling back (or failing on mixed dtypes).
+        q, k = q.to(v.dtype), k.to(v.dtype)
     if backend == "sdpa":
         return _sdpa(q, k, v)
     kernel = _load(backend)
