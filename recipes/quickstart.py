@@ -3,29 +3,33 @@ which then measures its own samples.
 
 No files, no GPU, no VAE: 8-frame 16x16 pixel clips of coloured shapes whose colour, shape and motion are set
 by the class (``minivdit/data/synthetic.py``). Pixel space (``vae="none"``), patch 4 (16 tokens per frame),
-4 + 4 spatial/temporal blocks of width 128, x-prediction trained with the velocity loss, 1500 steps of batch
+8 full-3-D blocks of width 128 with QK-norm, x-prediction trained with the velocity loss, 1200 steps of batch
 16. On 2 CPU cores it trains in about 7 minutes; samples of every class land in
 ``runs/quickstart/samples/step_<N>/contact.png`` (one row per class: compare the colour, shape and motion
 with the row's label), and the run ends by evaluating itself with the ``synthetic`` protocol
 (``minivdit/eval/protocols.py``): ``syn_fvd`` (the Fréchet distance of the synthetic detector's features, 512
-samples against 512 real clips; lower is better; two sets of real clips are 0.008 apart) and ``syn_acc`` (the
-fraction of samples the detector classifies as the class they were sampled for), printed next to the sample
-path and written to ``runs/quickstart/eval/step_0001500/metrics.json``.
+samples against 512 real clips; lower is better; two sets of real clips are 0.008 apart), ``syn_acc`` (the
+fraction of samples the detector classifies as the class they were sampled for) and ``syn_count`` (the
+fraction of sample frames showing the class's number of objects, one or two; real clips 1.000), printed next
+to the sample path and written to ``runs/quickstart/eval/step_0001200/metrics.json``.
 
 Why these settings (issue 11). Each run below trained 1500 steps of batch 16 and was measured with the
-synthetic detector on 512 samples (Euler, 10 steps) as ``syn_fvd`` / ``syn_acc``:
+synthetic detector on 512 samples (Euler) as ``syn_fvd`` / ``syn_acc`` (/ ``syn_count`` where measured):
 
-===============================================================  ===============  ===============
+===============================================================  ===============  =======================
 run                                                              CFG 1            CFG 3
-===============================================================  ===============  ===============
+===============================================================  ===============  =======================
 the previous quickstart (velocity, uniform t, lr 5e-4)           8.03 / 0.594     6.53 / 0.814
 x-prediction, logit-normal t (0.8, 0.8), lr 5e-4                 3.21 / 0.867     2.37 / 0.961
   the same at 32x32 with patch 8 (16 tokens per frame)           5.95 / 0.699     —
   the same with full-3-D blocks                                  5.21 / 0.799     —
   the same with full-3-D blocks and lr 1e-3                      4.03 / 0.867     2.27 / 0.932
 x-prediction, logit-normal t (0.0, 0.8), lr 1e-3                 —                1.59 / 0.957
-**x-prediction, logit-normal t (0.8, 0.8), lr 1e-3 (this)**      1.33 / 0.980     0.72 / 0.998
-===============================================================  ===============  ===============
+x-prediction, logit-normal t (0.8, 0.8), lr 1e-3 (spatial +      1.41 / 0.979     0.70 / 1.000 / 0.47
+temporal blocks: the previous default)                           / 0.59
+  the same with full-3-D blocks                                  —                2.21 / 0.924 / 0.88
+  **the same with full-3-D blocks and QK-norm (this, 1500 st.)** —                0.56 / 1.000 / 0.88
+===============================================================  ===============  =======================
 
 - **x-prediction** (JiT, Li & He 2025; ``FlowConfig.prediction="x"``): the network outputs the clean clip and
   the loss stays the velocity MSE. A velocity target carries the noise, so each token must reproduce its 48
@@ -33,19 +37,22 @@ x-prediction, logit-normal t (0.0, 0.8), lr 1e-3                 —            
   speckle.
 - **Logit-normal t centred at 0.8** (JiT's −0.8 in its direction of time) spends the training on noisy times,
   which the 1/t² weight of an x-prediction velocity loss would otherwise starve; centred at 0 it was worse.
-- **lr 1e-3** (with 100 warm-up steps and clipping at 1): twice the previous rate, for a 1500-step run.
-- **Not taken:** 32x32 with patch 8 keeps the cost but cuts objects along the 8-pixel patch grid at this
-  budget; full-3-D blocks gave coherent single objects by eye but worse numbers.
-- **One object per clip: not yet.** ``syn_count`` (the fraction of sample frames showing the class's number
-  of objects; real clips 1.000) exposes what the detector forgives: this run scores 0.44 (CFG 3) / 0.59
-  (CFG 1): its samples often split the object or grow a second one. Full-3-D blocks fix that (0.88, one
-  object per clip by eye) but blur the shapes: 2.21 / 0.924 / 0.884 (CFG 3, Euler 5; 2.07 / 0.936 / 0.871
-  at CFG 4), short of the ``syn_fvd`` and ``syn_acc`` targets. The choice between them is open (issue 11).
+- **lr 1e-3** (with 100 warm-up steps and clipping at 1): twice the previous rate, for a short run.
+- **Full-3-D blocks with QK-norm: one object per clip.** ``syn_count`` exposes what the detector forgives:
+  with Latte's spatial + temporal blocks the samples often split the object or grow a second one (0.47 of
+  the frames right), because an object that moves across patches is only ever seen by attention within one
+  frame or along one patch position. Joint attention over all 128 tokens keeps one object (0.88) but
+  blurred the shapes (``syn_fvd`` 2.21); RMS-normalised queries and keys (``qk_norm``) give it sharp
+  attention and sharp shapes (0.56 / 1.000 / 0.88). The blue bar (a full circle) and the twin discs are
+  still the hardest rows.
+- **1200 steps**: full-3-D attention with QK-norm runs at 2.8 it/s here (Latte's layout: 3.8), so 1200 steps
+  keep the whole quickstart, install and evaluation included, within 10 minutes.
+- **Not taken:** 32x32 with patch 8 keeps the cost but cuts objects along the 8-pixel patch grid.
 - **CFG 3** for the samples and the evaluation, as the previous quickstart sampled: guidance sharpens class
-  identity, which a 1500-step model still mixes up. The protocol's default is no guidance (as the papers);
-  the quickstart's record says which it used. **Euler, 5 steps**: x-prediction samples cleanly in few steps
-  (this run: 0.78 / 1.000 with 5 steps, 0.72 / 0.998 with 10; Heun-10 on the lr 5e-4 run gave the same as
-  Euler-10), and 5 steps keep the 512-sample evaluation under a minute, the whole quickstart near 10.
+  identity, which a short run still mixes up. The protocol's default is no guidance (as the papers); the
+  quickstart's record says which it used. **Euler, 5 steps**: x-prediction samples cleanly in few steps
+  (0.78 with 5 steps vs 0.72 with 10 on the previous default), and 5 steps keep the 512-sample evaluation
+  near a minute.
 
     python recipes/quickstart.py                        # defaults below
     python recipes/quickstart.py --max-steps 500 --optim.lr 3e-4
@@ -63,6 +70,8 @@ def config() -> TrainConfig:
     return TrainConfig(
         run_name="quickstart",
         model=DiTConfig(
+            block_type="full3d",  # one object per clip: joint attention over all 8 × 16 tokens
+            qk_norm=True,  # full-3-D attention with crisp shapes (below)
             depth=8,
             hidden_size=128,
             num_heads=4,
@@ -80,10 +89,10 @@ def config() -> TrainConfig:
         optim=OptimConfig(lr=1e-3, warmup_steps=100, grad_clip=1.0),
         ema=EMAConfig(decay=0.995),  # a short run: 0.9999 would still be mostly the initial weights
         log=LogConfig(every=50),
-        ckpt=CkptConfig(every=750, keep=2),
+        ckpt=CkptConfig(every=600, keep=2),
         sample=SampleEvalConfig(num=8, steps=5, cfg_scale=3.0),
         eval=EvalConfig(protocol="synthetic", steps=5, cfg_scale=3.0, batch_size=64),
-        max_steps=1500,
+        max_steps=1200,
         sample_every=0,  # samples at the end only
     )
 
