@@ -74,10 +74,15 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
     clip_start_step: int = 0
     """Clip only from this step on (Latte: measure until ``start_clip_iter``, 20k sky/ffs, 100k UCF)."""
+    decay_steps: int = 0
+    """Decay the lr linearly to 0 over the last this many steps of ``max_steps`` (a warmup-stable-decay
+    cool-down); 0 keeps it constant (Latte / DiT / REPA)."""
 
     def __post_init__(self):
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.clip_start_step < 0:
             raise ValueError(f"invalid OptimConfig: {self}")
+        if self.decay_steps < 0:
+            raise ValueError(f"OptimConfig.decay_steps must be >= 0, got {self.decay_steps}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -538,8 +543,13 @@ def update_ema(ema: torch.nn.Module | None, model: torch.nn.Module, decay: float
     torch._foreach_lerp_(list(ema_p), list(model_p), 1.0 - decay)
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+def lr_at(step: int, cfg: OptimConfig, max_steps: int | None = None) -> float:
+    """The lr of optimizer step ``step`` (0-based): linear warm-up, constant, then with ``decay_steps`` a
+    linear decay reaching 0 after the last step."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    if cfg.decay_steps and max_steps is not None:
+        lr *= min(1.0, (max_steps - step) / cfg.decay_steps)
+    return lr
 
 
 def _peak_mem_gib(device: torch.device) -> float:
@@ -748,7 +758,7 @@ def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
     while step < cfg.max_steps:
         for opt in (optimizer, head_optimizer) if head is not None else (optimizer,):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg.optim)
+                group["lr"] = lr_at(step, cfg.optim, cfg.max_steps)
         step_metrics: dict[str, Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = next(loader)

@@ -332,7 +332,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     logger.start(step)
     while step < cfg.max_steps:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.optim)
+            group["lr"] = lr_at(step, cfg.optim, cfg.max_steps)
         step_metrics: dict[str, Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = next(loader)

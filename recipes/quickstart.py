@@ -86,7 +86,7 @@ def config() -> TrainConfig:
             prediction="x", t_sampling="logit_normal", logit_mean=0.8, logit_std=0.8, sampler="euler"
         ),
         data=DataConfig(num_frames=8, image_size=16, num_classes=8, batch_size=16),
-        optim=OptimConfig(lr=1e-3, warmup_steps=100, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100, grad_clip=1.0, decay_steps=400),
         ema=EMAConfig(decay=0.995),  # a short run: 0.9999 would still be mostly the initial weights
         log=LogConfig(every=50),
         ckpt=CkptConfig(every=600, keep=2),

@@ -408,3 +408,15 @@ def test_main_rejects_bad_cli(tiny_cfg, monkeypatch, capsys):
     assert "must equal data.num_frames=3" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a DDPM field on a flow recipe
         _parse(monkeypatch, tiny_cfg(), ["--objective.num-timesteps", "10"])
+
+
+def test_lr_schedule_warmup_constant_decay():
+    from minivdit.train import OptimConfig, lr_at
+
+    cfg = OptimConfig(lr=1.0, warmup_steps=4, decay_steps=10)
+    lrs = [lr_at(s, cfg, 20) for s in range(20)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4:10] == [1.0] * 6
+    assert lrs[10:] == pytest.approx([1.0 - k / 10 for k in range(10)])  # reaches 0.1 at the last step
+    assert lr_at(15, OptimConfig(lr=1.0), 20) == 1.0  # no decay_steps: constant
+    with pytest.raises(ValueError, match="decay_steps"):
+        OptimConfig(decay_steps=-1)
