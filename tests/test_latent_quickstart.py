@@ -111,6 +111,7 @@ def test_quickstart_latent_recipe_takes_the_vae_run_dir(tmp_path, vae_dir, singl
 def test_wrong_latent_flags_name_the_fix(tmp_path, vae_dir):
     args = ["--vae.kind", "causal3d", "--vae.path", str(vae_dir), "--data.num-frames", "9"]
     args += ["--data.image-size", "32", "--out-dir", str(tmp_path), *TINY_DIT]
+    args += ["--model.block-type", "spatiotemporal"]  # its temporal table makes num-frames a fix too
     fix = r"--model.in-channels 4 --model.input-size 4 4 --model.num-frames 3"
     with pytest.raises(ValueError, match=fix):
         train_mod.main(quickstart_config(), args)
