@@ -30,23 +30,11 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline  #
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import (  # noqa: E402
     CogVideoXImageToVideoPipeline,
 )
+from tiny_cogvideox import TINY_TRANSFORMER  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# 2 heads x 16 (RoPE splits 16 into t:h:w = 4:6:6), D = 32; trained latent size F=3 (9 px frames), 8x12
-TINY = dict(
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    time_embed_dim=16,
-    text_embed_dim=24,
-    num_layers=2,
-    sample_height=8,
-    sample_width=12,
-    sample_frames=9,
-    max_text_seq_length=8,
-)
+TINY = dict(TINY_TRANSFORMER)  # 2 heads x 16, D = 32, latents 3 x 8 x 12
 ROPE = dict(use_rotary_positional_embeddings=True)
 V15 = dict(ROPE, patch_size_t=2, patch_bias=False, sample_height=16, sample_width=16)
 VARIANTS = {

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_cogvideox import TINY_TRANSFORMER  # noqa: E402  (tests/ is on sys.path)
 
 from minivdit import dist
 from minivdit.dist import ParallelConfig
@@ -30,18 +31,10 @@ from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, load
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
-TINY = dict(  # tests/test_cogvideox.py's, 5B-I2V layout (RoPE, learned PE buffer, image latents)
-    num_attention_heads=2,
-    attention_head_dim=16,
+TINY = dict(  # the 5B-I2V layout (RoPE, learned PE buffer, image latents); 17 rows shard unevenly
+    TINY_TRANSFORMER,
     in_channels=8,
-    out_channels=4,
     time_embed_dim=17,
-    text_embed_dim=24,
-    num_layers=2,
-    sample_height=8,
-    sample_width=12,
-    sample_frames=9,
-    max_text_seq_length=8,
     use_rotary_positional_embeddings=True,
     use_learned_positional_embeddings=True,
 )

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_cogvideox import TINY_TRANSFORMER  # noqa: E402  (tests/ is on sys.path)
 
 from minivdit.models.cogvideox import PRESETS, CogVideoXConfig, CogVideoXTransformer
 from minivdit.models.cond import Cond
@@ -44,19 +45,7 @@ from minivdit.models.lora import (
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # the 2B layout (sin-cos PE, no RoPE: diffusers needs no pipeline-computed RoPE), 2 blocks of 2 heads x 16
-TINY = dict(
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    time_embed_dim=16,
-    text_embed_dim=24,
-    num_layers=2,
-    sample_height=8,
-    sample_width=12,
-    sample_frames=9,
-    max_text_seq_length=8,
-)
+TINY = dict(TINY_TRANSFORMER)
 TARGETS = [
     f"transformer_blocks.{i}.attn1.{p}" for i in range(2) for p in ("to_q", "to_k", "to_v", "to_out.0")
 ]

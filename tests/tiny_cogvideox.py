@@ -24,6 +24,21 @@ from minivdit.train import CkptConfig, LogConfig
 RECIPES = Path(__file__).parents[1] / "recipes"
 TEXT_LEN = 8
 VAE = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=4, latent_channels=4)
+# A tiny transformer of the 2B layout for unit tests: 2 blocks of 2 heads x 16 (RoPE, when switched on,
+# splits 16 into t:h:w = 4:6:6), D = 32, text width 24; trained latent size F=3 (9 px frames), 8x12.
+TINY_TRANSFORMER = dict(
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    time_embed_dim=16,
+    text_embed_dim=24,
+    num_layers=2,
+    sample_height=8,
+    sample_width=12,
+    sample_frames=9,
+    max_text_seq_length=8,
+)
 FRAMES, H, W = 9, 32, 48  # pixels -> latents 3 x 4 x 6 -> tokens 3 x 2 x 3
 
 
