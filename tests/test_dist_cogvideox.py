@@ -22,12 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_cogvideox import TINY_TRANSFORMER  # noqa: E402  (tests/ is on sys.path)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from minivdit import dist
 from minivdit.dist import ParallelConfig
 from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pretrained_folder
 from minivdit.models.cond import Cond
-from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, load_lora_state_dict, lora_modules
+from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, lora_modules
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
@@ -64,7 +65,9 @@ def build(folder: Path, ctx: dist.DistContext, strategy: str, *, lora: bool = Fa
         g = torch.Generator().manual_seed(8)
         B = {f"{n}.lora_B.weight": m.lora_B.weight.shape for n, m in lora_modules(dist.unwrap(model)).items()}
         B = {k: 0.1 * torch.randn(shape, generator=g) for k, shape in B.items()}
-        load_lora_state_dict(dist.unwrap(model), B, strict=False)
+        set_model_state_dict(
+            dist.unwrap(model), B, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
     if dist.resolve_strategy(pcfg, ctx) == "fsdp":  # really sharded: every parameter is a DTensor
         assert all(dist.is_sharded(p) for p in model.parameters())
     return model

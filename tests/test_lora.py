@@ -367,6 +367,7 @@ def test_bad_input():
 FSDP_WORKER = """
 import copy, sys
 import torch, torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, sys.argv[1])
 from test_lora import TINY, _inputs, _lora_model
@@ -401,7 +402,8 @@ fused, want = merged_state_dict(model), merged_state_dict(ref)
 assert fused.keys() == want.keys() and all(torch.equal(fused[k], want[k]) for k in want)
 init_lora_weights(model)
 assert not any(lora_state_dict(model)[k].full_tensor().any() for k in lora_state_dict(model) if "lora_B" in k)
-load_lora_state_dict(model, lora_state_dict(ref))  # full tensors into DTensors
+full = StateDictOptions(full_state_dict=True, strict=False)
+set_model_state_dict(model, lora_state_dict(ref), options=full)  # full tensors into DTensors
 back = to_peft_state_dict(model, prefix="")
 assert all(torch.equal(back[k], v) for k, v in lora_state_dict(ref).items())
 

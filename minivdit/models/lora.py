@@ -230,13 +230,14 @@ def load_lora_state_dict(model: nn.Module, sd: dict[str, Tensor], strict: bool =
         f"{k}: {tuple(sd[k].shape)} vs {tuple(p.shape)}" for k, p in params.items() if sd[k].shape != p.shape
     ]:
         raise ValueError(f"load_lora_state_dict: shape mismatch (given vs model): {bad}")
+    if any(hasattr(p, "device_mesh") for p in params.values()):  # DTensors: sharding is dist.py's job
+        raise ValueError(
+            "load_lora_state_dict: the model is FSDP-sharded; load full tensors with torch's "
+            "set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False)) "
+            "(what minivdit.ckpt.load_weights does)"
+        )
     for k, p in params.items():
-        value = sd[k]
-        if hasattr(p, "device_mesh") and not hasattr(value, "device_mesh"):  # FSDP2: shard a full tensor
-            from torch.distributed.tensor import distribute_tensor
-
-            value = distribute_tensor(value.to(p.device, p.dtype), p.device_mesh, p.placements)
-        p.copy_(value)
+        p.copy_(sd[k])
 
 
 # --------------------------------------------------------------------------- PEFT / diffusers export
