@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -80,8 +81,15 @@ def init() -> DistContext:
 
 
 def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """End of a run (call it in ``finally``). On success every rank meets at a barrier first: a rank that
+    destroys its group while a peer is still using it (rank 0 writing a file, a last all-gather in flight)
+    can abort the process (gloo: "terminate called without an active exception"). While an exception
+    propagates nothing is done: peers may be dead or stuck in a collective, and destroying then can hang
+    (torchtitan #1342); the process is exiting anyway."""
+    if not dist.is_initialized() or sys.exc_info()[0] is not None:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
