@@ -1,7 +1,8 @@
 """Process setup and model parallelisation: the only module that talks to ``torch.distributed``.
 
-- ``init()`` works under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) and as a plain ``python``
-  process (a world of one, no process group). NCCL on CUDA, gloo on CPU.
+- ``init()`` works under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``), under ``srun`` (SLURM's
+  ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``) and as a plain ``python`` process (a world of one, no
+  process group). NCCL on CUDA, gloo on CPU.
 - ``parallelize(model, cfg, ctx)`` applies, in torchtitan's order: activation checkpointing →
   ``torch.compile`` per block → FSDP2 (``fully_shard`` per block, then the root) or DDP. Call it on a model
   built on the ``meta`` device, then ``materialize`` (``to_empty`` + ``init_weights``) or
@@ -61,10 +62,30 @@ class DistContext:
         return self.world > 1
 
 
+def launcher_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """``(rank, world, local_rank)`` from torchrun's variables, else from SLURM's (``srun python …``, one task
+    per GPU: then the job step's exit code is the trainer's, e.g. 75 after a preemption), else a world of
+    one. Under SLURM, ``MASTER_ADDR`` and ``MASTER_PORT`` must be exported by the batch script."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "WORLD_SIZE" in env:
+        return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if missing:
+            raise ValueError(
+                f"launched by srun with {env['SLURM_NTASKS']} tasks but {' and '.join(missing)} not set: "
+                f"export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) and "
+                f"MASTER_PORT=29500 in the batch script (or launch with torchrun)"
+            )
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    return 0, 1, 0
+
+
 def init() -> DistContext:
-    """Initialise the process group when launched by torchrun; pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    """Initialise the process group when launched by torchrun or srun; pick the device."""
+    rank, world, local_rank = launcher_env()
+    if world > 1:  # init_process_group's env:// rendezvous reads these
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -80,13 +101,15 @@ def init() -> DistContext:
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
-def teardown() -> None:
+def teardown(clean: bool | None = None) -> None:
     """End of a run (call it in ``finally``). On success every rank meets at a barrier first: a rank that
     destroys its group while a peer is still using it (rank 0 writing a file, a last all-gather in flight)
     can abort the process (gloo: "terminate called without an active exception"). While an exception
-    propagates nothing is done: peers may be dead or stuck in a collective, and destroying then can hang
-    (torchtitan #1342); the process is exiting anyway."""
-    if not dist.is_initialized() or sys.exc_info()[0] is not None:
+    propagates (``clean=None`` looks; ``True`` asserts all ranks are here) nothing is done: peers may be dead
+    or stuck in a collective, and destroying then can hang (torchtitan #1342); the process is exiting."""
+    if clean is None:
+        clean = sys.exc_info()[0] is None
+    if not dist.is_initialized() or not clean:
         return
     dist.barrier()
     dist.destroy_process_group()
@@ -114,6 +137,25 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's Python object, in rank order, on every rank (``[obj]`` in a world of one)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a tiny MAX all-reduce)."""
+    if not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def resolve_strategy(cfg: ParallelConfig, ctx: DistContext) -> str:

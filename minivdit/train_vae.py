@@ -51,6 +51,7 @@ from minivdit.models.vae.causal3d import (
     _nearest_valid,
     estimate_latent_constants,
 )
+from minivdit.preempt import Preempted, PreemptionHandler
 from minivdit.train import (
     CkptConfig,
     EMAConfig,
@@ -63,6 +64,7 @@ from minivdit.train import (
     micro_seed,
     optimizer_step,
     restore,
+    run,
     start_run,
 )
 
@@ -291,7 +293,13 @@ def _comparison(video: Tensor, recon: Tensor, n: int = 4) -> np.ndarray:
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
-    """Train to ``cfg.max_steps``, then write ``<run>/vae``; returns the run directory."""
+    """Train to ``cfg.max_steps``, then write ``<run>/vae``; returns the run directory. A signal of
+    ``cfg.ckpt.signals`` ends the run after a checkpoint by raising ``Preempted`` (``preempt.py``)."""
+    with PreemptionHandler(cfg.ckpt.signals) as preemption:
+        return _train_vae(cfg, preemption)
+
+
+def _train_vae(cfg: VAETrainConfig, preemption: PreemptionHandler) -> Path:
     ctx = dist.init()
     run_dir = cfg.run_dir
     check_perceptual(cfg.perceptual_weights)
@@ -371,7 +379,8 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                 logger.image("eval/reconstructions", _comparison(held_out[0], recon), step)
             logger.log(step, means, samples_per_step=samples_per_step, peak_mem_gib=_peak_mem_gib(ctx.device))
             sums, logged_steps = {}, 0
-        if (cfg.ckpt.every and step % cfg.ckpt.every == 0) or last:
+        stop = preemption.requested()
+        if (cfg.ckpt.every and step % cfg.ckpt.every == 0) or last or stop:
             path = ckpt.save(
                 run_dir / "checkpoints",
                 step,
@@ -382,8 +391,12 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                 rank_state={"data": loader.state_dict()},
                 meta={"config": to_dict(cfg), "model_class": f"{CausalVAE3D.__module__}:CausalVAE3D"},
                 keep=cfg.ckpt.keep,
+                checksum=cfg.ckpt.checksum,
             )
             log.info(f"saved checkpoint {path}")
+        if stop:
+            logger.close()
+            raise Preempted(preemption.signal_name or "a signal (to another rank)", step, path)
     logger.close()
     if ctx.is_main:
         export(cfg, ema, ctx.device)
@@ -414,10 +427,7 @@ def export(cfg: VAETrainConfig, ema: CausalVAE3D, device: torch.device) -> Path:
 def main(default: VAETrainConfig, args: list[str] | None = None) -> None:
     """CLI entry of VAE recipes: ``tyro`` over the recipe's config, then ``train_vae``."""
     cfg = tyro.cli(VAETrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
-    try:
-        train_vae(cfg)
-    finally:
-        dist.teardown()
+    run(train_vae, cfg)
 
 
 if __name__ == "__main__":

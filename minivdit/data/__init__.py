@@ -498,8 +498,20 @@ class Loader:
 def build_loader(
     cfg: DataConfig, rank: int = 0, world: int = 1, *, dataset: VideoDataset | None = None
 ) -> Loader:
-    """The infinite, resumable loader of rank ``rank`` of ``world``; ``dataset`` overrides ``cfg.dataset``."""
-    return Loader(build_dataset(cfg) if dataset is None else dataset, cfg, rank, world)
+    """The infinite, resumable loader of rank ``rank`` of ``world``; ``dataset`` overrides ``cfg.dataset``.
+
+    Every rank reads the same index, so the warnings of building it (rows skipped, an index rebuilt) are the
+    same on every rank: only rank 0 prints them. Bad clips met while loading differ per rank and are logged
+    by each (``Loader._log_skips``, with the rank)."""
+    if dataset is None:
+        level = logger.level
+        if rank != 0:
+            logger.setLevel(logging.ERROR)
+        try:
+            dataset = build_dataset(cfg)
+        finally:
+            logger.setLevel(level)
+    return Loader(dataset, cfg, rank, world)
 
 
 __all__ = [

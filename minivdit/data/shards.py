@@ -71,7 +71,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -81,6 +80,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from minivdit import durable
 
 log = logging.getLogger("minivdit")
 
@@ -274,10 +275,8 @@ class ShardWriter:
 
     def close(self) -> Path:
         self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.tmp, self.path)
+        durable.publish(self.tmp, self.path)  # fsync, rename, fsync the folder
         return self.path
 
     def abort(self) -> None:
@@ -336,9 +335,7 @@ def make_meta(
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    durable.write_text(path, json.dumps(obj, indent=1))
 
 
 def _plan_part(meta: dict) -> dict:
@@ -964,9 +961,7 @@ def write_text_null(
     names = {"text": TEXT_NULL, "text_mask": TEXT_NULL_MASK}
     for k, spec in specs.items():
         path = root / names[k]
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(encoded[spec["member"]])
-        os.replace(tmp, path)
+        durable.write_bytes(path, encoded[spec["member"]])
     return {"file": TEXT_NULL, "mask_file": TEXT_NULL_MASK if mask is not None else None}
 
 

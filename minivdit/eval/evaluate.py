@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.data import frame_size
 from minivdit.eval import protocols
 from minivdit.eval.detector import resize_short_centre_crop, sha256_file
@@ -567,9 +568,7 @@ def write_metrics(out: str | Path, values: dict, record: dict) -> dict:
     result = {**values, "protocol": record}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    durable.write_text(out, json.dumps(result, indent=2))
     return result
 
 

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minivdit import durable
+
 
 class FeatureStats:
     """Streaming raw moments of ``D``-dim features in float64: ``update`` per batch, ``merge`` across
@@ -112,10 +114,9 @@ class FeatureStats:
     def save(self, path: str | Path, **meta: str) -> None:
         """Write the moments (and string metadata, e.g. the protocol record as JSON) to an ``.npz``."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
         extra = {f"meta_{k}": np.asarray(v) for k, v in meta.items()}
-        np.savez(tmp, count=np.int64(self.count), raw_mean=self.raw_mean, raw_cov=self.raw_cov, **extra)
-        tmp.replace(path)  # a crash mid-write never leaves a half-written cache
+        with durable.atomic_path(path, suffix=".tmp.npz") as tmp:  # never a half-written cache
+            np.savez(tmp, count=np.int64(self.count), raw_mean=self.raw_mean, raw_cov=self.raw_cov, **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[FeatureStats, dict[str, str]]:

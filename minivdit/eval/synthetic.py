@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from minivdit import durable
 from minivdit.eval.detector import check_finite, check_video
 
 NUM_FRAMES = 8
@@ -139,9 +140,8 @@ def save(model: SynDetector, path: str | Path, train_config: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"detector": json.dumps(asdict(model.cfg)), "train": json.dumps(train_config)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with durable.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
 
 
 def load(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> SynDetector:

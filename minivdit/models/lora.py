@@ -60,6 +60,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from minivdit import durable
+
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers LORA_WEIGHT_NAME_SAFE (loaders/lora_base.py)
 METADATA_KEY = "lora_adapter_metadata"  # diffusers LORA_ADAPTER_METADATA_KEY (loaders/lora_base.py)
 CONFIG_NAME = "adapter_config.json"  # PEFT CONFIG_NAME
@@ -302,9 +304,10 @@ def save_peft(
     pre = f"{prefix}." if prefix else ""
     packed = json.dumps({pre + k: v for k, v in meta.items()}, indent=2, sort_keys=True)  # write_lora_layers
     header = {"format": "pt", METADATA_KEY: packed}
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata=header)
+    with durable.atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     adapter = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "use_rslora": False}
-    (folder / CONFIG_NAME).write_text(json.dumps(adapter | meta, indent=2, sort_keys=True) + "\n")
+    durable.write_text(folder / CONFIG_NAME, json.dumps(adapter | meta, indent=2, sort_keys=True) + "\n")
     return folder / WEIGHTS_NAME
 
 
