@@ -15,8 +15,9 @@ Layout of ``<run>/checkpoints/step_<NNNNNNN>/``:
 
 Atomicity and durability: everything is written into ``.tmp_step_<N>/``, every file and folder is fsynced,
 and rank 0 renames it after a barrier and fsyncs ``checkpoints/`` (``minivdit/durable.py``): a crash or a
-power loss mid-write never touches the previous checkpoint, and a renamed checkpoint is on the disk. Stale
-``.tmp_*`` folders are ignored and cleaned up. A write error (ENOSPC, EIO) on any rank removes the temporary
+power loss mid-write never touches the previous checkpoint, and a renamed checkpoint is on the disk. Old
+checkpoints are renamed to ``.trash_*`` before they are deleted. Stale ``.tmp_*`` / ``.trash_*`` folders are
+ignored and cleaned up. A write error (ENOSPC, EIO) on any rank removes the temporary
 folder on all of them and raises ``CheckpointWriteError`` naming the folder and the free space: training
 stops rather than carrying on without checkpoints.
 
@@ -210,14 +211,24 @@ def save(
         _abort_save(root, tmp, ctx, error)
     if ctx.is_main:
         if final.exists():  # a re-run of the same step: replace only once the new copy is complete
-            shutil.rmtree(final)
+            _remove(final)
         durable.publish(tmp, final)  # rename, then fsync checkpoints/ so the rename survives a power loss
         for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in root.glob(".tmp_*"):
+            _remove(old)
+        for stale in [*root.glob(".tmp_*"), *root.glob(".trash_*")]:
             shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that no crash leaves half of it looking like a checkpoint: rename it out of
+    ``step_*`` first (atomic), then delete the files (a kill mid-``rmtree`` leaves only a ``.trash_`` folder,
+    removed by the next save)."""
+    trash = path.with_name(f".trash_{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _abort_save(root: Path, tmp: Path, ctx: dist.DistContext, error: OSError | None) -> None:
@@ -409,13 +420,16 @@ def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]
             root = root / "checkpoints"
         if not root.is_dir():
             raise ValueError(f"{root}: not a run directory, a checkpoints/ folder or a checkpoint")
-        folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((STEP_PREFIX, ".tmp_"))]
+        prefixes = (STEP_PREFIX, ".tmp_", ".trash_")
+        folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefixes)]
         folders.sort(key=lambda p: (int(p.name.rsplit("_", 1)[-1]) if p.name[-1].isdigit() else -1, p.name))
     rows, ok = [], True
     for p in folders:
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
         if p.name.startswith(".tmp_"):
             state = "incomplete write (ignored, removed by the next save)"
+        elif p.name.startswith(".trash_"):
+            state = "interrupted deletion (ignored, removed by the next save)"
         elif not (p / META).exists():
             state, ok = "incomplete: no meta.json (ignored)", False
         else:

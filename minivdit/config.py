@@ -1,16 +1,69 @@
 """Config (de)serialisation: frozen dataclasses <-> JSON-able dicts, for ``config.json`` and checkpoints.
 
 Union-typed fields (``objective: DDPMConfig | FlowConfig``) are written with a ``"_type"`` tag holding the
-class
-name, so a run directory alone rebuilds the model and objective (``python -m minivdit.sample``).
+class name, so a run directory alone rebuilds the model and objective (``python -m minivdit.sample``).
+
+``check_types(cfg)`` (the first line of every config's ``__post_init__``) holds each field to its annotation,
+so a bad value built in Python or read from a JSON file fails at once with a ``ValueError`` naming the field,
+rather than as a ``TypeError`` deep inside a model (tyro checks the command line itself).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(tp: Any, v: Any) -> bool:
+    """Whether ``v`` is a value of annotation ``tp`` (the subset of typing the configs use)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return v is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(a, v) for a in get_args(tp))
+    if origin is Literal:  # 1 == True, so the types must match too
+        return any(v == a and type(v) is type(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(v, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(args[0], x) for x in v)
+        return len(v) == len(args) and all(_matches(a, x) for a, x in zip(args, v, strict=True))
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(tp, type):
+        return isinstance(v, tp)
+    return True  # an annotation this checker does not know: left to the config's own checks
+
+
+def check_types(cfg: Any) -> None:
+    """``ValueError`` naming the first field of dataclass ``cfg`` whose value does not fit its annotation
+    (booleans are not integers; floats must be finite; tuples must have the annotated length)."""
+    for name, tp in _hints(type(cfg)).items():
+        v = getattr(cfg, name)
+        if not _matches(tp, v):
+            raise ValueError(f"{type(cfg).__name__}.{name}={v!r}: expected {_type_name(tp)}")
 
 
 def to_dict(cfg: Any) -> Any:

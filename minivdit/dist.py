@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from minivdit.config import check_types
+
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
 
@@ -44,6 +46,9 @@ class ParallelConfig:
     """Recompute each block in the backward pass (saves activation memory, costs ~1/3 more compute)."""
     compile: bool = False
     """``torch.compile`` each block (cold start ~30 s on CPU; worth it on GPUs)."""
+
+    def __post_init__(self):
+        check_types(self)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ import tyro
 from torch import Tensor
 
 from minivdit import media
-from minivdit.config import from_dict
+from minivdit.config import check_types, from_dict
 from minivdit.dist import Precision, autocast
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTConfig, VDiT
@@ -265,6 +265,7 @@ class SampleConfig:
     """"fp32" or "bf16" (autocast; CogVideoX: bf16 weights too)."""
 
     def __post_init__(self):
+        check_types(self)
         if (self.ckpt is None) == (self.pretrained is None):
             raise ValueError(
                 "give --ckpt RUN (a minivdit run or checkpoint) or --pretrained FOLDER (a diffusers "

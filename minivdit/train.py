@@ -39,7 +39,7 @@ from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_
 from minivdit.conditioning import Conditioner, batch_cond
 from minivdit.conditioning.i2v import I2VConfig
 from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, text_identity
-from minivdit.config import to_dict
+from minivdit.config import check_types, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
 from minivdit.eval.evaluate import EvalConfig
@@ -80,6 +80,7 @@ class OptimConfig:
     cool-down); 0 keeps it constant (Latte / DiT / REPA)."""
 
     def __post_init__(self):
+        check_types(self)
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.clip_start_step < 0:
             raise ValueError(f"invalid OptimConfig: {self}")
         if self.decay_steps < 0:
@@ -98,6 +99,7 @@ class EMAConfig:
     """Before this step the EMA copies the weights (decay 0)."""
 
     def __post_init__(self):
+        check_types(self)
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"EMAConfig.decay must be in [0, 1), got {self.decay}")
 
@@ -108,6 +110,9 @@ class LogConfig:
     """Status line / metrics.jsonl / tensorboard every this many steps."""
     tensorboard: bool = True
     """Write tensorboard events under ``<run>/tb``."""
+
+    def __post_init__(self):
+        check_types(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +131,7 @@ class CkptConfig:
     empty to keep Python's defaults."""
 
     def __post_init__(self):
+        check_types(self)
         if self.every < 0 or self.keep < 0:
             raise ValueError(f"ckpt.every={self.every} and ckpt.keep={self.keep} must be >= 0")
         check_signal_names(self.signals, "ckpt.signals")
@@ -143,6 +149,9 @@ class SampleEvalConfig:
     """Classifier-free guidance scale (1 = none)."""
     seed: int = 0
     """Noise seed, fixed so grids are comparable across steps."""
+
+    def __post_init__(self):
+        check_types(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +216,7 @@ class TrainConfig:
     logged line. None: no evaluation."""
 
     def __post_init__(self):
+        check_types(self)
         if self.max_steps < 1 or self.grad_accum < 1:
             raise ValueError(
                 f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"

@@ -41,7 +41,7 @@ import tyro
 from torch import Tensor
 
 from minivdit import ckpt, dist
-from minivdit.config import to_dict
+from minivdit.config import check_types, to_dict
 from minivdit.data import Batch, DataConfig, build_dataset, build_loader
 from minivdit.log import MetricLogger
 from minivdit.models.dit import num_params
@@ -133,6 +133,7 @@ class VAETrainConfig:
     """None: start fresh; "auto": the latest checkpoint of this run if any; or a checkpoint folder path."""
 
     def __post_init__(self):
+        check_types(self)
         if self.max_steps < 1 or self.grad_accum < 1:
             raise ValueError(
                 f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"

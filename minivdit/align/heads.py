@@ -51,6 +51,7 @@ from einops import rearrange
 from torch import Tensor
 
 from minivdit.align import losses
+from minivdit.config import check_types
 
 LossName = Literal["repa", "align4gen", "crepa", "trd", "drepa"]
 FrameMatch = Literal["per_frame", "pick_last", "group_mean", "tubelet"]
@@ -95,6 +96,7 @@ class AlignConfig:
     """dREPA distance between Grams; the blog found L2 better; L1 costs O((F·N)²·D) (chunked Grams)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.weight < 0:
             raise ValueError(f"align weight must be >= 0, got {self.weight}")
         if self.block_index < 1:

@@ -89,6 +89,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from minivdit.config import check_types
+
 
 def _hf(name: str):
     """A ``transformers`` class by name, imported on first use: importing transformers costs seconds, and
@@ -136,6 +138,7 @@ class TeacherConfig:
     weights: random teachers teach nothing about images. Ignored when any folder is set."""
 
     def __post_init__(self):
+        check_types(self)
         if not 0 <= self.sam2_stage <= 3:
             raise ValueError(f"sam2_stage must be in 0..3 (Hiera has 4 stages), got {self.sam2_stage}")
         if self.frame_chunk < 1:

@@ -88,6 +88,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from minivdit.config import check_types
+
 ANYFRAME_NOISE_STD = math.sqrt(0.07)
 """Std of the anyframe fill noise: the dREPA blog's "zero-mean Gaussian noise of variance 0.07" (≈ 0.2646)."""
 
@@ -125,6 +127,7 @@ class I2VConfig:
     = uniform over 0..F−1 (P(i = 0) = 1/F). Not in the blog; a knob to keep more of the pretrained task."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name, value, choices in (
             ("mode", self.mode, ("off", "first", "anyframe")),
             ("noise_per", self.noise_per, ("sample", "batch")),

@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from minivdit.config import check_types
+
 log = logging.getLogger("minivdit")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -99,6 +101,7 @@ class TextEncoderConfig:
     (CogVideoX SAT ``ucg_rate`` 0.1; finetrainers' examples use 0.05). Applies to cached text too."""
 
     def __post_init__(self):
+        check_types(self)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TextEncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.max_length < 1:

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from minivdit.config import check_types
 from minivdit.data.synthetic import CLASS_NAMES, SyntheticVideos
 
 logger = logging.getLogger("minivdit")
@@ -121,6 +122,7 @@ class DataConfig:
     """"folder" CSV only: the column holding the captions; None: caption, else name, else no captions."""
 
     def __post_init__(self):
+        check_types(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if isinstance(self.image_size, list | tuple):  # tyro gives a tuple, config.json a list

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from minivdit.config import check_types
 from minivdit.eval.detector import check_finite, check_video, require_weights
 
 NUM_FRAMES = 16
@@ -75,6 +76,7 @@ class C3DConfig:
     """Width of fc6 and fc7."""
 
     def __post_init__(self):
+        check_types(self)
         if len(self.widths) != len(CONVS) or min(self.widths) < 1 or self.fc_dim < 1:
             raise ValueError(f"C3DConfig: need {len(CONVS)} positive widths and fc_dim >= 1, got {self}")
 

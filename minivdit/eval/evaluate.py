@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from minivdit import durable
+from minivdit.config import check_types
 from minivdit.data import frame_size
 from minivdit.eval import protocols
 from minivdit.eval.detector import resize_short_centre_crop, sha256_file
@@ -105,6 +106,7 @@ class EvalConfig:
     """"fp32" or "bf16" (autocast) for generation."""
 
     def __post_init__(self):
+        check_types(self)
         bad = [m for m in self.metrics if m not in protocols.METRICS]
         if bad:
             raise ValueError(f"EvalConfig.metrics: unknown {bad} (choose from {protocols.METRICS})")

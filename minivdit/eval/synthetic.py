@@ -44,6 +44,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from minivdit import durable
+from minivdit.config import check_types
 from minivdit.eval.detector import check_finite, check_video
 
 NUM_FRAMES = 8
@@ -66,6 +67,7 @@ class SynDetectorConfig:
     """Dropout on the feature before the classifier (training only)."""
 
     def __post_init__(self):
+        check_types(self)
         if len(self.widths) != 4 or min(self.widths) < 1 or self.dim < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"invalid SynDetectorConfig: {self}")
 

@@ -50,6 +50,7 @@ from einops import rearrange
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor
 
+from minivdit.config import check_types
 from minivdit.eval.detector import check_finite, check_video, require_weights
 
 FILE_NAME = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
@@ -86,6 +87,7 @@ class VideoMAEConfig:
     """LayerNorm epsilon of every norm."""
 
     def __post_init__(self):
+        check_types(self)
         sizes = dict(
             img_size=self.img_size,
             patch_size=self.patch_size,

@@ -55,6 +55,7 @@ from safetensors import safe_open
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from minivdit.config import check_types
 from minivdit.models.attention import BACKENDS, Backend, attention
 from minivdit.models.blocks import sincos_1d
 from minivdit.models.cond import Cond
@@ -139,14 +140,16 @@ class CogVideoXConfig:
     """Ours: latent frames F a run trains and samples at; None = the trained ``(sample_frames − 1)/4 + 1``."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         names = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers")
         names += ("time_embed_dim", "text_embed_dim", "sample_width", "sample_height", "sample_frames")
         names += ("patch_size", "temporal_compression_ratio", "max_text_seq_length")
         sizes = {n: getattr(self, n) for n in names}
         sizes |= {n: getattr(self, n) for n in ("patch_size_t", "ofs_embed_dim") if getattr(self, n)}
+        if small := {n: v for n, v in sizes.items() if v < 1}:  # before the rules below divide by them
+            raise ValueError(f"CogVideoXConfig sizes must be >= 1, got {small}")
         rope, p, C = self.use_rotary_positional_embeddings, self.patch_size, self.out_channels
         rules = [  # (holds, what is wrong otherwise)
-            (all(isinstance(v, int) and v >= 1 for v in sizes.values()), f"sizes must be >= 1: {sizes}"),
             (self.activation_fn == "gelu-approximate", "activation_fn must be 'gelu-approximate'"),
             (self.timestep_activation_fn == "silu", "timestep_activation_fn must be 'silu'"),
             (self.in_channels in (C, 2 * C), "in_channels must be out_channels or twice it (I2V)"),

@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from minivdit.config import check_types
 from minivdit.models.attention import Backend
 from minivdit.models.blocks import (
     DiTBlock,
@@ -93,6 +94,15 @@ class DiTConfig:
     """RepVideo group / window size in layers."""
 
     def __post_init__(self):
+        check_types(self)
+        sizes = ("depth", "hidden_size", "num_heads", "patch_size", "in_channels", "num_frames")
+        if small := {n: getattr(self, n) for n in sizes if getattr(self, n) < 1}:
+            raise ValueError(f"DiTConfig sizes must be >= 1, got {small}")
+        if min(self.input_size) < 1 or self.num_classes < 0 or self.mlp_ratio <= 0:
+            raise ValueError(
+                f"DiTConfig: input_size {self.input_size} must be >= 1, num_classes {self.num_classes} >= 0, "
+                f"mlp_ratio {self.mlp_ratio} > 0"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.block_type == "spatiotemporal" and self.depth % 2:
@@ -106,8 +116,6 @@ class DiTConfig:
         h, w = self.input_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
-        if min(self.depth, self.patch_size, self.in_channels, self.num_frames) < 1 or self.num_classes < 0:
-            raise ValueError(f"invalid DiTConfig sizes: {self}")
 
     @property
     def out_channels(self) -> int:

@@ -61,6 +61,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from minivdit import durable
+from minivdit.config import check_types
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers LORA_WEIGHT_NAME_SAFE (loaders/lora_base.py)
 METADATA_KEY = "lora_adapter_metadata"  # diffusers LORA_ADAPTER_METADATA_KEY (loaders/lora_base.py)
@@ -84,6 +85,7 @@ class LoRAConfig:
     """Dropout on the input of A (PEFT ``lora_dropout``; 0 in the CogVideoX trainers)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not isinstance(self.rank, int) or self.rank < 0:
             raise ValueError(f"LoRAConfig.rank must be an int >= 0 (0 = off), got {self.rank!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):

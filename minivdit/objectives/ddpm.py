@@ -90,6 +90,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from minivdit.config import check_types
 from minivdit.objectives import Noised, check_video
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -134,6 +135,7 @@ class DDPMConfig:
     """Clamp the predicted ``x_data`` to [-1, 1] while sampling (off in Latte/DiT, which sample latents)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
         if not 0.0 < self.beta_start < self.beta_end:

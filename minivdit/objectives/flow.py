@@ -36,6 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from minivdit.config import check_types
 from minivdit.objectives import Noised, check_video
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -68,6 +69,7 @@ class FlowConfig:
     """``prediction="x"`` only: the t in (x_t − x̂)/t is clamped at this value (JiT: 0.05)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.logit_std <= 0.0:
             raise ValueError(f"logit_std must be > 0, got {self.logit_std}")
         if self.shift <= 0.0:

@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch.nn as nn
 
+from minivdit.config import check_types
+
 
 @dataclass(frozen=True, kw_only=True)
 class VAEConfig:
@@ -37,6 +39,7 @@ class VAEConfig:
     """Encode to a posterior sample (Latte, CogVideoX) rather than the posterior mean."""
 
     def __post_init__(self):
+        check_types(self)
         if self.kind != "none" and not self.path:
             raise ValueError(f"VAEConfig(kind={self.kind!r}) needs a weights folder: --vae.path /path/to/vae")
 

@@ -60,6 +60,8 @@ from einops import rearrange, reduce, repeat
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit.config import check_types
+
 CONFIG_NAME = "config.json"
 Norm = Literal["rms", "layer", "frame_group"]
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -115,6 +117,7 @@ class CausalVAE3DConfig:
     """See ``scaling_factor``."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("in_channels", "latent_channels", "base_channels", "num_res_blocks", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -52,6 +52,8 @@ from einops import rearrange, reduce
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit.config import check_types
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -101,6 +103,7 @@ class CogVideoXVAEConfig:
     """Latent frames per decoder chunk (diffusers' fixed 2: "the VAE hasn't been trained to be adaptive")."""
 
     def __post_init__(self):
+        check_types(self)
         sizes = (
             self.in_channels,
             self.out_channels,

@@ -47,6 +47,8 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit.config import check_types
+
 EPS = 1e-6  # GroupNorm epsilon of every norm in the SD VAE (diffusers ``resnet_eps``)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -108,6 +110,7 @@ class SDVAEConfig:
     """``encode`` samples z ~ N(mean, exp(logvar)) (Latte, Align4Gen) rather than returning the mean."""
 
     def __post_init__(self):
+        check_types(self)
         widths = tuple(self.block_out_channels)
         if not widths or min(widths) < 1:
             raise ValueError(f"block_out_channels must be a non-empty tuple of positive ints, got {widths}")
