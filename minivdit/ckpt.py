@@ -189,9 +189,13 @@ def save(
                 )
             if extra_optimizer is not None:
                 torch.save(extra_optimizer.state_dict(), tmp / "extra_optim.pt")
-        durable.fsync_tree(tmp)  # each rank flushes what it wrote (on a shared file system too)
     except OSError as e:
         error = e
+    dist.barrier()  # every rank's writes are done (their own temporary names are gone) before the walk
+    try:
+        durable.fsync_tree(tmp)  # each rank flushes what it wrote (on a shared file system too)
+    except OSError as e:
+        error = error or e
     files = {}
     if not dist.any_rank(error is not None):
         try:

@@ -25,7 +25,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if get_origin(tp) is Literal:
+        return f"one of {get_args(tp)}"
+    if get_origin(tp) is None and isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("minivdit.", "")
 
 
 def _matches(tp: Any, v: Any) -> bool:

@@ -243,3 +243,12 @@ def test_attention_parity_maths_on_cpu():
 def test_cogvideox_rejects_sizes_off_the_learned_pe():
     with pytest.raises(SystemExit):
         bench.main(["cogvideox", "--device", "cpu", "--preset", "CogVideoX-5B-I2V", "--frames", "12"])
+
+
+def test_ckpt_bench(capsys, tmp_path):
+    bench.main(["ckpt", "--mib", "4", "--dir", str(tmp_path)])
+    save, estimate = _rows(capsys)
+    assert save["bench"] == "ckpt" and save["files"] >= 5 and save["checkpoint_gb"] > 0.01
+    assert save["crc32_gb_s_1_thread"] > 0 and save["verify_s"] > 0
+    assert estimate["bench"] == "ckpt-estimate" and 5.0 < estimate["params_B"] < 6.0
+    assert estimate["checksum_s_per_checkpoint"] > 0

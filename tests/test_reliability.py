@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -493,3 +494,75 @@ def test_dataset_warnings_only_on_rank_0(tmp_path, caplog):
     assert not [r for r in caplog.records if "missing_clip" in r.getMessage()]
     build_loader(cfg, rank=0, world=2)
     assert [r for r in caplog.records if "missing_clip" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------------------------- two ranks
+
+DIST_WORKER = """
+import errno, json, os, sys, time
+import minivdit.train as T
+from minivdit.config import from_dict
+
+args = json.loads(sys.argv[1])
+rank = int(os.environ["RANK"])
+(__import__("pathlib").Path(args["out"]) / f"pid{rank}").write_text(str(os.getpid()))
+real_step, real_save = T.train_step, T.ckpt.torch.save
+
+def slow_step(*a, **k):
+    time.sleep(0.05)
+    return real_step(*a, **k)
+
+def full_disk(obj, f, *a, **k):  # rank 1 only, checkpoint 4 only
+    if args["enospc"] and rank == 1 and "step_0000004" in str(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_save(obj, f, *a, **k)
+
+T.train_step, T.ckpt.torch.save = slow_step, full_disk
+T.run(T.train, from_dict(T.TrainConfig, args["cfg"]))
+"""
+
+
+def _torchrun(cfg, tmp_path: Path, *, enospc: bool) -> subprocess.Popen:
+    script = tmp_path / "dist_worker.py"
+    script.write_text(textwrap.dedent(DIST_WORKER))
+    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    args = json.dumps({"cfg": to_dict(cfg), "enospc": enospc, "out": str(tmp_path)})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={port}", str(script), args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_enospc_on_one_rank_stops_both(tiny_cfg, tmp_path, metrics):
+    cfg = tiny_cfg(max_steps=8, ckpt={"every": 2, "keep": 0})
+    proc = _torchrun(cfg, tmp_path, enospc=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out
+    assert out.count("could not write checkpoint step_0000004") >= 2, out  # raised on both ranks
+    assert "No space left on device" in out and "GiB free on" in out
+    root = cfg.run_dir / "checkpoints"
+    assert not list(root.glob(".tmp_*"))
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_0000002"]
+    assert ckpt.verify(root / "step_0000002") == []
+    assert [r["step"] for r in metrics(cfg.run_dir)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_two_ranks_signal_to_one_rank_stops_both_at_one_step(tiny_cfg, tmp_path, metrics):
+    cfg = tiny_cfg(max_steps=400, ckpt={"every": 0})
+    proc = _torchrun(cfg, tmp_path, enospc=False)
+    _wait_for_step(proc, cfg.run_dir, 3, timeout=120)
+    os.kill(int((tmp_path / "pid1").read_text()), signal.SIGTERM)  # rank 1 only: rank 0 learns it
+    out, _ = proc.communicate(timeout=120)
+    (path,) = ckpt.list_checkpoints(cfg.run_dir / "checkpoints")
+    stopped = int(path.name.split("_")[1])
+    assert ckpt.verify(path) == [] and (path / "rank0.pt").is_file() and (path / "rank1.pt").is_file()
+    assert "exitcode  : 75" in out, out  # torchrun's summary: the workers exited with 75
+    assert f"stopped by SIGTERM at step {stopped}" in out  # rank 1's line
+    assert f"stopped by a signal (to another rank) at step {stopped}" in out  # rank 0: the same step
+    assert [r["step"] for r in metrics(cfg.run_dir)] == list(range(1, stopped + 1))

@@ -345,7 +345,7 @@ def test_config_validation(tiny_cfg):
 
 
 def test_data_config_rejects_unknown_values():
-    with pytest.raises(ValueError, match=r"dataset must be one of .*'ucf'"):
+    with pytest.raises(ValueError, match=r"DataConfig.dataset='ucf': expected one of .*'ucf101'"):
         DataConfig(dataset="ucf")
     with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
         DataConfig(batch_size=0)

@@ -89,6 +89,14 @@ our seconds per sample, for 5B-I2V at 13×60×90 only. The default is a tiny I2V
 CPU; ``--preset`` with no other flags runs ``bf16-params``, flash, AC, full and LoRA r128. A first line
 compares the flash kernel with SDPA at the model's attention shape on CUDA (bf16 output and q/k/v gradients
 against each other and against fp32 SDPA); elsewhere it says why it was skipped.
+
+    python tools/bench.py ckpt --mib 512
+
+``ckpt``: the cost of durable, verified checkpoints (issue 13). ``ckpt.save`` of a model of ``--mib`` MiB of
+fp32 weights (+ EMA + AdamW state: ~4x on disk), timed with checksums (CRC-32 of every file, the default)
+and without (sizes only), ``verify`` of the result, and the CRC-32 rate from the page cache on 1 thread and
+on 2 files at once. Then the estimate for a CogVideoX-5B full fine-tune checkpoint on 8 ranks (the ranks
+share the reading, largest file first; the 22 GB ``model.safetensors`` bounds it).
 """
 
 from __future__ import annotations
@@ -1470,6 +1478,97 @@ def _check_cogvideox_args(ap: argparse.ArgumentParser, args: argparse.Namespace)
         ap.error(f"cogvideox: {args.preset} has a learned PE for latents {F0}x{H0}x{W0} only")
 
 
+# ---------------------------------------------------------------------------------------------- ckpt
+
+
+def bench_ckpt(args: argparse.Namespace) -> list[dict]:
+    from minivdit import ckpt, dist, durable
+    from minivdit.models import cogvideox as cvx_mod
+
+    ctx = dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    width = 1024
+    layers = max(1, round(args.mib * 2**20 / 4 / (width * width)))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+    ema = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, width)).sum().backward()
+    opt.step()
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        times = {}
+        for checksum in (False, True, False, True):  # interleaved: the page cache warms for both
+            t0 = time.perf_counter()
+            path = ckpt.save(
+                root,
+                1,
+                model=model,
+                ema=ema,
+                optimizer=opt,
+                ctx=ctx,
+                rank_state={},
+                meta={},
+                checksum=checksum,
+            )
+            times.setdefault(checksum, []).append(time.perf_counter() - t0)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        total = sum(p.stat().st_size for p in files)
+        t0 = time.perf_counter()
+        assert ckpt.verify(path) == []
+        verify_s = time.perf_counter() - t0
+        big = max(files, key=lambda p: p.stat().st_size)
+        t0 = time.perf_counter()
+        durable.checksum(big)
+        rate1 = big.stat().st_size / (time.perf_counter() - t0) / 1e9
+        two = sorted(files, key=lambda p: -p.stat().st_size)[:2]
+        t0 = time.perf_counter()
+        durable.checksums(two)
+        rate2 = sum(p.stat().st_size for p in two) / (time.perf_counter() - t0) / 1e9
+        save_plain, save_sum = min(times[False]), min(times[True])
+        rows.append(
+            {
+                "bench": "ckpt",
+                "checkpoint_gb": round(total / 1e9, 3),
+                "files": len(files),
+                "save_s_sizes_only": round(save_plain, 3),
+                "save_s_checksums": round(save_sum, 3),
+                "checksum_overhead": round(save_sum / save_plain - 1, 3),
+                "verify_s": round(verify_s, 3),
+                "crc32_gb_s_1_thread": round(rate1, 2),
+                "crc32_gb_s_2_files": round(rate2, 2),
+                "cpus": os.cpu_count(),
+            }
+        )
+    with torch.device("meta"):
+        big_model = cvx_mod.CogVideoXTransformer(cvx_mod.PRESETS["CogVideoX-5B"])
+    n = sum(p.numel() for p in big_model.parameters())
+    model_gb = n * 4 / 1e9  # fp32 master weights
+    total_gb = model_gb * 4  # + EMA + AdamW exp_avg, exp_avg_sq
+    per_rank = max(model_gb, total_gb / args.ranks)
+    rows.append(
+        {
+            "bench": "ckpt-estimate",
+            "model": "CogVideoX-5B full fine-tune, fp32 weights + EMA + AdamW",
+            "params_B": round(n / 1e9, 3),
+            "checkpoint_gb": round(total_gb, 1),
+            "ranks": args.ranks,
+            "checksum_s_per_checkpoint": round(per_rank / rate1, 1),
+            "assumes": f"{rate1:.2f} GB/s CRC-32 per rank from the page cache (measured above); without "
+            f"EMA the model file still bounds it",
+        }
+    )
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def _add_ckpt_parser(sub) -> None:
+    ck = sub.add_parser("ckpt", help="checkpoint save / verify time with and without checksums; 5B estimate")
+    ck.add_argument("--mib", type=int, default=512, help="fp32 model weights in MiB (the checkpoint is ~4x)")
+    ck.add_argument("--ranks", type=int, default=8, help="ranks sharing the checksum reading (estimate)")
+    ck.add_argument("--dir", default=None, help="where to write (default: the system temp folder)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1493,8 +1592,11 @@ def main(argv: list[str] | None = None) -> None:
     _add_decode_parser(sub)
     _add_eval_parser(sub)
     _add_cogvideox_parser(sub)
+    _add_ckpt_parser(sub)
     args = ap.parse_args(argv)
-    if args.cmd == "train":
+    if args.cmd == "ckpt":
+        bench_ckpt(args)
+    elif args.cmd == "train":
         bench_train(args)
     elif args.cmd == "cogvideox":
         _check_cogvideox_args(ap, args)
@@ -1528,6 +1630,7 @@ __all__ = [
     "bench_decode",
     "bench_eval",
     "bench_cogvideox",
+    "bench_ckpt",
     "attention_parity",
     "make_reference",
     "vae_case",

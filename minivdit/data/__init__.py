@@ -122,12 +122,12 @@ class DataConfig:
     """"folder" CSV only: the column holding the captions; None: caption, else name, else no captions."""
 
     def __post_init__(self):
-        check_types(self)
-        if self.dataset not in DATASETS:
-            raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if isinstance(self.image_size, list | tuple):  # tyro gives a tuple, config.json a list
             size = tuple(self.image_size)
             object.__setattr__(self, "image_size", size[0] if len(size) == 2 and size[0] == size[1] else size)
+        check_types(self)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         frame_size(self.image_size)  # ValueError for a bad size
         for name in (
             "num_frames",
