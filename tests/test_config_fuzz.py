@@ -10,6 +10,7 @@ Hypothesis draws the values; ~2 s on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
@@ -128,7 +129,5 @@ RIGHT_TYPED = [(c, f) for c, f in FIELDS if _right(_hints(c)[f]) is not None]
 @given(data=st.data())
 def test_out_of_range_is_a_value_error_or_accepted(cls, field, data):
     value = data.draw(_right(_hints(cls)[field]), label=field)
-    try:
+    with contextlib.suppress(ValueError):  # refused by the config's own checks; anything else fails
         dataclasses.replace(valid(cls), **{field: value})
-    except ValueError:
-        pass  # refused by the config's own checks, with a message
