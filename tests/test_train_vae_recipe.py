@@ -147,6 +147,35 @@ def test_exact_resume(tmp_path, single_thread):
     assert (full / "vae" / "config.json").read_text() == (half.run_dir / "vae" / "config.json").read_text()
 
 
+def test_preemption_checkpoints_and_resumes_exactly(tmp_path, single_thread, monkeypatch):
+    """SIGUSR1 during step 2: the VAE trainer finishes it, checkpoints step 2 (off its every-2 schedule's
+    step 4) and raises ``Preempted``; ``--resume auto`` then matches an uninterrupted run."""
+    import os
+    import signal
+
+    import minivdit.train_vae as tv
+    from minivdit.preempt import Preempted
+
+    real, calls = tv.vae_step, []
+
+    def signalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*args, **kwargs)
+
+    cfg = tiny(tmp_path, run_name="preempted", max_steps=4, ckpt=CkptConfig(every=3, keep=0))
+    monkeypatch.setattr(tv, "vae_step", signalling)
+    with pytest.raises(Preempted, match="SIGUSR1 at step 2"):
+        train_vae(cfg)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(cfg.run_dir / "checkpoints")] == ["step_0000002"]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone with the run
+    train_vae(dataclasses.replace(cfg, resume="auto"))
+    full = train_vae(tiny(tmp_path, run_name="full", max_steps=4, ckpt=CkptConfig(every=3, keep=0)))
+    assert [r["loss"] for r in rows(cfg.run_dir)] == [r["loss"] for r in rows(full)]
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
