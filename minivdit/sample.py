@@ -65,7 +65,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from minivdit import media
+from minivdit import durable, media
 from minivdit.config import check_types, from_dict
 from minivdit.dist import Precision, autocast
 from minivdit.models.cond import Cond
@@ -662,7 +662,7 @@ def _sample_text(cfg: SampleConfig) -> Path:
         ]
     )
     out = write_samples(Path(cfg.out), videos, [_prompt_label(p) for p in record["prompts"]])
-    (out["dir"] / "samples.json").write_text(json.dumps(record, indent=2))
+    durable.write_text(out["dir"] / "samples.json", json.dumps(record, indent=2))
     print(
         f"wrote {len(videos)} samples to {out['dir'].resolve()} (per-video mp4, grid.mp4, grid.gif, "
         "contact.png, samples.json)"

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.align.analysis import delta_freq, frame_vectors, iicr_terms, pca_colors
 from minivdit.data import DataConfig, build_dataset, frame_size
 from minivdit.dist import autocast
@@ -395,7 +396,7 @@ def analyze(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(out, report, pca, inputs)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    durable.write_text(out / "report.json", json.dumps(report, indent=2))
     print(f"wrote {out / 'report.json'} and {len(report['plots'])} plots", file=sys.stderr)
     return report
 

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.models.blocks import sincos_1d, sincos_2d
 from minivdit.models.dit import DiTConfig
 
@@ -166,7 +167,8 @@ def convert_latte(src: str | Path, out: str | Path, *, ema: bool = True) -> DiTC
     cfg = infer_config(sd)
     converted = latte_to_minivdit(sd)
     meta = {"source": f"latte:{source}", "dit_config": json.dumps(asdict(cfg))}
-    save_file({k: v.detach().cpu().contiguous() for k, v in converted.items()}, str(out), metadata=meta)
+    with durable.atomic_path(out) as tmp:  # never a half-written file under the output name
+        save_file({k: v.detach().cpu().contiguous() for k, v in converted.items()}, str(tmp), metadata=meta)
     print(f"converted {len(converted)} tensors from {src} ({source!r} weights) -> {out}")
     print(f"inferred {cfg}")
     print(f"flags: {config_flags(cfg)}")

@@ -60,6 +60,7 @@ from einops import rearrange, reduce, repeat
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.config import check_types
 
 CONFIG_NAME = "config.json"
@@ -650,9 +651,10 @@ class CausalVAE3D(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": CLASS_NAME, **dataclasses.asdict(self.cfg)}
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_NAME))
+        with durable.atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        durable.write_text(path / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> CausalVAE3D:

@@ -52,6 +52,7 @@ from einops import rearrange, reduce
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.config import check_types
 
 CONFIG_NAME = "config.json"
@@ -603,9 +604,12 @@ class CogVideoXVAE(nn.Module):
         """Write ``config.json`` + ``diffusion_pytorch_model.safetensors`` in diffusers' format."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_diffusers_config(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        with durable.atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        durable.write_text(
+            folder / CONFIG_NAME, json.dumps(self.config.to_diffusers_config(), indent=2) + "\n"
+        )
 
 
 def _listing(items: list[str], limit: int = 20) -> str:

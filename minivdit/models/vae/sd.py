@@ -47,6 +47,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minivdit import durable
 from minivdit.config import check_types
 
 EPS = 1e-6  # GroupNorm epsilon of every norm in the SD VAE (diffusers ``resnet_eps``)
@@ -473,9 +474,10 @@ class SDVAE(nn.Module):
         that both ``SDVAE.from_pretrained`` and ``diffusers.AutoencoderKL.from_pretrained`` load."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.cfg.to_diffusers_config(), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        with durable.atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        durable.write_text(folder / CONFIG_NAME, json.dumps(self.cfg.to_diffusers_config(), indent=2) + "\n")
 
 
 # -------------------------------------------------------------------------------------------- loading helpers
