@@ -45,6 +45,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -189,8 +190,8 @@ def save(
                 )
             if extra_optimizer is not None:
                 torch.save(extra_optimizer.state_dict(), tmp / "extra_optim.pt")
-    except OSError as e:
-        error = e
+    except (OSError, CheckpointException) as e:
+        error = _os_error(e)
     dist.barrier()  # every rank's writes are done (their own temporary names are gone) before the walk
     try:
         durable.fsync_tree(tmp)  # each rank flushes what it wrote (on a shared file system too)
@@ -223,6 +224,17 @@ def save(
             shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _os_error(e: BaseException) -> OSError:
+    """The OSError behind ``e``: DCP wraps a failed write (ENOSPC in its writer) in a ``CheckpointException``
+    (a BaseException) holding each rank's exception; anything else is not a write error and propagates."""
+    if isinstance(e, OSError):
+        return e
+    for exc, _ in e.failures.values():
+        if isinstance(exc, OSError):
+            return exc
+    raise e
 
 
 def _remove(path: Path) -> None:

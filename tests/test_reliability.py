@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.checkpoint import filesystem as dcp_filesystem
 
 import minivdit.ckpt as ckpt_mod
 from minivdit import ckpt, dist, durable
@@ -300,7 +301,7 @@ def _fail_in(monkeypatch, where: str, err: int) -> None:
     exc = OSError(err, os.strerror(err))
     targets = {
         "safetensors": (ckpt_mod, "save_file"),
-        "dcp": (ckpt_mod.dcp, "save"),
+        "dcp": (dcp_filesystem.FileSystem, "create_stream"),  # inside DCP's writer: it wraps the error
         "torch.save": (ckpt_mod.torch, "save"),
         "fsync": (durable, "fsync_tree"),
         "meta.json": (durable, "write_text"),
