@@ -32,6 +32,7 @@ x-prediction, logit-normal t (0.0, 0.8), lr 1e-3                 —            
     ... stopped at 1200 steps (to fit 10 minutes)                —                2.52 / 0.941 / 0.84
     ... 1200 steps, the last 400 with a linear lr decay          —                2.86 / 0.947 / 0.80
     ... 6 blocks instead of 8 (3.6 it/s: fits the budget)        —                2.22 / 0.951 / 0.84
+    ... width 96 with 2 heads (3.8 it/s: fits the budget)        —                3.42 / 0.887 / 0.82
 ===============================================================  ===============  =======================
 
 - **x-prediction** (JiT, Li & He 2025; ``FlowConfig.prediction="x"``): the network outputs the clean clip and
@@ -48,7 +49,9 @@ x-prediction, logit-normal t (0.0, 0.8), lr 1e-3                 —            
   the shapes (``syn_fvd`` 2.21); with RMS-normalised queries and keys (``--model.block-type full3d
   --model.qk-norm``) shapes are sharp too (0.56 / 1.000 / 0.88), but it runs at 2.8 it/s here against 3.8
   for this layout, so the whole quickstart takes about 11.5 minutes instead of 9.5, and stopping it at 1200
-  steps (with or without an lr cool-down, ``--optim.decay-steps``), or at 6 blocks, loses the gain.
+  steps (with or without an lr cool-down, ``--optim.decay-steps``), at 6 blocks, or at width 96 (the
+  layouts that fit the budget), loses the gain; ``torch.compile`` per block (``--parallel.compile``) was
+  slower here (2.3 it/s after a 50 s warm-up).
   The full-3-D + QK-norm command is the one to use when the extra two minutes do not matter.
 - **Not taken:** 32x32 with patch 8 keeps the cost but cuts objects along the 8-pixel patch grid.
 - **CFG 3** for the samples and the evaluation, as the previous quickstart sampled: guidance sharpens class
