@@ -286,11 +286,15 @@ def _import_class(path: str | None) -> type:
 
 
 def _find_ckpt(path: Path) -> Path:
-    if (path / "meta.json").is_file():
-        return path
-    from minivdit.ckpt import latest
+    """A checkpoint folder as given, or a run's newest checkpoint that verifies. Sizes only (a stat per
+    file): sampling reads the weights, and a truncated file would otherwise fail deep in safetensors."""
+    from minivdit.ckpt import latest_verified, verify
 
-    found = latest(path / "checkpoints")
+    if (path / "meta.json").is_file():
+        if problems := verify(path, checksum=False):
+            raise ValueError(f"--ckpt {path}: the checkpoint does not verify: {'; '.join(problems)}")
+        return path
+    found = latest_verified(path / "checkpoints", checksum=False)
     if found is None:
         raise ValueError(
             f"--ckpt {path}: neither a checkpoint folder (with meta.json) nor a run with checkpoints/"

@@ -275,6 +275,22 @@ def test_no_checkpoint_verifies(reference_runs, tmp_path):
         train(cfg)
 
 
+def test_sampling_skips_a_truncated_checkpoint(reference_runs, tmp_path):
+    """``python -m minivdit.sample --ckpt RUN`` (and ``eval run``) take the newest checkpoint whose files have
+    their recorded sizes; an explicit truncated one is refused with the file's name."""
+    from minivdit.sample import _read_run
+
+    _, base_cfg = reference_runs
+    run_dir = tmp_path / "run"
+    shutil.copytree(base_cfg.run_dir, run_dir)
+    newest = run_dir / "checkpoints" / "step_0000004"
+    assert _read_run(run_dir)[0] == newest
+    _truncate(newest / "ema.safetensors")
+    assert _read_run(run_dir)[0] == run_dir / "checkpoints" / "step_0000002"
+    with pytest.raises(ValueError, match=r"--ckpt .*step_0000004.*does not verify.*ema.safetensors"):
+        _read_run(newest)
+
+
 def test_verify_cli(reference_runs, tmp_path, capsys):
     _, base_cfg = reference_runs
     run_dir = tmp_path / "run"
