@@ -264,29 +264,38 @@ def _abort_save(root: Path, tmp: Path, ctx: dist.DistContext, error: OSError | N
 
 
 def _file_records(folder: Path, ctx: dist.DistContext, *, checksum: bool) -> dict[str, dict]:
-    """``{relative path: {"size": bytes, "crc32": ...}}`` of every file in ``folder`` (but ``meta.json``);
-    each rank reads a share (largest files first, to the least-loaded rank) and rank 0 gets them all."""
+    """``{relative path: {"size": bytes, "crc32": "crc32:…" (a list, one per GiB, for larger files)}}`` of
+    every file in ``folder`` (but ``meta.json``); the ranks share the reading and rank 0 gets them all."""
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META)
-    sizes = {p: p.stat().st_size for p in paths}
-    mine = _share(paths, sizes, ctx)
-    sums = durable.checksums(mine) if checksum else [None] * len(mine)
-    local = {
-        str(p.relative_to(folder)): {"size": sizes[p], "crc32": c} for p, c in zip(mine, sums, strict=True)
-    }
-    merged = {}
-    for part in dist.all_gather_object(local):
-        merged |= part
-    return {k: {kk: vv for kk, vv in merged[k].items() if vv is not None} for k in sorted(merged)}
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in paths}
+    records = {rel: {"size": n} for rel, n in sizes.items()}
+    if checksum:
+        for rel, sums in _block_checksums(folder, sizes, ctx).items():
+            records[rel]["crc32"] = sums[0] if len(sums) == 1 else sums
+    return records
 
 
-def _share(paths: list[Path], sizes: dict[Path, int], ctx: dist.DistContext) -> list[Path]:
-    """This rank's files: largest first, each to the rank with the fewest bytes so far (the same split on
-    every rank)."""
-    load, owner = [0] * ctx.world, {}
-    for p in sorted(paths, key=lambda p: (-sizes[p], str(p))):
+def _block_checksums(folder: Path, sizes: dict[str, int], ctx: dist.DistContext) -> dict[str, list[str]]:
+    """The CRC-32 of every ``durable.BLOCK`` of every file, on every rank. Each rank reads a share: blocks
+    largest first, each to the rank with the fewest bytes so far (the same split on every rank)."""
+    units = [(rel, o, n) for rel, size in sizes.items() for o, n in durable.blocks(size)]
+    load, mine = [0] * ctx.world, []
+    for unit in sorted(units, key=lambda u: (-u[2], u[0], u[1])):
         r = min(range(ctx.world), key=lambda r: (load[r], r))
-        owner[p], load[r] = r, load[r] + sizes[p]
-    return [p for p in paths if owner[p] == ctx.rank]
+        load[r] += unit[2]
+        if r == ctx.rank:
+            mine.append(unit)
+    try:
+        sums = durable.checksums([(folder / rel, o, n) for rel, o, n in mine])
+        local = dict(zip([(rel, o) for rel, o, _ in mine], sums, strict=True))
+    except OSError as e:  # still gathered: every rank raises it, none waits for the others
+        local = e
+    found = {}
+    for part in dist.all_gather_object(local):
+        if isinstance(part, OSError):
+            raise part
+        found |= part
+    return {rel: [found[(rel, o)] for o, _ in durable.blocks(size)] for rel, size in sizes.items()}
 
 
 # ---------------------------------------------------------------------------------------------- verification
@@ -314,28 +323,27 @@ def verify(path: Path, *, checksum: bool = True, ctx: dist.DistContext | None = 
     ):
         return [f"{path / META}: unreadable ('files' is not a table of sizes)"]
     problems = []
-    paths = [path / rel for rel in records]
-    sizes = {}
-    for p, rel in zip(paths, records, strict=True):
+    for rel, rec in records.items():
         try:
-            sizes[p] = p.stat().st_size
+            size = (path / rel).stat().st_size
         except OSError:
-            problems.append(f"{p}: missing")
+            problems.append(f"{path / rel}: missing")
             continue
-        if sizes[p] != records[rel]["size"]:
-            problems.append(
-                f"{p}: {sizes[p]} bytes, {records[rel]['size']} were written (truncated or altered)"
-            )
-    if checksum and not problems:
-        mine = _share([p for p in paths if "crc32" in records[str(p.relative_to(path))]], sizes, ctx)
+        if size != rec["size"]:
+            problems.append(f"{path / rel}: {size} bytes, {rec['size']} were written (truncated or altered)")
+    summed = {rel: rec["size"] for rel, rec in records.items() if "crc32" in rec}
+    if checksum and not problems and summed:
         try:
-            sums = durable.checksums(mine)
+            got = _block_checksums(path, summed, ctx)
         except OSError as e:
-            sums, problems = [], [f"{path}: unreadable ({e})"]
-        for p, got in zip(mine, sums, strict=False):
-            want = records[str(p.relative_to(path))]["crc32"]
-            if got != want:
-                problems.append(f"{p}: checksum {got}, {want} was written (corrupt)")
+            got, problems = {}, [f"{path}: unreadable ({e})"]
+        for rel, sums in got.items():
+            want = records[rel]["crc32"]
+            want = [want] if isinstance(want, str) else want
+            bad = [i for i, (a, b) in enumerate(zip(sums, want, strict=False)) if a != b]
+            if bad or len(sums) != len(want):
+                where = f" (GiB block {bad[0]})" if len(sums) > 1 and bad else ""
+                problems.append(f"{path / rel}: checksum differs from the one written{where} (corrupt)")
     if ctx.world > 1:
         problems = sorted({q for part in dist.all_gather_object(problems) for q in part})
     return problems

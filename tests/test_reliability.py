@@ -128,6 +128,31 @@ def test_meta_records_every_file(tiny_cfg):
     assert ckpt.verify(path) == []
 
 
+def test_block_checksums(tiny_cfg, monkeypatch, tmp_path):
+    """Files larger than ``durable.BLOCK`` (1 GiB; 4 KiB here) get one CRC-32 per block, so one big file is
+    read by several ranks and threads; a flipped byte is found in its block."""
+    import zlib
+
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    f = tmp_path / "f.bin"
+    f.write_bytes(data)
+    monkeypatch.setattr(durable, "BLOCK", 4096)
+    assert durable.blocks(len(data)) == [(0, 4096), (4096, 4096), (8192, 2048)]
+    assert durable.blocks(0) == [(0, 0)]
+    for o, n in durable.blocks(len(data)):
+        assert durable.checksum(f, o, n) == f"crc32:{zlib.crc32(data[o : o + n]):08x}"
+    assert durable.checksum(f) == f"crc32:{zlib.crc32(data):08x}"
+
+    path = train(tiny_cfg(max_steps=1)) / "checkpoints" / "step_0000001"
+    files = json.loads((path / "meta.json").read_text())["files"]
+    rec = files["model.safetensors"]
+    assert isinstance(rec["crc32"], list) and len(rec["crc32"]) == len(durable.blocks(rec["size"])) > 2
+    assert ckpt.verify(path) == []
+    _flip_byte(path / "model.safetensors", where=5000 / rec["size"])  # in block 1
+    (problem,) = ckpt.verify(path)
+    assert "model.safetensors" in problem and "GiB block 1" in problem
+
+
 def test_checksum_off_records_sizes_only(tiny_cfg):
     cfg = tiny_cfg(max_steps=1, ckpt={"checksum": False})
     path = train(cfg) / "checkpoints" / "step_0000001"
