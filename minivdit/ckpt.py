@@ -24,8 +24,9 @@ stops rather than carrying on without checkpoints.
 Verification: ``verify(path)`` checks ``meta.json`` and each file's size and checksum (the ranks share the
 reading); ``latest_verified`` is what ``--resume auto`` takes, skipping (and naming) a newer checkpoint that
 is truncated or corrupt. ``python -m minivdit.ckpt verify RUN_DIR`` lists every checkpoint and its state.
-Checksums cost one read of what was written: CRC-32 runs at ~2.8 GB/s per core from the page cache
-(``python tools/bench.py ckpt``); ``checksum=False`` records and checks sizes only.
+Checksums cost one read of what was written: CRC-32 runs at ~1.7-2.8 GB/s per core from the page cache,
+recorded per GiB block so that the ranks share even one large file (``python tools/bench.py ckpt``);
+``checksum=False`` records and checks sizes only.
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ class CkptConfig:
     keep: int = 3
     """Keep the newest K checkpoints (0 keeps all)."""
     checksum: bool = True
-    """Record a CRC-32 of every file and check it on resume (one extra read of what was written, ~2.8 GB/s
-    per core, shared by the ranks); False records and checks sizes only."""
+    """Record a CRC-32 of every file (per GiB) and check it on resume: one extra read of what was written,
+    ~2 GB/s per core, shared by the ranks. False records and checks sizes only."""
     signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     """Signals that make every rank finish its step, checkpoint and exit with 75 (``minivdit/preempt.py``);
     empty to keep Python's defaults."""
