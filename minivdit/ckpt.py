@@ -306,7 +306,7 @@ def verify(path: Path, *, checksum: bool = True, ctx: dist.DistContext | None = 
     """What is wrong with checkpoint ``path``: ``[]`` when it is whole. Checks that ``meta.json`` parses and
     that every file it lists exists with its size and (``checksum``) CRC-32. With ``ctx`` the ranks share
     the reading and every rank gets the same answer. A checkpoint from before minivdit recorded files (no
-    ``files`` in ``meta.json``) is checked for its required files only."""
+    ``files`` in ``meta.json``) cannot be checked: it passes, as it did before."""
     path = Path(path)
     ctx = ctx or dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     try:
@@ -316,9 +316,8 @@ def verify(path: Path, *, checksum: bool = True, ctx: dist.DistContext | None = 
     except (OSError, ValueError) as e:
         return [f"{path / META}: unreadable ({type(e).__name__}: {e})"]
     records = meta.get("files")
-    if records is None:  # legacy: at least the files load() needs
-        need = ["model.safetensors", "optim/.metadata", "rank0.pt"]
-        return [f"{path / n}: missing" for n in need if not (path / n).is_file()]
+    if records is None:  # written before minivdit recorded files: nothing to check against (as before)
+        return []
     if not isinstance(records, dict) or not all(
         isinstance(r, dict) and isinstance(r.get("size"), int) for r in records.values()
     ):
@@ -462,7 +461,7 @@ def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]
             if problems:
                 state, ok = "CORRUPT: " + "; ".join(problems), False
             elif "files" not in json.loads((p / META).read_text()):
-                state = "ok (written before checksums: required files present)"
+                state = "unverified (written before minivdit recorded sizes and checksums)"
             else:
                 state = "ok (sizes and checksums)" if checksum else "ok (sizes)"
         rows.append((p.name, f"{size:10.1f} MiB  {state}"))
@@ -485,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {state}")
     if not rows:
         print(f"{args.run_dir}: no checkpoints")
-    good = [n for n, st in rows if "  ok" in st]
+    good = [n for n, st in rows if "  ok" in st or "  unverified" in st]
     print(f"--resume auto takes: {good[-1] if good else 'nothing (starts fresh)'}")
     return 0 if ok else 1
 

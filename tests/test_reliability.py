@@ -316,6 +316,22 @@ def test_sampling_skips_a_truncated_checkpoint(reference_runs, tmp_path):
         _read_run(newest)
 
 
+def test_checkpoint_from_before_checksums_still_resumes(reference_runs, tmp_path, capsys):
+    """A ``meta.json`` without ``files`` (written before this change) cannot be checked: it is accepted, as
+    before, and the CLI says it is unverified."""
+    _, base_cfg = reference_runs
+    run_dir = tmp_path / "run"
+    shutil.copytree(base_cfg.run_dir, run_dir)
+    newest = run_dir / "checkpoints" / "step_0000004"
+    meta = json.loads((newest / "meta.json").read_text())
+    del meta["files"]
+    (newest / "meta.json").write_text(json.dumps(meta))
+    assert ckpt.verify(newest) == [] and ckpt.latest_verified(run_dir / "checkpoints") == newest
+    assert ckpt.main(["verify", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "unverified" in out and "--resume auto takes: step_0000004" in out
+
+
 def test_verify_cli(reference_runs, tmp_path, capsys):
     _, base_cfg = reference_runs
     run_dir = tmp_path / "run"
