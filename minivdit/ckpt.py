@@ -433,9 +433,10 @@ def load(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]], bool]:
+def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]], bool, str | None]:
     """``[(name, state)]`` for every checkpoint folder under ``root`` (a run directory, its
-    ``checkpoints/``, or one checkpoint), oldest first, and whether all of them verify."""
+    ``checkpoints/``, or one checkpoint), oldest first; whether all of them verify; and the newest one that
+    does (what ``--resume auto`` takes), or None."""
     root = Path(root)
     if (root / META).exists():
         folders = [root]
@@ -447,7 +448,7 @@ def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]
         prefixes = (STEP_PREFIX, ".tmp_", ".trash_")
         folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefixes)]
         folders.sort(key=lambda p: (int(p.name.rsplit("_", 1)[-1]) if p.name[-1].isdigit() else -1, p.name))
-    rows, ok = [], True
+    rows, ok, resumable = [], True, None
     for p in folders:
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
         if p.name.startswith(".tmp_"):
@@ -461,11 +462,11 @@ def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]
             if problems:
                 state, ok = "CORRUPT: " + "; ".join(problems), False
             elif "files" not in json.loads((p / META).read_text()):
-                state = "unverified (written before minivdit recorded sizes and checksums)"
+                state, resumable = "unverified (written before minivdit recorded sizes and checksums)", p.name
             else:
-                state = "ok (sizes and checksums)" if checksum else "ok (sizes)"
+                state, resumable = ("ok (sizes and checksums)" if checksum else "ok (sizes)"), p.name
         rows.append((p.name, f"{size:10.1f} MiB  {state}"))
-    return rows, ok
+    return rows, ok, resumable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--no-checksum", action="store_true", help="check sizes only (no reading)")
     args = parser.parse_args(argv)
     try:
-        rows, ok = describe(args.run_dir, checksum=not args.no_checksum)
+        rows, ok, resumable = describe(args.run_dir, checksum=not args.no_checksum)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -484,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {state}")
     if not rows:
         print(f"{args.run_dir}: no checkpoints")
-    good = [n for n, st in rows if "  ok" in st or "  unverified" in st]
-    print(f"--resume auto takes: {good[-1] if good else 'nothing (starts fresh)'}")
+    fallback = "nothing: no checkpoint verifies (it refuses)" if not ok else "nothing (starts fresh)"
+    print(f"--resume auto takes: {resumable or fallback}")
     return 0 if ok else 1
 
 

@@ -83,5 +83,9 @@ class PreemptionHandler:
         """Whether any rank got a signal (collective: every rank calls it once per step)."""
         return dist.any_rank(self.signal_name is not None)
 
+    def stopped(self, step: int, checkpoint) -> Preempted:
+        """The exception a trainer raises once the checkpoint of ``step`` is written."""
+        return Preempted(self.signal_name or "a signal (to another rank)", step, checkpoint)
+
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "PreemptionHandler", "check_signal_names"]

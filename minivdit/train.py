@@ -868,7 +868,7 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
             log.info(f"saved checkpoint {path}")
         if stop:  # after the checkpoint, before sampling: the grace period is short
             logger.close()
-            raise Preempted(preemption.signal_name or "a signal (to another rank)", step, path)
+            raise preemption.stopped(step, path)
         sampler = ema if ema is not None else dist.unwrap(model)
         due = cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last)
         if due and conditioner is not None and conditioner.needs_prompts:

@@ -51,7 +51,7 @@ from minivdit.models.vae.causal3d import (
     _nearest_valid,
     estimate_latent_constants,
 )
-from minivdit.preempt import Preempted, PreemptionHandler
+from minivdit.preempt import PreemptionHandler
 from minivdit.train import (
     CkptConfig,
     EMAConfig,
@@ -397,7 +397,7 @@ def _train_vae(cfg: VAETrainConfig, preemption: PreemptionHandler) -> Path:
             log.info(f"saved checkpoint {path}")
         if stop:
             logger.close()
-            raise Preempted(preemption.signal_name or "a signal (to another rank)", step, path)
+            raise preemption.stopped(step, path)
     logger.close()
     if ctx.is_main:
         export(cfg, ema, ctx.device)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import os
-import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from oracles import load_file  # noqa: E402  (tests/ is on sys.path)
 from torch.utils.data import DataLoader
 
 from minivdit import dist
@@ -45,11 +44,8 @@ CLIPS = DataConfig(num_frames=3, image_size=8, num_classes=4, synthetic_size=27,
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """``tools/<name>.py`` as a module (registered in sys.modules: dataclasses resolve annotations there)."""
+    return load_file(f"tool_{name}", TOOLS / f"{name}.py")
 
 
 def digest(t: torch.Tensor) -> str:

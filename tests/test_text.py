@@ -11,9 +11,7 @@ Run: ``OMP_NUM_THREADS=1 pytest -q tests/test_text.py`` (CPU, well under a minut
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import tyro
+from oracles import load_file  # noqa: E402  (tests/ is on sys.path)
 
 from minivdit.conditioning.text import (
     T5TextEncoder,
@@ -41,11 +40,8 @@ PROMPTS = ["a flower blooming over time", "Bread dough rises slowly on a white t
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """``tools/<name>.py`` as a module (registered in sys.modules: dataclasses resolve annotations there)."""
+    return load_file(f"tool_{name}", TOOLS / f"{name}.py")
 
 
 @pytest.fixture(autouse=True)
