@@ -436,7 +436,7 @@ def load(
 def describe(root: Path, *, checksum: bool = True) -> tuple[list[tuple[str, str]], bool, str | None]:
     """``[(name, state)]`` for every checkpoint folder under ``root`` (a run directory, its
     ``checkpoints/``, or one checkpoint), oldest first; whether all of them verify; and the newest one that
-    does (what ``--resume auto`` takes), or None."""
+    does (for a run, what ``--resume auto`` takes; for one checkpoint, itself if it verifies), or None."""
     root = Path(root)
     if (root / META).exists():
         folders = [root]
@@ -485,8 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {state}")
     if not rows:
         print(f"{args.run_dir}: no checkpoints")
-    fallback = "nothing: no checkpoint verifies (it refuses)" if not ok else "nothing (starts fresh)"
-    print(f"--resume auto takes: {resumable or fallback}")
+    if (args.run_dir / META).exists():  # one checkpoint: what --resume auto takes depends on the others
+        folder = args.run_dir.resolve().parent
+        run = folder.parent if folder.name == "checkpoints" else folder
+        print(
+            "--resume auto takes the run's newest checkpoint that verifies; to see which: "
+            f"python -m minivdit.ckpt verify {run}"
+        )
+    else:
+        fallback = "nothing: no checkpoint verifies (it refuses)" if not ok else "nothing (starts fresh)"
+        print(f"--resume auto takes: {resumable or fallback}")
     return 0 if ok else 1
 
 

@@ -134,3 +134,77 @@ def pop_choice(flag: str, choices: tuple[str, ...], default: str, argv: list[str
     if value not in choices:
         raise ValueError(f"{flag} must be one of {choices}, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def _optional_config(tp: Any) -> type | None:
+    """The dataclass ``X`` of an ``X | None`` annotation, else None."""
+    if get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    options = [a for a in get_args(tp) if a is not type(None)]
+    if len(options) == 1 and type(None) in get_args(tp) and dataclasses.is_dataclass(options[0]):
+        return options[0]
+    return None
+
+
+def cli(
+    cls: type,
+    default: Any,
+    args: list[str],
+    *,
+    description: str | None = None,
+    hide: tuple[str, ...] = (),
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Parse ``args`` with ``tyro`` over ``cls``, starting from the recipe's ``default``.
+
+    Two things tyro does not do by itself, done here on a CLI-only subclass of ``cls`` (the result is a plain
+    ``cls``):
+    - ``hide``: fields left out of ``--help`` and the parser (the CogVideoX-only ``--lora.*`` / ``--text.*`` /
+      ``--i2v.*`` of a V-DiT recipe), keeping the recipe's values;
+    - an optional section the recipe leaves off (``eval: EvalConfig | None = None``) still shows its flags,
+      and any ``--<section>.*`` flag turns it on, from the section's defaults (``--eval.protocol synthetic``);
+      without one it stays None. tyro alone offers no flags for a None default.
+
+    ``overrides`` replace fields of ``default`` before the flags apply, unchecked until the flags have been
+    applied (``--pretrained``'s architecture may not fit the recipe's ``--align.block-index`` until the
+    command line changes it)."""
+    import tyro
+
+    hints = _hints(cls)
+    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    # The parser's class skips ``cls``'s cross-field checks: its defaults turn optional sections on for --help
+    # (an AlignConfig on a recipe without teachers); the returned ``cls`` is checked in full.
+    ns: dict[str, Any] = {"__annotations__": {}, "__doc__": cls.__doc__, "__post_init__": lambda self: None}
+    values = {f.name: getattr(default, f.name) for f in dataclasses.fields(cls)} | (overrides or {})
+    switched_off: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp, value = hints[f.name], values[f.name]
+        if f.name in hide:
+            ns["__annotations__"][f.name] = tyro.conf.Suppress[tp]
+            ns[f.name] = dataclasses.field(default_factory=lambda v=value: v)
+        elif value is None and (section := _optional_config(tp)) is not None:
+            if not any(g.startswith(f"--{f.name}.") for g in given):
+                switched_off.append(f.name)  # parsed from the defaults for --help, then set back to None
+            doc = f"Off in this recipe: any --{f.name}.* flag turns it on, from these defaults."
+            ns["__annotations__"][f.name] = typing.Annotated[section, tyro.conf.arg(help=doc)]
+            ns[f.name] = dataclasses.field(default_factory=section)
+            values[f.name] = section()
+    parser_cls = dataclasses.dataclass(frozen=True, kw_only=True)(type(cls.__name__, (cls,), ns))
+    parsed = tyro.cli(
+        parser_cls,
+        default=parser_cls(**values),
+        args=args,
+        config=(tyro.conf.AvoidSubcommands,),
+        description=description,
+    )
+    out = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(cls)}
+    try:
+        return cls(**(out | {name: None for name in switched_off}))
+    except ValueError as e:  # the cross-field checks: a usage error, as tyro reports a field's own checks
+        import sys
+
+        print(f"error: {e}\nFor the flags: {sys.argv[0]} --help", file=sys.stderr)
+        raise SystemExit(2) from e

@@ -207,7 +207,12 @@ def parallelize(
             raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")
         model.grad_checkpointing = True  # per-block torch.utils.checkpoint inside the block loop
     if trainable and cfg.compile:
-        for block in block_list(model):
+        blocks = block_list(model)
+        log.info(  # compiling is lazy: the first step does it, silently, before its first status line
+            f"compiling the model's {len(blocks)} blocks with torch.compile (--parallel.compile): the first "
+            f"step takes ~30 s longer on a CPU (minutes for a large model on a GPU)"
+        )
+        for block in blocks:
             block.compile()  # in place: parameter names are unchanged
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -286,14 +291,15 @@ def load_pretrained(model: nn.Module, folder: str | Path) -> Path:
     diffusers config fields are logged as warnings."""
     from safetensors import safe_open
 
-    from minivdit.models.cogvideox import CogVideoXConfig, pretrained_folder, weight_files
+    from minivdit.models.cogvideox import pretrained_folder, weight_files
     from minivdit.models.lora import lora_modules
 
     inner = unwrap(model)
     folder = pretrained_folder(folder)
     files = weight_files(folder)
-    if isinstance(cfg := getattr(inner, "cfg", None), CogVideoXConfig):
-        theirs, ours = CogVideoXConfig.from_json(folder / "config.json").to_dict(), cfg.to_dict()
+    cfg = getattr(inner, "cfg", None)
+    if hasattr(cfg, "from_json") and hasattr(cfg, "to_dict"):  # CogVideoXConfig, DiTConfig
+        theirs, ours = type(cfg).from_json(folder / "config.json").to_dict(), cfg.to_dict()
         if differ := {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}:
             log.warning("%s: config.json differs from the model's config (file, model): %s", folder, differ)
 

@@ -11,21 +11,28 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 log = logging.getLogger("minivdit")
 
 
-def setup_logging(rank: int, run_dir: Path | None = None) -> None:
-    """Rank 0 logs INFO to stdout (and ``run_dir/log.txt``); other ranks only warnings."""
+LOG_FORMAT, LOG_DATEFMT = "[%(asctime)s] %(message)s", "%H:%M:%S"
+"""Every log line of the trainer and of ``tools/*.py``: ``[HH:MM:SS] message``."""
+
+
+def setup_logging(rank: int, run_dir: Path | None = None, *, stream: TextIO | None = None) -> None:
+    """Rank 0 logs INFO to ``stream`` (stdout by default) and ``run_dir/log.txt``; other ranks only warnings.
+    Without ``run_dir`` nothing goes to a file: the tools call ``setup_logging(0, stream=sys.stderr)``, so
+    their stdout keeps only their results (JSON lines, paths) and their log lines read as the trainer's."""
     root = logging.getLogger()
     for h in root.handlers:  # a previous run's log.txt (train() called again in one process): close it
         if isinstance(h, logging.FileHandler):
             h.close()
     root.handlers.clear()
-    fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    fmt = logging.Formatter(LOG_FORMAT, datefmt=LOG_DATEFMT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
     if rank == 0 and run_dir is not None:
         handlers.append(logging.FileHandler(run_dir / "log.txt"))
     for h in handlers:

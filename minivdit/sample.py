@@ -6,6 +6,22 @@ loads the run's ``config.json``, the EMA weights (``--no-use-ema`` for the raw o
 objective, and writes one mp4 per video, a grid (mp4 and gif) and ``contact.png`` (one row per sample, a few
 frames across) for a quick look.
 
+V-DiT pretrained folders (``config.json`` with ``"_class_name": "VDiT"`` +
+``diffusion_pytorch_model.safetensors``: ``tools/convert_weights.py latte``,
+``minivdit.models.dit.save_pretrained``)::
+
+    python -m minivdit.sample --pretrained /weights/latte-ucf --vae.kind sd --vae.path /weights/sd-vae-ema \
+        --classes 0 1 2 3 --cfg-scale 7 --steps 250 --out DIR
+
+``--ckpt`` takes the same folder, or its ``diffusion_pytorch_model.safetensors`` (the config.json must sit
+beside it). The folder holds the architecture and the weights, not the objective nor the VAE, so those come
+from flags: ``--vae.kind/--vae.path`` (required unless the model is in pixel space, 3 input channels;
+checked against the model's input channels), and the objective, by default ``DDPMConfig()`` with
+``learn_sigma`` as the folder's config: Latte's (1000 linear-β steps, ε-prediction, learned σ, ancestral
+sampling); another with ``objective:ddpm-config --objective.sampler ddim`` or
+``objective:flow-config --objective.sampler heun`` (checked against the model's output channels). A run's
+``--ckpt`` and a CogVideoX folder bring their own objective and VAE and refuse these flags.
+
 CogVideoX (text-to-video and image-to-video), from a fine-tuning run or from a diffusers folder::
 
     python -m minivdit.sample --ckpt RUN --image cond.png --frame-index 24 --prompt "a flower blooms" \
@@ -56,7 +72,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -69,6 +85,8 @@ from minivdit import durable, media
 from minivdit.config import check_types, from_dict
 from minivdit.dist import Precision, autocast
 from minivdit.models.cond import Cond
+from minivdit.models.dit import CLASS_NAME as DIT_CLASS_NAME
+from minivdit.models.dit import WEIGHTS_NAME as DIT_WEIGHTS_NAME
 from minivdit.models.dit import DiTConfig, VDiT
 from minivdit.models.vae import VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig, dynamic_cfg_scale
@@ -195,9 +213,19 @@ def decode_latents(
         return vae.decode(latents).float().clamp(-1, 1)
 
 
+OVERVIEW_FILES = frozenset({"grid.mp4", "grid.gif", "contact.png"})
+"""The files ``write_samples`` puts next to the clips to look at them all at once; not clips themselves."""
+
+
 def write_samples(out_dir: Path, videos: Tensor, names: list[str] | None = None, fps: int = 8) -> dict:
     """Write each video as mp4, a grid (mp4 + gif) and a PNG contact sheet. ``videos`` [B, F, 3, H, W] in
-    [-1, 1]. Returns the paths and the uint8 arrays (for tensorboard)."""
+    [-1, 1]. Returns the paths and the uint8 arrays (for tensorboard).
+
+    The overview files (``OVERVIEW_FILES``) stay in ``out_dir`` beside the clips, where the README, the
+    training log and tensorboard point; ``python -m minivdit.eval folders --fake out_dir`` skips them by
+    name instead (``evaluate.fake_from_folder``), so a samples folder is evaluated as it is. Moving them
+    into a subfolder was the other choice, but it would move every documented ``samples/step_N/contact.png``
+    and still leave any older samples folder counting ``grid.mp4`` as a clip."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = media.to_uint8(videos)  # [B, F, H, W, 3]
     for i, clip in enumerate(frames):
@@ -209,15 +237,27 @@ def write_samples(out_dir: Path, videos: Tensor, names: list[str] | None = None,
     return {"dir": out_dir, "uint8": frames, "contact": contact}
 
 
+# Cascade: the ``objective:*`` subcommand may come anywhere on the line, not only after every other flag.
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig:
-    """Sample videos from a minivdit run's checkpoint (V-DiT or CogVideoX) or a diffusers CogVideoX folder."""
+    """Sample videos from a minivdit run's checkpoint (V-DiT or CogVideoX), a diffusers CogVideoX folder or a
+    V-DiT pretrained folder."""
 
     ckpt: str | None = None
-    """Checkpoint folder ``<run>/checkpoints/step_NNNNNNN`` (or a run folder: its latest checkpoint)."""
+    """Checkpoint folder ``<run>/checkpoints/step_NNNNNNN`` (or a run folder: its latest checkpoint), or a
+    V-DiT pretrained folder or its ``diffusion_pytorch_model.safetensors`` (as ``--pretrained``)."""
     pretrained: str | None = None
     """Instead of ``ckpt``: a diffusers CogVideoX pipeline folder (transformer/, vae/, text_encoder/,
-    tokenizer/), sampled as released (the base model a fine-tune is compared with)."""
+    tokenizer/), sampled as released (the base model a fine-tune is compared with), or a V-DiT pretrained
+    folder (``tools/convert_weights.py latte``), sampled with ``--vae.*`` and the objective."""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """V-DiT pretrained folder only: the VAE its latents belong to (Latte: ``--vae.kind sd --vae.path DIR``
+    of sd-vae-ft-ema); a run samples with its own, a CogVideoX folder with its ``vae/``."""
+    objective: DDPMConfig | FlowConfig | None = None
+    """V-DiT pretrained folder only: the objective its weights were trained with
+    (``objective:ddpm-config --objective.*`` or ``objective:flow-config --objective.*``); default
+    ``DDPMConfig()`` with the folder's ``learn_sigma``, Latte's. A run samples with its own."""
     out: str = "samples"
     """Output folder."""
     classes: tuple[int, ...] = ()
@@ -269,7 +309,8 @@ class SampleConfig:
         if (self.ckpt is None) == (self.pretrained is None):
             raise ValueError(
                 "give --ckpt RUN (a minivdit run or checkpoint) or --pretrained FOLDER (a diffusers "
-                f"CogVideoX folder), exactly one; got ckpt={self.ckpt!r}, pretrained={self.pretrained!r}"
+                "CogVideoX folder or a V-DiT pretrained folder), exactly one; got "
+                f"ckpt={self.ckpt!r}, pretrained={self.pretrained!r}"
             )
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
@@ -441,6 +482,97 @@ def load_pretrained_folder(
         )
     vae = build_vae(VAEConfig(kind="cogvideox", path=str(folder / "vae"))).to(device)
     return model, objective, vae, {"pretrained": str(folder), "snr_shift_scale": shift}
+
+
+# ---------------------------------------------------------------------------------------------- V-DiT folders
+
+
+def vdit_pretrained_folder(path: str | Path, flag: str = "--pretrained") -> Path | None:
+    """The V-DiT pretrained folder ``path`` names (the folder, its ``transformer/``, or its
+    ``diffusion_pytorch_model.safetensors``), or None when ``path`` is something else (a run, a checkpoint,
+    a CogVideoX folder). A ``.safetensors`` file without a V-DiT config.json beside it is a ValueError
+    naming ``flag``: the weights alone do not say the architecture."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or path.is_file():
+        convert = "tools/convert_weights.py latte SRC FOLDER --num-heads H writes both"
+        if not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+        if path.name != DIT_WEIGHTS_NAME:
+            raise ValueError(
+                f"{flag} {path}: a weights file must be the {DIT_WEIGHTS_NAME} of a V-DiT pretrained folder, "
+                f"next to its config.json ({convert})"
+            )
+        if not (path.parent / "config.json").is_file():
+            raise ValueError(
+                f"{flag} {path}: no config.json beside it, and the weights alone do not give the "
+                f"architecture (a V-DiT pretrained folder holds both; {convert})"
+            )
+        try:
+            DiTConfig.from_json(path.parent / "config.json")
+        except ValueError as e:  # e.g. a CogVideoX transformer's weights: sampled as --pretrained FOLDER
+            raise ValueError(f"{flag} {path}: not the weights of a V-DiT pretrained folder: {e}") from e
+        return path.parent
+    for folder in (path, path / "transformer"):
+        if (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+            return folder if config.get("_class_name") == DIT_CLASS_NAME else None
+    return None
+
+
+def load_vdit_pretrained(
+    folder: str | Path,
+    *,
+    vae: VAEConfig | None = None,
+    objective: DDPMConfig | FlowConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[VDiT, DDPM | Flow, torch.nn.Module | None, dict]:
+    """A V-DiT pretrained folder as ``(model, objective, vae, info)``, like ``load_run``: the VDiT of its
+    config.json filled from its weights (``dist.load_pretrained``: strict keys and shapes), the objective
+    (default ``DDPMConfig`` with the config's ``learn_sigma``, Latte's) and the VAE ``vae`` names (None or
+    kind "none": pixel space). ValueError naming the flag when the objective's output channels or the VAE's
+    latent channels do not fit the weights."""
+    from minivdit import dist
+
+    folder, vae = Path(folder), vae or VAEConfig()
+    model_cfg = DiTConfig.from_json(folder / "config.json")
+    obj_cfg = DDPMConfig(learn_sigma=model_cfg.learn_sigma) if objective is None else objective
+    built = DDPM(obj_cfg) if isinstance(obj_cfg, DDPMConfig) else Flow(obj_cfg)
+    pred = built.pred_channels(model_cfg.in_channels)
+    if pred != model_cfg.out_channels:
+        raise ValueError(
+            f"the objective {obj_cfg} predicts {pred} channels but the V-DiT in {folder} outputs "
+            f"{model_cfg.out_channels} (learn_sigma={model_cfg.learn_sigma}): pick the objective it was "
+            f"trained with (objective:ddpm-config [--objective.no-learn-sigma] or objective:flow-config)"
+        )
+    if vae.kind == "none" and model_cfg.in_channels != 3:
+        raise ValueError(
+            f"the V-DiT in {folder} takes {model_cfg.in_channels}-channel latents, not pixels: give the VAE "
+            f"they belong to, --vae.kind sd --vae.path DIR (Latte: sd-vae-ft-ema)"
+        )
+    device = torch.device(device)
+    with torch.device("meta"):  # no random init: every weight comes from the folder
+        model = VDiT(model_cfg)
+    model.to_empty(device=device)
+    dist.load_pretrained(model, folder)  # strict; rebuilds the sin-cos tables
+    model.eval()
+    decoder = build_vae(vae)
+    if decoder is not None:
+        if decoder.latent_channels != model_cfg.in_channels:
+            raise ValueError(
+                f"--vae.path {vae.path}: a {vae.kind} VAE of {decoder.latent_channels} latent channels, but "
+                f"the V-DiT in {folder} takes {model_cfg.in_channels}"
+            )
+        decoder = decoder.to(device)
+    return model, built, decoder, {"pretrained": str(folder), "objective": dataclasses.asdict(obj_cfg)}
+
+
+def _refuse_vdit_flags(cfg: SampleConfig, what: str) -> None:
+    """``--vae.*`` and ``--objective`` describe a V-DiT pretrained folder; ``what`` brings its own."""
+    if cfg.vae != VAEConfig() or cfg.objective is not None:
+        raise ValueError(
+            f"--vae.* and objective:* are for a V-DiT pretrained folder; {what} samples with its own VAE and "
+            f"objective: drop them"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- CogVideoX
@@ -676,15 +808,24 @@ def _sample_text(cfg: SampleConfig) -> Path:
 
 def _is_cogvideox(cfg: SampleConfig) -> bool:
     if cfg.pretrained is not None:
+        folder = Path(cfg.pretrained)
+        if not any((f / "config.json").is_file() for f in (folder, folder / "transformer")):
+            raise ValueError(
+                f"--pretrained {folder}: no config.json in it or in transformer/ (expected a V-DiT "
+                "pretrained folder, tools/convert_weights.py, or a diffusers CogVideoX pipeline folder)"
+            )
         return True
     _, meta = _read_run(cfg.ckpt)
     return meta["config"]["model"].get("_type") == "CogVideoXConfig"
 
 
 def sample(cfg: SampleConfig) -> Path:
-    """Load the run's config and weights (or a diffusers CogVideoX folder), sample, write videos; returns the
-    output folder."""
-    if _is_cogvideox(cfg):
+    """Load the run's config and weights (or a diffusers CogVideoX folder, or a V-DiT pretrained folder),
+    sample, write videos; returns the output folder."""
+    source, flag = (cfg.pretrained, "--pretrained") if cfg.ckpt is None else (cfg.ckpt, "--ckpt")
+    folder = vdit_pretrained_folder(source, flag)  # None: a run, a checkpoint or a CogVideoX folder
+    if folder is None and _is_cogvideox(cfg):
+        _refuse_vdit_flags(cfg, "a CogVideoX model")
         return _sample_text(cfg)
     cogvideox_only = dict(prompt=cfg.prompt, image=cfg.image, text_encoder=cfg.text_encoder, size=cfg.size)
     cogvideox_only |= dict(
@@ -695,7 +836,20 @@ def sample(cfg: SampleConfig) -> Path:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} is for CogVideoX; this run is a V-DiT (class labels: --classes)")
     device = torch.device(cfg.device)
-    model, objective, vae, run_cfg = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+    if folder is None:
+        _refuse_vdit_flags(cfg, "a run")
+        model, objective, vae, run_cfg = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+        dataset = run_cfg["data"]["dataset"]
+    else:
+        if not cfg.use_ema:
+            raise ValueError(
+                f"--no-use-ema: the pretrained folder {folder} holds one set of weights "
+                "(tools/convert_weights.py chose EMA or not with --ema / --no-ema)"
+            )
+        model, objective, vae, _ = load_vdit_pretrained(
+            folder, vae=cfg.vae, objective=cfg.objective, device=device
+        )
+        dataset = None
     model_cfg = model.cfg
     if model_cfg.num_classes:
         labels = torch.tensor(cfg.classes) if cfg.classes else torch.arange(cfg.num) % model_cfg.num_classes
@@ -722,7 +876,7 @@ def sample(cfg: SampleConfig) -> Path:
     names = None
     if labels is not None:
         names = [str(int(y)) for y in labels]
-        if run_cfg["data"]["dataset"] == "synthetic":
+        if dataset == "synthetic":
             from minivdit.data.synthetic import CLASS_NAMES
 
             names = [f"{int(y)}: {CLASS_NAMES[int(y)]}" for y in labels]

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -39,12 +38,14 @@ from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_
 from minivdit.conditioning import Conditioner, batch_cond
 from minivdit.conditioning.i2v import I2VConfig
 from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, text_identity
-from minivdit.config import check_types, to_dict
+from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
-from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer
+from minivdit.models import cogvideox as cogvideox_model
+from minivdit.models import dit as dit_model
+from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pretrained_folder
 from minivdit.models.dit import DiTConfig, VDiT, num_params
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights
 from minivdit.models.vae import VAEConfig, build_vae
@@ -162,8 +163,10 @@ class TrainConfig:
     """The backbone: a V-DiT (``minivdit/models/dit.py``) or the CogVideoX transformer
     (``minivdit/models/cogvideox.py``); the recipe picks the class, the CLI tweaks its fields."""
     pretrained: str | None = None
-    """A diffusers CogVideoX folder (the pipeline folder or its ``transformer/``) whose weights the model
-    starts from, loaded shard by shard into the (sharded) model; None: a fresh init."""
+    """Weights the model starts from: a diffusers CogVideoX folder (the pipeline folder or its
+    ``transformer/``) or a V-DiT folder (``tools/convert_weights.py latte``), loaded shard by shard into the
+    (sharded) model; None: a fresh init. The architecture is read from the folder's ``config.json``; only
+    the run's runtime choices (attention backend, the frames and size it trains at) are kept."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters (``minivdit/models/lora.py``); ``--lora.rank 0`` trains every weight. With LoRA only the
     adapters are trained and checkpointed; the base weights come from ``pretrained``."""
@@ -224,10 +227,9 @@ class TrainConfig:
         if isinstance(self.model, CogVideoXConfig):
             self._check_cogvideox()
             return
-        if self.pretrained is not None or self.lora.enabled or self.i2v.enabled:
+        if self.lora.enabled or self.i2v.enabled:
             raise ValueError(
-                "--pretrained, --lora.rank > 0 and --i2v.mode are for the CogVideoX transformer; this run "
-                "trains a V-DiT"
+                "--lora.rank > 0 and --i2v.mode are for the CogVideoX transformer; this run trains a V-DiT"
             )
         if self.vae.kind == "none" and self.model.in_channels != 3:
             raise ValueError(
@@ -238,15 +240,13 @@ class TrainConfig:
                 f"model.input_size {tuple(self.model.input_size)} must equal the pixel frame size "
                 f"{self.data.frame_size} when vae='none'"
             )
-        pixel_frames = self.vae.kind == "none"
-        if (
-            pixel_frames
-            and self.model.block_type == "spatiotemporal"
-            and self.model.num_frames != self.data.num_frames
-        ):
+        if self.vae.kind == "none" and self.model.num_frames != self.data.num_frames:
+            # Both layouts: the spatiotemporal temporal table has num_frames rows, and every layout samples
+            # clips of num_frames frames (a full-3-D model would otherwise sample clips of another length).
             raise ValueError(
                 f"model.num_frames={self.model.num_frames} must equal data.num_frames="
-                f"{self.data.num_frames} (the temporal position table)"
+                f"{self.data.num_frames} (the frames the model trains on and samples): set "
+                f"--model.num-frames {self.data.num_frames}"
             )
         if self.data.dataset == "synthetic" and self.model.num_classes not in (0, self.data.num_classes):
             raise ValueError(
@@ -303,8 +303,15 @@ def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
         raise ValueError(
             f"data.image_size={cfg.data.image_size} is not divisible by the VAE's {s}x compression"
         )
+    try:
+        F = vae.latent_frames(cfg.data.num_frames)
+    except ValueError as e:  # the VAE's own frame rule (causal: 4k + 1), said in terms of the flag
+        raise ValueError(
+            f"--data.num-frames {cfg.data.num_frames} does not fit the {cfg.vae.kind} VAE at {cfg.vae.path}: "
+            f"{e}; set --data.num-frames to one of those"
+        ) from None
     if isinstance(cfg.model, CogVideoXConfig):
-        m, F = cfg.model, vae.latent_frames(cfg.data.num_frames)
+        m = cfg.model
         want = {
             "out-channels": (m.out_channels, vae.latent_channels),
             "input-size": (m.latent_size, (H // s, W // s)),
@@ -315,13 +322,12 @@ def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
                 f"data.image_size={cfg.data.image_size}: latents must divide by the patch {m.patch_size}, "
                 f"so the frame sides must be multiples of {s * m.patch_size}"
             )
-    else:
+    else:  # num-frames in both V-DiT layouts: the temporal table and the length of the sampled clips
         want = {
             "in-channels": (cfg.model.in_channels, vae.latent_channels),
             "input-size": (tuple(cfg.model.input_size), (H // s, W // s)),
+            "num-frames": (cfg.model.num_frames, F),
         }
-    if cfg.model.block_type == "spatiotemporal":
-        want["num-frames"] = (cfg.model.num_frames, vae.latent_frames(cfg.data.num_frames))
     bad = {k: v for k, (have, v) in want.items() if have != v}
     if bad:
         flags = " ".join(
@@ -410,6 +416,35 @@ def train_step(
 def model_class(model_cfg: DiTConfig | CogVideoXConfig) -> type:
     """The backbone class a config builds."""
     return CogVideoXTransformer if isinstance(model_cfg, CogVideoXConfig) else VDiT
+
+
+def pretrained_architecture(model: DiTConfig | CogVideoXConfig, folder: str) -> DiTConfig | CogVideoXConfig:
+    """The architecture of the weights in ``folder`` (its ``config.json``, or ``transformer/config.json`` of
+    a pipeline folder), in the family of ``model`` and keeping ``model``'s runtime choices (the attention
+    backend; for CogVideoX also the frames and size the run trains at). A CogVideoX-2B or 1.5 folder then
+    needs no preset change, and a folder of any size works from the command line."""
+    config = pretrained_folder(folder) / "config.json"
+    family = cogvideox_model if isinstance(model, CogVideoXConfig) else dit_model
+    keep = {k: getattr(model, k) for k in family.RUNTIME_FIELDS}
+    return type(model).from_json(config, **keep)
+
+
+def with_pretrained_architecture(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the model of ``cfg.pretrained`` (:func:`pretrained_architecture`); unchanged without
+    one. Fields the config sets otherwise (a preset, a ``--model.*`` flag) are named in a warning: the
+    weights decide the architecture."""
+    if cfg.pretrained is None:
+        return cfg
+    model = pretrained_architecture(cfg.model, cfg.pretrained)
+    if model == cfg.model:
+        return cfg
+    theirs, ours = model.__dict__, cfg.model.__dict__
+    differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    log.warning(
+        f"--pretrained {cfg.pretrained}: the architecture comes from its config.json; overriding "
+        + ", ".join(f"model.{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+    )
+    return replace(cfg, model=model)
 
 
 def build_models(
@@ -609,19 +644,69 @@ def _resume_path(cfg, ctx: dist.DistContext) -> Path | None:
 # ``resume``, ``optim`` and ``ema`` fields.
 
 
-def start_run(cfg, ctx: dist.DistContext) -> Path | None:
-    """Create the run directory, set up logging, write ``config.json``; returns the checkpoint to resume."""
+def start_run(cfg, ctx: dist.DistContext, *, structural: tuple[str, ...] = ()) -> Path | None:
+    """Create the run directory and set up logging; returns the checkpoint to resume, after checking that its
+    config fits ``cfg`` on the ``structural`` sections (:func:`check_resume_config`). ``config.json`` is
+    written later, by :func:`write_config`, once everything has been built and loaded: a launch that fails
+    never replaces a good run's config."""
     run_dir = cfg.run_dir
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     setup_logging(ctx.rank, run_dir)
     resume_from = _resume_path(cfg, ctx)
-    if ctx.is_main:
-        durable.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+    if resume_from is not None:
+        check_resume_config(cfg, resume_from, structural)
     torch.backends.cuda.matmul.allow_tf32 = True  # as Latte/DiT: TF32 matmuls on Ampere+
     torch.backends.cudnn.allow_tf32 = True
     return resume_from
+
+
+def write_config(cfg, ctx: dist.DistContext) -> None:
+    """``<run>/config.json``: the resolved config, written once the run has been set up without error."""
+    if ctx.is_main:
+        durable.write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+
+
+def _flat(d, prefix: str = "") -> dict:
+    """A ``to_dict`` tree as ``{"model.depth": 8, "model._type": "DiTConfig", ...}``."""
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.")
+    return out
+
+
+# Fields of the structural sections that do not shape the weights: a resume may change them freely.
+RESUME_FREE = ("model.attn_backend", "align.weight")
+
+
+def check_resume_config(cfg, path: Path, structural: tuple[str, ...]) -> None:
+    """``ValueError`` naming each field of the ``structural`` sections (those that shape the weights: the
+    model, LoRA, the alignment head) in which ``cfg`` differs from the config checkpoint ``path`` was trained
+    with, before anything is loaded; other changes (``--optim.lr``, ``--max-steps``, ...) are logged."""
+    meta = json.loads((path / "meta.json").read_text())
+    if "config" not in meta:
+        return
+    have, want = _flat(meta["config"]), _flat(to_dict(cfg))
+    differ = {
+        k: (have.get(k), want.get(k)) for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)
+    }
+    differ.pop("resume", None)
+    bad = {k: v for k, v in differ.items() if k.split(".")[0] in structural and k not in RESUME_FREE}
+    if bad:
+        raise ValueError(
+            f"--resume: {path} was trained with "
+            + ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in bad.items())
+            + "; these fields shape the weights: drop those flags to continue the run, or start a new one "
+            "with --run-name"
+        )
+    if differ:
+        log.info(
+            "resuming with changed settings: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        )
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -666,6 +751,11 @@ def restore(
             f"position (clips of this epoch may repeat or be skipped)"
         )
     log.info(f"resumed from {resume_from} at step {step}")
+    if step >= cfg.max_steps:
+        log.info(
+            f"nothing to train: the checkpoint is at step {step} and max_steps is {cfg.max_steps}; raise "
+            f"--max-steps to continue"
+        )
     return step
 
 
@@ -740,6 +830,7 @@ def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
     the one ``cfg.model`` configures): a fork of ``VDiT`` or of the CogVideoX transformer (same constructor
     and forward contract) plugs in here without touching this file. A signal of ``cfg.ckpt.signals`` ends
     the run after a checkpoint by raising ``Preempted`` (``minivdit/preempt.py``)."""
+    cfg = with_pretrained_architecture(cfg)
     with PreemptionHandler(cfg.ckpt.signals) as preemption:
         return _train(cfg, model_cls or model_class(cfg.model), preemption)
 
@@ -747,7 +838,7 @@ def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
 def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> Path:
     ctx = dist.init()
     run_dir = cfg.run_dir
-    resume_from = start_run(cfg, ctx)
+    resume_from = start_run(cfg, ctx, structural=("model", "lora", "align"))
 
     loader = build_loader(cfg.data, ctx.rank, ctx.world)  # first: a wrong --data.root fails fast
     check_dataset(cfg, loader.dataset)
@@ -773,6 +864,7 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
         extra=dist.unwrap(head) if head is not None else None,
         extra_optimizer=head_optimizer,
     )
+    write_config(cfg, ctx)
 
     log.info(
         f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
@@ -926,10 +1018,13 @@ def _sample_grid(
 
 def _eval_metrics(cfg: TrainConfig) -> tuple[str, ...]:
     """The metrics ``cfg.eval`` can compute: those whose detector weights were given (one logged line names
-    the others and the flags that would enable them)."""
+    the others and the flags that would enable them). Called before the first step: a ValueError naming
+    ``--eval.data-root`` when the real videos they need cannot be found (for a run on shards: the videos the
+    shards were made from, ``evaluate.real_data_config``)."""
     if cfg.eval is None:
         return ()
-    from minivdit.eval.evaluate import missing_weights
+    from minivdit.eval.evaluate import missing_weights, real_data_config
+    from minivdit.eval.protocols import REAL_METRICS
 
     wanted = cfg.eval.chosen_metrics
     missing = missing_weights(cfg.eval, wanted)
@@ -938,7 +1033,12 @@ def _eval_metrics(cfg: TrainConfig) -> tuple[str, ...]:
             f"eval ({cfg.eval.protocol}): skipping {', '.join(missing)}: no weights given "
             f"({', '.join(sorted({'--eval.' + f[2:] for f in missing.values()}))}; README 'Evaluation')"
         )
-    return tuple(m for m in wanted if m not in missing)
+    kept = tuple(m for m in wanted if m not in missing)
+    if kept and (set(kept) & set(REAL_METRICS) or cfg.eval.resolved_protocol().conditional):
+        # the real videos (for shards: those they were made from) must be found now, not at the first
+        # evaluation hours in
+        real_data_config(to_dict(cfg.data), cfg.eval.data_root, flag="--eval.data-root")
+    return kept
 
 
 def _evaluate(
@@ -952,10 +1052,18 @@ def _evaluate(
     metrics: tuple[str, ...],
 ) -> None:
     """Evaluate the EMA weights (every rank takes part); rank 0 logs and writes
-    ``eval/step_N/metrics.json``."""
-    from minivdit.eval.evaluate import evaluate_model, write_metrics
+    ``eval/step_N/metrics.json`` (and with ``--eval.keep-frames`` the clips in ``eval/step_N/frames/``)."""
+    import shutil
+
+    from minivdit.eval.evaluate import evaluate_model, frames_staging, write_metrics
 
     t0 = time.perf_counter()
+    out = cfg.run_dir / "eval" / f"step_{step:07d}" / "metrics.json"
+    staging = frames_staging(out) if cfg.eval.keep_frames else None
+    if staging is not None and ctx.is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupted evaluation's clips must not mix in
+    if staging is not None:
+        dist.barrier()
     values, record = evaluate_model(
         cfg.eval,
         model=ema,
@@ -964,12 +1072,14 @@ def _evaluate(
         run_cfg=to_dict(cfg),
         device=ctx.device,
         metrics=metrics,
+        frames_dir=staging,
         show=ctx.is_main,
+        weights="ema" if cfg.ema.enabled else "raw",
+        root_flag="--eval.data-root",
     )
     logger.scalars(step, {f"eval/{k}": v for k, v in values.items()})
     if ctx.is_main:
-        out = cfg.run_dir / "eval" / f"step_{step:07d}" / "metrics.json"
-        write_metrics(out, values, record | {"step": step})
+        out = write_metrics(out, values, record | {"step": step}, frames=staging)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
         n_fake, n_real = record["num_fake_used"], record["num_real_used"]
         log.info(
@@ -993,17 +1103,71 @@ def _label_names(cfg: TrainConfig, labels: Tensor | None, classes=None) -> list[
     return [str(int(y)) for y in labels]
 
 
-def main(default: TrainConfig, args: list[str] | None = None, *, model_cls: type[VDiT] = VDiT) -> None:
-    """CLI entry of every recipe: ``tyro`` over the recipe's config, then ``train``."""
+def main(default: TrainConfig, args: list[str] | None = None, *, model_cls: type | None = None) -> None:
+    """CLI entry of every recipe: the command line over the recipe's config (:func:`parse`), then ``train``.
+    ``model_cls`` plugs in a fork of the backbone; None builds the class the config names (a V-DiT or the
+    CogVideoX transformer)."""
+    setup_logging(dist.launcher_env()[0])  # console only: the run directory is not known yet
     recipe_doc = getattr(sys.modules.get("__main__"), "__doc__", None)  # the recipe's docstring: --help
-    cfg = tyro.cli(
-        TrainConfig,
-        default=default,
-        args=args,
-        config=(tyro.conf.AvoidSubcommands,),
-        description=recipe_doc,
-    )
+    cfg = parse(default, sys.argv[1:] if args is None else list(args), description=recipe_doc)
     run(train, cfg, model_cls=model_cls)
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def parse(default: TrainConfig, args: list[str], *, description: str | None = None) -> TrainConfig:
+    """The run's config: the recipe's ``default``, then the command line (``minivdit.config.cli``).
+
+    - ``--pretrained FOLDER`` replaces the recipe's architecture by the folder's before the flags apply
+      (:func:`pretrained_architecture`);
+    - ``--resume auto`` on a run directory with a ``config.json`` continues from that saved config, the
+      command line overriding it (``--max-steps 2000`` to train longer);
+    - the CogVideoX-only sections (``--lora``, ``--text``, ``--i2v``) are hidden for a V-DiT recipe, and
+      ``--eval.*`` / ``--align.*`` turn on a section the recipe leaves off."""
+    return parse_config(TrainConfig, default, args, description=description, prepare=_prepare_train)
+
+
+def _prepare_train(default: TrainConfig, args: list[str]) -> tuple[dict, tuple[str, ...]]:
+    """The fields the command line changes before its flags apply (``minivdit.config.cli``'s ``overrides``),
+    and the sections hidden from it."""
+    overrides = {}
+    folder = _flag_value(args, "--pretrained") or default.pretrained
+    if folder is not None and any(
+        (Path(folder) / sub / "config.json").is_file() for sub in ("", "transformer")
+    ):
+        # Before the flags, so that they apply to the folder's architecture. A folder that is not there (the
+        # recipe's /models/... default on a laptop, --help) is left to train(), which names it.
+        overrides["model"] = pretrained_architecture(default.model, folder)
+    hide = ("eval",) if isinstance(default.model, CogVideoXConfig) else ("lora", "text", "i2v")
+    return overrides, hide
+
+
+def parse_config(cls, default, args: list[str], *, description=None, prepare=None):
+    """``minivdit.config.cli`` with ``--resume auto`` continuing from the run's saved ``config.json`` (used by
+    both trainers). ``prepare(default, args) -> (overrides, hidden fields)`` adjusts the recipe's default."""
+    prepare = prepare or (lambda d, a: ({}, ()))
+    overrides, hide = prepare(default, args)
+    cfg = cli(cls, default, args, description=description, hide=hide, overrides=overrides)
+    saved = cfg.run_dir / "config.json"
+    if cfg.resume != "auto" or not saved.is_file():
+        return cfg
+    try:
+        prior = from_dict(cls, json.loads(saved.read_text()))
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        log.warning(f"--resume auto: {saved} cannot be read ({e}); using the recipe's config and the flags")
+        return cfg
+    # Where the run lives and that it resumes come from this command, whatever the saved file says.
+    overrides, hide = prepare(prior, args)
+    overrides |= {"out_dir": cfg.out_dir, "run_name": cfg.run_name, "resume": cfg.resume}
+    log.info(f"--resume auto: continuing from {saved} (the command line overrides it)")
+    return cli(cls, prior, args, description=description, hide=hide, overrides=overrides)
 
 
 def run(fn, cfg, **kwargs) -> None:
@@ -1029,5 +1193,8 @@ __all__ = [
     "train",
     "train_step",
     "main",
+    "parse",
+    "parse_config",
+    "pretrained_architecture",
     "replace",
 ]

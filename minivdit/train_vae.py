@@ -31,19 +31,19 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 from torch import Tensor
 
 from minivdit import ckpt, dist
 from minivdit.config import check_types, to_dict
 from minivdit.data import Batch, DataConfig, build_dataset, build_loader
-from minivdit.log import MetricLogger
+from minivdit.log import MetricLogger, setup_logging
 from minivdit.models.dit import num_params
 from minivdit.models.vae.causal3d import (
     CausalVAE3D,
@@ -63,9 +63,11 @@ from minivdit.train import (
     lr_at,
     micro_seed,
     optimizer_step,
+    parse_config,
     restore,
     run,
     start_run,
+    write_config,
 )
 
 log = logging.getLogger("minivdit")
@@ -304,7 +306,7 @@ def _train_vae(cfg: VAETrainConfig, preemption: PreemptionHandler) -> Path:
     ctx = dist.init()
     run_dir = cfg.run_dir
     check_perceptual(cfg.perceptual_weights)
-    resume_from = start_run(cfg, ctx)
+    resume_from = start_run(cfg, ctx, structural=("vae",))
     if cfg.perceptual_weights is None:
         log.info(
             f"perceptual loss: skipped (perceptual_weights is None); loss = {cfg.l1_weight:g}·L1 + "
@@ -316,6 +318,7 @@ def _train_vae(cfg: VAETrainConfig, preemption: PreemptionHandler) -> Path:
     optimizer = build_optimizer(vae.parameters(), cfg.optim)
     loader = build_loader(cfg.data, ctx.rank, ctx.world)
     step = restore(cfg, resume_from, model=vae, ema=ema, optimizer=optimizer, loader=loader, ctx=ctx)
+    write_config(cfg, ctx)
     held_out = held_out_clips(cfg) if ctx.is_main else []
     if cfg.data.dataset != "synthetic":
         log.warning(f"eval clips of {cfg.data.dataset!r} come from the training files: PSNR is not held out")
@@ -426,8 +429,13 @@ def export(cfg: VAETrainConfig, ema: CausalVAE3D, device: torch.device) -> Path:
 
 
 def main(default: VAETrainConfig, args: list[str] | None = None) -> None:
-    """CLI entry of VAE recipes: ``tyro`` over the recipe's config, then ``train_vae``."""
-    cfg = tyro.cli(VAETrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
+    """CLI entry of VAE recipes: the command line over the recipe's config (``--resume auto`` continues
+    from the run's saved ``config.json``; ``minivdit.train.parse_config``), then ``train_vae``."""
+    setup_logging(dist.launcher_env()[0])  # console only: the run directory is not known yet
+    recipe_doc = getattr(sys.modules.get("__main__"), "__doc__", None)  # the recipe's docstring: --help
+    cfg = parse_config(
+        VAETrainConfig, default, sys.argv[1:] if args is None else list(args), description=recipe_doc
+    )
     run(train_vae, cfg)
 
 

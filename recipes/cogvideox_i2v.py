@@ -20,6 +20,10 @@ Settings and where they come from:
 - EMA off (the blog does not mention one; a 5B EMA is another sharded copy): ``--ema.enabled`` turns it on.
 - Seed 0 for both arms, so the two runs see the same clips, noise, t, caption drops and condition frames.
 
+``--pretrained`` decides the architecture: the folder's ``transformer/config.json`` replaces the 5B-I2V
+preset (keeping the recipe's runtime choices: flash attention, activation checkpointing, and the frames and
+size the run trains at), so a CogVideoX-2B, 1.5 or tiny test folder needs no preset change.
+
 Deviations: the blog trains on 11k curated timelapse clips (ChronoMagic-ProH plus an internal Apple set);
 point ``--data.root`` / ``--data.labels-csv`` at yours (``path,caption`` or ChronoMagic's ``videoid,name``).
 The pos-embedding of 5B-I2V is learned for exactly 49×480×720 and 226 text tokens: other sizes are refused.

@@ -14,6 +14,8 @@ paired ablation ("identical random seeds and learning hyperparameters"); the onl
   does, so that 4k + 1 frames make 2k tubelets of 2): 24 teacher frames, matched to the 13 latent frames in
   the head (``frame_match="tubelet"``).
 - **λ = 0.5**: the blog gives no value; VideoREPA's ``proj_coeff`` 0.5, the prior work it follows.
+- ``--pretrained`` decides the architecture (its ``transformer/config.json``), as in ``cogvideox_i2v.py``;
+  ``--align.block-index`` must then be within its layers.
 - Projector: REPA/VideoREPA's 3-layer MLP of width 2048; trained with the model's optimizer settings, not
   EMA'd, dropped at inference.
 

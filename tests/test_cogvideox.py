@@ -136,6 +136,7 @@ def test_parity_with_diffusers(references, variant, F, H, W):
         out = ours(x_t, t, cond, tap=tap)
         assert out.pred.shape == expected.shape == x_t.shape
         err = ((out.pred - expected).abs().max() / expected.abs().max()).item()
+        # fp32 by another route if the kernels differ: 2 blocks of width 32 (Σk ≈ 1000) ≈ √1000·u ≈ 2e-6
         assert err <= 1e-5, f"pred relative max |Δ| {err:.2e}"
         Fp, N = F // (cfg.patch_size_t or 1), (H // 2) * (W // 2)
         assert out.hidden.shape == (2, Fp, N, cfg.inner_dim)

@@ -171,9 +171,12 @@ def test_ucf101_unknown_classes_and_missing_videos(trees, tmp_path, caplog):
 
 @pytest.mark.parametrize("name", ["ucf101", "sky", "ffs", "folder"])
 def test_missing_root_one_clear_error(tmp_path, name):
-    for root in (None, str(tmp_path / "nowhere")):
-        with pytest.raises(ValueError, match=r"expected .*README, section Datasets"):
-            build_dataset(cfg(dataset=name, root=root))
+    with pytest.raises(
+        ValueError, match=rf"--data.dataset {name} needs --data.root .*README, section Datasets"
+    ):
+        build_dataset(cfg(dataset=name, root=None))  # names the flag, not "root=None"
+    with pytest.raises(ValueError, match=r"expected .*README, section Datasets"):
+        build_dataset(cfg(dataset=name, root=str(tmp_path / "nowhere")))
     if name != "folder":  # an existing folder with nothing of the layout in it
         with pytest.raises(ValueError, match="README, section Datasets"):
             build_dataset(cfg(dataset=name, root=str(tmp_path)))

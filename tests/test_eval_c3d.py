@@ -95,6 +95,7 @@ def test_ceil_pool_windows_7_to_4():
     expected = torch.tensor(
         [[[x[0, c][:, r][:, :, w].max().item() for w in windows] for r in windows] for c in range(2)]
     )  # [C, 4, 4], each window over both frames
+    # max pooling selects one input per window, no arithmetic: exact whatever the kernel
     assert torch.equal(model.pool5(x)[0, :, 0], expected)
     # pool1 is (1, 2, 2): frames are kept, the same spatial windows
     expected1 = torch.tensor(
@@ -112,11 +113,13 @@ def test_pre_matrix_is_bgr_times_128():
 def test_preprocess_channel_order_and_mean_crop(files):
     model = c3d.load(files, cfg=TINY)
     crop = torch.from_numpy(_mean2()[:, :, 8:120, 8:120])
-    assert torch.equal(model.mean_bias, 128 - crop)
+    assert torch.equal(model.mean_bias, 128 - crop)  # the loader's own single float32 subtraction: exact
     # pure red 112² frames (no resize): B and G are -1 → -128, R is +1 → +128, then + 128 − mean
     red = torch.zeros(1, 16, 3, 112, 112, dtype=torch.uint8)
     red[:, :, 0] = 255
     x = model.preprocess(red)[0]
+    # float32 values up to 256, whose ulp is 3.1e-5: the model adds (128 − mean) in one rounding where these
+    # sums take two, so they may differ by 2 half-ulp roundings; 1e-4 is about 3 ulp at 256.
     torch.testing.assert_close(x, torch.stack([0 - crop[0], 0 - crop[1], 256 - crop[2]]), rtol=0, atol=1e-4)
     # any 112² clip: BGR of (u / 127.5 − 1) · 128 + 128 − mean
     video = _video((2, 16, 3, 112, 112))
@@ -142,7 +145,9 @@ def test_resize_matches_numpy(hw):
     x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(3)) * 256
     got = c3d.resize_align_corners(x, 112)
     expected = _resize_align_corners_np(x.double().numpy(), 112)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-4)
+    # float32 against float64 on values up to 256 (ulp 3.1e-5): two interpolation stages, each with weights
+    # rounded from float64 (≤ ½ ulp of the result) and two products and a sum (≤ 3 half-ulps): ≤ 4 ulp.
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=4 * 256 * np.finfo(np.float32).eps)
 
 
 def _reference_logits(arrays: dict[str, np.ndarray], x: torch.Tensor) -> torch.Tensor:
@@ -172,9 +177,15 @@ def test_probs_match_functional_reference(files):
     video = _video()
     probs = model.probs(video)
     assert probs.shape == (2, 101) and probs.dtype == torch.float32 and (probs >= 0).all()
-    torch.testing.assert_close(probs.sum(-1), torch.ones(2), rtol=0, atol=1e-6)
+    # a float32 softmax over K = 101 classes: each probability rounded a few times, then K summed: ≤ K·eps
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2), rtol=0, atol=101 * eps)
     expected = _reference_logits(_npz_arrays(TINY), model.preprocess(video)).softmax(-1)
     assert expected.max() > 2 / 101  # not uniform: the comparison below sees the weights
+    # float32 network against a float64 one: eight convolutions and three linear layers, reductions of up to
+    # K = 3³·8 = 216 terms (TINY), each off by about √K·u ≈ 1e-6 of its magnitude; the softmax turns an
+    # absolute logit error δ into a relative probability error δ. rtol 1e-4 bounds 11 such layers with a
+    # margin of about 10; a wrong channel order or pooling moves the probabilities by O(1).
     torch.testing.assert_close(probs, expected.float(), rtol=1e-4, atol=1e-6)
 
     with pytest.raises(ValueError, match=r"exactly 16 frames.*got 15 frames in 2 clips"):
@@ -190,6 +201,8 @@ def test_safetensors_round_trip(files, tmp_path):
     save_file(model.state_dict(), tmp_path / "c3d_ucf101.safetensors")
     again = c3d.load(tmp_path / "c3d_ucf101.safetensors", cfg=TINY)
     video = _video(seed=5)
+    # the same float32 weights (safetensors stores them bitwise), shapes and threads in one process: the same
+    # kernels run, so the outputs are bit-identical by construction
     assert torch.equal(again.probs(video), model.probs(video))
     with pytest.raises(ValueError, match="holds the mean already"):
         c3d.load(tmp_path / "c3d_ucf101.safetensors", tmp_path / "mean2.npz", cfg=TINY)

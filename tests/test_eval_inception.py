@@ -71,6 +71,8 @@ def test_features_match_torch_fidelity(weights, oracle):
     assert expected.abs().max() > 1e-2  # the random network keeps a signal to compare
     rel = ((got - expected).abs().max() / expected.abs().max()).item()
     print(f"inception '2048' features vs torch-fidelity: relative max |Δ| = {rel:.3e}")
+    # the same float32 layers and weights as torch-fidelity's (measured identical); 1e-5 of the largest
+    # feature allows other kernels' reduction orders (√K·u ≈ 2e-6 per layer) and catches any layer mix-up
     assert rel <= 1e-5
 
 
@@ -81,6 +83,8 @@ def test_tf1_resize_matches_oracle(size_in):
     expected = oracle(x, size=(299, 299), align_corners=False)
     got = inception.resize_bilinear_tf1(x, (299, 299))
     print(f"TF1 resize {size_in} -> 299: max |Δ| = {(got - expected).abs().max().item():.3e}")
+    # bit-identical by construction: the same float32 coordinates and the same elementwise sub/mul/add in
+    # TF's order, each correctly rounded by IEEE whatever the kernel; no reduction whose order could change
     assert torch.equal(got, expected)
 
 
@@ -145,6 +149,8 @@ def test_video_contract():
     video = torch.arange(6, dtype=torch.uint8).reshape(2, 3, 1, 1, 1).expand(2, 3, 3, 5, 7) * 51
     got = model.features(video)
     expected = (torch.arange(6.0) * 51 - 128) / 128
+    # a constant frame resized in float32 (w₀·a + w₁·a need not be a exactly) and scaled: a few ulp(1) ≈
+    # 1.2e-7 each; the mean over 3·299² of them adds ≲ log2(n)·u; 1e-6 ≈ 8 ulp(1)
     torch.testing.assert_close(got, expected[:, None].expand(6, 3), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         model.features(torch.zeros(1, 1, 3, 8, 8))

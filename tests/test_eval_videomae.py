@@ -21,6 +21,10 @@ from safetensors.torch import save_file
 from minivdit.eval import videomae
 from minivdit.eval.videomae import VideoMAE, VideoMAEConfig, VisionTransformer, preprocess, sinusoid_table
 
+# Ours against the reference's float32 ViT (other kernels, other reduction orders): reductions of K terms
+# (1,176 in the patch embedding, ≤ 256 in the blocks) differ by about √K·u ≤ 2e-6 of their magnitude, a few
+# per block over two blocks; 1e-5 of the largest output keeps a margin and is far below a wiring error
+# (positions, pooling, LayerNorm: O(1)).
 TOL = 1e-5
 # Tiny sizes: 28² frames make a 2×2 patch grid. The oracle's interpolate_pos_encoding hard-codes the ViT-g
 # grid 8×16×16, so clip lengths other than 16 frames are compared on MID (224² frames, width 64) instead.
@@ -148,6 +152,7 @@ def test_sinusoid_table_is_the_references(oracle):
     # interleaved, not [sin ‖ cos]: column 1 is cos(p), column 2 is sin(p / 10000^(2/d))
     t = sinusoid_table(5, 8)[0].double()
     p = torch.arange(5, dtype=torch.float64)
+    # a float64 table rounded to float32: values ≤ 1 are off by ≤ ½ ulp(1) = 6e-8
     torch.testing.assert_close(t[:, 1], torch.cos(p), rtol=0, atol=1e-7)
     torch.testing.assert_close(t[:, 2], torch.sin(p / 10000 ** (2 / 8)), rtol=0, atol=1e-7)
     assert torch.equal(VisionTransformer(VideoMAEConfig(**TINY)).pos_embed, sinusoid_table(32, 64))
@@ -158,6 +163,8 @@ def test_other_clip_lengths_match_the_oracle_interpolation(mid_pair, frames):
     """At 224² the oracle's hard-coded 8×16×16 interpolation runs; 9 frames floors to 4 tubelets as its Conv3d
     does, 2 frames is one tubelet, 18 frames interpolates upwards."""
     ref, ours = mid_pair
+    # the reference's own F.interpolate call on the same float32 table: each output is an elementwise
+    # formula of two inputs (no reduction a kernel could reorder), so bit-identical by construction
     torch.testing.assert_close(
         ours.pos_embed_for(frames // 2), ref.interpolate_pos_encoding(frames), rtol=0, atol=0
     )
@@ -207,6 +214,7 @@ def test_preprocess_is_cdfvds(hw):
     want = oracle_preprocess_videomae(video.permute(0, 1, 3, 4, 2).numpy())  # cd-fvd takes (B, T, H, W, C)
     got = preprocess(video)
     assert got.shape == (2, 3, 16, 224, 224) and got.dtype == torch.float32
+    # cd-fvd's two float32 steps (÷255, bilinear F.interpolate), elementwise per output: bit-identical
     assert torch.equal(got, want)
     assert got.min() >= 0 and got.max() <= 1
 

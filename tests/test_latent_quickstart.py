@@ -108,10 +108,21 @@ def test_quickstart_latent_recipe_takes_the_vae_run_dir(tmp_path, vae_dir, singl
     assert len([r for r in rows if r.strip()]) == 2
 
 
-def test_wrong_latent_flags_name_the_fix(tmp_path, vae_dir):
+@pytest.mark.parametrize("block_type", ["spatiotemporal", "full3d"])
+def test_wrong_latent_flags_name_the_fix(tmp_path, vae_dir, block_type):
+    """num-frames in both layouts: the temporal table, and the length of the clips a model samples (a full-3-D
+    model of 8 latent frames once sampled 29-frame clips against 9-frame real ones)."""
     args = ["--vae.kind", "causal3d", "--vae.path", str(vae_dir), "--data.num-frames", "9"]
     args += ["--data.image-size", "32", "--out-dir", str(tmp_path), *TINY_DIT]
-    args += ["--model.block-type", "spatiotemporal"]  # its temporal table makes num-frames a fix too
+    args += ["--model.block-type", block_type]
     fix = r"--model.in-channels 4 --model.input-size 4 4 --model.num-frames 3"
     with pytest.raises(ValueError, match=fix):
+        train_mod.main(quickstart_config(), args)
+
+
+def test_a_frame_count_the_vae_cannot_take_names_the_flag(tmp_path, vae_dir):
+    """8 frames for a causal VAE (4k + 1) was a traceback from inside the VAE naming no flag."""
+    args = ["--vae.kind", "causal3d", "--vae.path", str(vae_dir), "--data.num-frames", "8"]
+    args += ["--data.image-size", "32", "--out-dir", str(tmp_path), *TINY_DIT]
+    with pytest.raises(ValueError, match=r"--data.num-frames 8 does not fit .* \(nearest valid: 5 or 9\)"):
         train_mod.main(quickstart_config(), args)

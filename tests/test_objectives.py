@@ -154,22 +154,26 @@ def test_ddpm_matches_diffusers():
         clip_sample=False,
     )
     obj = DDPM(DDPMConfig())
-    # diffusers builds the schedule in fp32
-    torch.testing.assert_close(obj.alphas_cumprod.float(), sched.alphas_cumprod, rtol=1e-6, atol=0)
+    # diffusers builds the schedule in fp32: its cumprod of n = 1000 factors is off by ≤ n·u = 6e-5 relative
+    torch.testing.assert_close(obj.alphas_cumprod.float(), sched.alphas_cumprod, rtol=6e-5, atol=0)
     x, noise = _video((2, 1, 4, 4, 4)), _video((2, 1, 4, 4, 4), seed=1)
     i = torch.tensor([3, 600])
+    # at t = 3, 1 − ᾱ = 5.2e-4: its fp32 ᾱ (4 factors, ≲ 4u) is 4.6e-4 relative in 1 − ᾱ, half that in
+    # √(1 − ᾱ) = 0.023, times |noise| ≲ 3.4: ≈ 1.8e-5
     torch.testing.assert_close(
-        obj.q_sample(x, i, noise)[:, 0], sched.add_noise(x[:, 0], noise[:, 0], i), rtol=1e-5, atol=1e-6
+        obj.q_sample(x, i, noise)[:, 0], sched.add_noise(x[:, 0], noise[:, 0], i), rtol=1e-5, atol=2e-5
     )
     # one reverse step with learned-range variance: mean + exp(log_var / 2) · z with the same z
     x_t = _video((1, 1, 4, 4, 4), seed=2)
     v = torch.rand((1, 1, 4, 4, 4), generator=_gen(4)) * 2 - 1
     pred = torch.cat([_video((1, 1, 4, 4, 4), seed=3), v], dim=2)
+    # diffusers' fp32 schedule near t = 0: 1 − ᾱ_1 = 2.2e-4 and 1 − ᾱ_0 = 1e-4, so each rounding of ᾱ (u)
+    # is ≈ 3e-4 to 6e-4 relative in the posterior coefficients and β̃_1: rtol 1e-3 (atol for entries near 0)
     for step in [1, 10, 500, 999]:
         z = torch.randn((1, 4, 4, 4), generator=_gen(5))
         ref = sched.step(pred[:, 0], step, x_t[:, 0], generator=_gen(5)).prev_sample
         mean, log_var, _ = obj.p_mean_variance(pred, x_t, torch.tensor([step]))
-        torch.testing.assert_close((mean + torch.exp(0.5 * log_var) * z)[:, 0], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close((mean + torch.exp(0.5 * log_var) * z)[:, 0], ref, rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------

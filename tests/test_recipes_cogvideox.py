@@ -59,7 +59,7 @@ def test_resume_is_exact(lora, tiny, tmp_path):
     assert [r["loss"] for r in _rows(straight)] == [r["loss"] for r in _rows(resumed)][-3:]
     a = load_file(str(straight / "checkpoints" / "step_0000003" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step_0000003" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # exact resume: same kernels
     if lora:
         assert a and all(".lora_" in k for k in a)  # the base is never copied into checkpoints
         meta = json.loads((resumed / "checkpoints" / "step_0000003" / "meta.json").read_text())

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import tyro
 from test_data_real import write_frames, write_video  # tests/ is on sys.path (pytest's rootdir insertion)
 from test_recipes import RECIPES, load
 
 from minivdit.align.teachers import make_tiny_teacher
 from minivdit.models.vae.sd import SDVAE, SDVAEConfig
-from minivdit.train import TrainConfig, train
+from minivdit.train import main, train
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),
@@ -111,8 +110,8 @@ def test_recipe_runs_two_steps(path, assets, tmp_path, monkeypatch):
         for name in ("dinov2", "sam2"):
             if getattr(default.teacher, name):
                 args += [f"--teacher.{name}", str(assets["root"] / name)]
-    cfg = tyro.cli(TrainConfig, default=default, args=args, config=(tyro.conf.AvoidSubcommands,))
-    run_dir = train(cfg)
+    main(default, args)  # the recipe's entry point: ``main(config())`` with the command line
+    run_dir = tmp_path / default.run_name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in rows)

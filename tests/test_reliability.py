@@ -54,6 +54,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _same_weights(a: Path, b: Path) -> None:
+    """Bitwise: an exact resume replays the same kernels on the same shapes in one process."""
     for name in ("model.safetensors", "ema.safetensors"):
         wa, wb = _weights(a / name), _weights(b / name)
         assert wa.keys() == wb.keys()
@@ -348,6 +349,25 @@ def test_verify_cli(reference_runs, tmp_path, capsys):
     assert "incomplete write" in out and "--resume auto takes: step_0000002" in out
     assert ckpt.main(["verify", str(run_dir), "--no-checksum"]) == 0  # same size: only a checksum sees it
     assert ckpt.main(["verify", str(tmp_path / "nothing")]) == 2
+
+
+def test_verify_cli_on_one_checkpoint_names_the_run(reference_runs, tmp_path):
+    """``python -m minivdit.ckpt verify RUN/checkpoints/step_N`` checks that one folder; what ``--resume
+    auto`` takes depends on the run's other checkpoints (a corrupt newest one: an older one), so the CLI says
+    how to see it instead of "nothing"."""
+    _, base_cfg = reference_runs
+    run_dir = tmp_path / "run"
+    shutil.copytree(base_cfg.run_dir, run_dir)
+    newest = run_dir / "checkpoints" / "step_0000004"
+    _flip_byte(newest / "model.safetensors")
+    cmd = [sys.executable, "-m", "minivdit.ckpt", "verify", str(newest)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step_0000004") and "CORRUPT" in lines[0], lines
+    assert "nothing" not in lines[1] and lines[1].endswith(f"minivdit.ckpt verify {run_dir.resolve()}")
+    assert ckpt.latest_verified(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_0000002"
 
 
 # ---------------------------------------------------------------------------------------------- write errors

@@ -14,6 +14,7 @@ import minivdit.ckpt as ckpt_mod
 from minivdit.dist import DistContext
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
+from minivdit.models.vae import VAEConfig
 from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.sample import SampleConfig, cfg_denoise_fn, generate, sample
 from minivdit.train import build_models, train
@@ -96,6 +97,8 @@ def test_sample_bad_input(runs, tmp_path):
         sample(SampleConfig(ckpt=flow, out=out, classes=(-1,), steps=1, device="cpu"))
     with pytest.raises(ValueError, match="nowhere"):
         sample(SampleConfig(ckpt=str(tmp_path / "nowhere"), out=str(tmp_path / "x"), device="cpu"))
+    with pytest.raises(ValueError, match=r"are for a V-DiT pretrained folder; a run samples with its own"):
+        sample(SampleConfig(ckpt=flow, out=out, vae=VAEConfig(kind="sd", path="x"), device="cpu"))
     assert not (tmp_path / "x").exists()
 
 

@@ -153,6 +153,12 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).abs().max() / ref.abs().max()).item()
 
 
+# max|Δ| / max|ref| of two samplings that may run other fp32 kernels (the pipeline's batch layout, a batch
+# of 2 vs 1): a forward of the 2-block, width-32 transformer ≈ √(Σk)·u ≈ √1000·6e-8 ≈ 2e-6 of its output;
+# guidance at 6 takes 6·δ_cond − 5·δ_uncond (≈ 8× that) and 3 DDIM steps add up: ≈ √3·8·2e-6 ≈ 3e-5.
+PARITY = 5e-5
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
@@ -211,7 +217,7 @@ def test_seed_parity_with_diffusers_pipeline(tiny, variant, dynamic, monkeypatch
     pad = ref.shape[1] - ours.shape[1]  # output_type="latent" keeps 1.5's padding frame in front
     assert pad == (1 if variant == "i2v-1.5" else 0)
     ERRORS[f"seed/{variant}/{'dynamic' if dynamic else 'cfg6'}"] = err = _rel(ours, ref[:, pad:])
-    assert err <= 1e-5
+    assert err <= PARITY
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["cfg6", "dynamic"])
@@ -239,7 +245,7 @@ def test_noise_parity_with_diffusers_pipeline(tiny, dynamic, monkeypatch):
     kw = dict(cond=cond, null=null, shape=tuple(noise.shape), noise=noise, steps=STEPS, dynamic_cfg=dynamic)
     ours = generate(model, objective, cfg_scale=6.0, seed=0, device=torch.device("cpu"), **kw)
     ERRORS[f"noise/pipe/{'dynamic' if dynamic else 'cfg6'}"] = err = _rel(ours, ref)
-    assert err <= 1e-5
+    assert err <= PARITY
     unguided = generate(model, objective, cfg_scale=1.0, seed=0, device=torch.device("cpu"), **kw)
     assert _rel(unguided, ref) > 1e-3  # the comparison can see a guidance error
 
@@ -425,4 +431,4 @@ def test_same_seed_same_sample_whatever_the_batch(tiny):
         _cfg(pretrained=pipe, image=image, prompt=(PROMPT, "ice melts"), batch_size=2)
     )
     second, _, _ = sample_cogvideox(_cfg(pretrained=pipe, image=image, prompt=("ice melts",), seed=4))
-    assert _rel(both[1:], second) <= 1e-5
+    assert _rel(both[1:], second) <= PARITY

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -350,6 +351,8 @@ def test_cached_run_matches_uncached_first_step_loss(models, tmp_path, make_tiny
     loss_pixels, m_pixels = train_step(pixels, vae=vae, teacher=teacher, **step)
     torch.manual_seed(0)
     loss_cached, m_cached = train_step(cached, vae=None, teacher=None, **step)
+    # cached in batches of 3, encoded here in batches of 2 (other conv kernels): latents and features carry
+    # ≈ √(Σk)·u ≲ 5e-6 relative (≈ 20 convs / products of k ≲ 432), which the mean losses average down
     torch.testing.assert_close(loss_cached, loss_pixels, rtol=1e-5, atol=1e-6)
     for k in ("loss/diff", "loss/align"):
         torch.testing.assert_close(m_cached[k], m_pixels[k], rtol=1e-5, atol=1e-6)
@@ -368,7 +371,10 @@ def test_make_shards_cli_workers_and_rerun(tmp_path, capsys):
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
     tool.main(args)  # resumable: nothing left to write
     assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
-    assert "shards written to" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "shards written to" in printed.out
+    logged = printed.err.splitlines()  # the trainer's log format (minivdit.log.setup_logging) on stderr
+    assert logged and all(re.match(r"\[\d\d:\d\d:\d\d\] \S", line) for line in logged), logged
 
 
 def test_cache_latents_cli_bf16_feats_and_kept_video(models, tmp_path):

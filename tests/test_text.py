@@ -90,9 +90,11 @@ def test_encode_pads_to_226_without_mask_as_cogvideox(encoder, t5):
     context, mask = encoder.encode(PROMPTS)
     assert mask is None and context.shape == (3, 226, 32) and context.dtype == torch.float32
     assert (context[0, n:].abs().sum(-1) > 0).all()  # pad positions give real outputs, used as they are
-    assert torch.equal(context, reference_embeds(t5, PROMPTS))
+    assert torch.equal(context, reference_embeds(t5, PROMPTS))  # the same T5 on the same batch: same kernels
     single, _ = encoder.encode(PROMPTS[0])  # a str is one prompt
-    assert torch.allclose(single[0], context[0], atol=1e-6)
+    # a batch of 1 vs 3: other GEMM shapes, so other kernels; fp32 through 2 layers (≈ 10 products of
+    # k ≤ 226 terms): ≈ √10·√226·u ≈ 3e-6 of max|x| ≈ 2.4, ≈ 7e-6
+    assert torch.allclose(single[0], context[0], atol=2e-5)
 
 
 def test_equals_the_diffusers_pipeline_including_truncation(encoder):

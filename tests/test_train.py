@@ -49,6 +49,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bitwise: an exact resume replays the same kernels on the same shapes in one process."""
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -423,3 +424,16 @@ def test_lr_schedule_warmup_constant_decay():
     assert lr_at(15, OptimConfig(lr=1.0), 20) == 1.0  # no decay_steps: constant
     with pytest.raises(ValueError, match="decay_steps"):
         OptimConfig(decay_steps=-1)
+
+
+def test_parallel_compile_is_announced_before_the_silent_first_step(tiny_cfg, monkeypatch, caplog):
+    """``--parallel.compile``: one log line before the first step, which compiles every block in silence
+    (~30 s on a CPU). ``nn.Module.compile`` is stubbed: the line is what is tested, not the compile."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: compiled.append(self))
+    cfg = tiny_cfg(parallel=dist.ParallelConfig(compile=True))
+    with caplog.at_level("INFO", logger="minivdit"):
+        model, ema = build_models(cfg, SOLO)
+    assert compiled == list(model.blocks)  # the trained model's blocks, not the EMA copy's
+    (line,) = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert f"{cfg.model.depth} blocks" in line and "first step takes ~30 s longer" in line

@@ -194,4 +194,6 @@ def test_safe_conv_time_chunks_match_one_conv(monkeypatch, kernel_size):
     x = torch.randn(1, 4, 11, 8, 8)
     expected = conv(x)
     monkeypatch.setattr(SafeConv3d, "max_gib", x.numel() * 2 / 2**30 / 3.5)  # → 4 overlapping time chunks
-    assert torch.allclose(conv(x), expected, atol=1e-6)
+    # chunks are convolutions of other shapes (other kernels): k = 4·3³ = 108 terms of Σ|w·x| ≈ 4, so
+    # ≈ √k·u·4 ≈ 2.5e-6 per output
+    assert torch.allclose(conv(x), expected, atol=1e-5)

@@ -25,7 +25,10 @@ TINY = dict(
     latent_channels=4,
     sample_size=32,
 )
-TOL = 1e-5
+# fp32 through other kernels (diffusers' layout vs ours, frame chunks of another batch size): the decoder
+# chains ≈ 15 convolutions / attention products of k ≤ 9·64 = 576 terms between GroupNorms, ≈ √(15·576)·u
+# ≈ 6e-6 of the activations' scale (u = 6e-8); outputs reach |x| ≈ 4 here (the encoder's ≈ 3): ≈ 2.4e-5.
+TOL = 5e-5
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -62,7 +63,10 @@ from minivdit import durable
 from minivdit.align.analysis import delta_freq, frame_vectors, iicr_terms, pca_colors
 from minivdit.data import DataConfig, build_dataset, frame_size
 from minivdit.dist import autocast
+from minivdit.log import setup_logging
 from minivdit.models.cond import Cond
+
+log = logging.getLogger("minivdit")
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg")
 ENCODERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")  # TeacherConfig path fields, in CLI order
@@ -360,7 +364,7 @@ def analyze(args: argparse.Namespace) -> dict:
                     accs[name].add(teacher(video.to(device)))  # [B, F', N, D], unit norm per token
                 if dit is not None:
                     accs[dit.name].add(dit(video, label))  # [B, F, N, D]
-            print(f"features of {videos} videos", file=sys.stderr, flush=True)
+            log.info(f"features of {videos} videos")
     if videos == 0:
         raise ValueError(f"no decodable videos (skipped {len(skipped)}: {skipped[:3]})")
 
@@ -391,13 +395,13 @@ def analyze(args: argparse.Namespace) -> dict:
         report["delta_freq_std"][name] = float(dfreq.std()) if dfreq.numel() > 1 else 0.0
         report["features"][name] = {"dim": acc.dim, "frames": acc.frames, "grid": list(acc.grid)}
         pca[name] = [pca_colors(tokens) for tokens in acc.pca]
-        print(f"{name}: IICR {curve}  Δfreq {report['delta_freq'][name]:.3f}", file=sys.stderr, flush=True)
+        log.info(f"{name}: IICR {curve}  Δfreq {report['delta_freq'][name]:.3f}")
     report["settings"] = {k: v for k, v in vars(args).items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(out, report, pca, inputs)
     durable.write_text(out / "report.json", json.dumps(report, indent=2))
-    print(f"wrote {out / 'report.json'} and {len(report['plots'])} plots", file=sys.stderr)
+    log.info(f"wrote {out / 'report.json'} and {len(report['plots'])} plots")
     return report
 
 
@@ -448,7 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return analyze(parse_args(argv))
+    args = parse_args(argv)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format
+    return analyze(args)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
         --precisions fp32 bf16 --reference
 
 ``train``: forward + backward + AdamW step of a V-DiT training step (the objective's cost is negligible) for a
-preset at a given latent frame count and resolution, per attention backend and precision. Reports samples/s,
-tokens/s, step time, peak memory and, on a GPU, the MFU with the FLOP count it used (3 × forward matmul FLOPs
-from ``minivdit.models.dit.flops_per_sample``: backward ≈ 2 × forward). ``--reference`` adds Latte's way of
-computing the same model (math attention, conditioning repeated per sequence before every adaLN Linear, as in
-``Vchitect/Latte models/latte.py``) and prints our speed-up over it.
+preset at a given latent frame count and resolution, per attention backend and precision. ``backend`` is the
+kernel that served the attention calls, ``requested`` the one asked for, with ``fallback_reason`` when they
+differ (flash / xformers fall back to SDPA on a CPU or without their package, flash also for fp32). Reports
+samples/s, tokens/s, step time, peak memory and, on a GPU, the MFU with the FLOP count it used (3 × forward
+matmul FLOPs from ``minivdit.models.dit.flops_per_sample``: backward ≈ 2 × forward). ``--reference`` adds
+Latte's way of computing the same model (math attention, conditioning repeated per sequence before every
+adaLN Linear, as in ``Vchitect/Latte models/latte.py``) and prints our speed-up over it.
 
     python tools/bench.py vae --device cpu --size 64 --frames 17 33 49 97 --iters 1 --warmup 1
 
@@ -123,6 +125,7 @@ from einops import rearrange
 from torch import Tensor
 
 from minivdit.align import losses as align_losses
+from minivdit.log import setup_logging
 from minivdit.models import attention as attention_mod
 from minivdit.models import blocks
 from minivdit.models import cogvideox as cvx
@@ -246,14 +249,18 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         y = torch.randint(0, args.num_classes, (B,), device=device) if args.num_classes else None
         y = Cond(label=y)
 
-        dt = _time_steps(model, opt, x, t, y, precision, device, args.warmup, args.iters)
+        with _AttnProbe() as probe:
+            dt = _time_steps(model, opt, x, t, y, precision, device, args.warmup, args.iters)
+        ran, reason = (backend, None) if is_ref else probe.ran(backend)  # the reference: its own math
         tokens = B * args.frames * cfg.grid[0] * cfg.grid[1]
         flops = 3 * flops_per_sample(cfg, args.frames) * B
         row = {
             "bench": "train",
             "preset": args.preset,
             "impl": "latte-reference" if is_ref else "minivdit",
-            "backend": backend,
+            "backend": ran,  # what served the attention calls: flash on a CPU is an SDPA measurement
+            "requested": backend,
+            "fallback_reason": reason,
             "precision": precision,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "frames": args.frames,
@@ -1168,8 +1175,9 @@ COGVIDEOX_PRECISIONS = ("fp32", "bf16", "bf16-params")
 
 
 class _AttnProbe:
-    """Counts, while active, the attention calls of ``minivdit.models.cogvideox`` and how many of them SDPA
-    served (patches the module globals ``cogvideox.attention`` and ``attention._sdpa``; restored on exit)."""
+    """Counts, while active, the attention calls of ``minivdit.models.cogvideox`` and of the V-DiT blocks
+    (``minivdit.models.blocks``) and how many of them SDPA served (patches the module globals
+    ``cogvideox.attention``, ``blocks.attention`` and ``attention._sdpa``; restored on exit)."""
 
     def __enter__(self) -> _AttnProbe:
         self.calls, self.sdpa, self.qkv_dtypes, self.first = 0, 0, set(), None
@@ -1185,11 +1193,11 @@ class _AttnProbe:
             self.sdpa += 1
             return self._sdpa(q, k, v)
 
-        cvx.attention, attention_mod._sdpa = attention, sdpa
+        cvx.attention, blocks.attention, attention_mod._sdpa = attention, attention, sdpa
         return self
 
     def __exit__(self, *exc) -> None:
-        cvx.attention, attention_mod._sdpa = self._attention, self._sdpa
+        cvx.attention, blocks.attention, attention_mod._sdpa = self._attention, self._attention, self._sdpa
 
     def ran(self, requested: str) -> tuple[str, str | None]:
         """(the backend that served the calls: requested, "sdpa" or "mixed"; why it fell back, if it did)."""
@@ -1594,6 +1602,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_cogvideox_parser(sub)
     _add_ckpt_parser(sub)
     args = ap.parse_args(argv)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format (e.g. a backend's fallback); stdout: JSON
     if args.cmd == "ckpt":
         bench_ckpt(args)
     elif args.cmd == "train":

@@ -20,7 +20,11 @@ encoder L2-normalised per token, concatenated dinov2, dinov3, sam2, vjepa2, vide
 ``--grid`` (default: image size / VAE compression / ``--patch-size``, the DiT's grid), in ``--feats-dtype``
 (bfloat16 by default); ``label.cls``; ``caption.txt`` when the dataset has captions; with ``--keep-video``
 also the clip (``video.npy`` uint8, or ``--video-format mp4``). meta.json records the VAE and teacher configs,
-the VAE's compression and the teacher's names, widths and grid.
+the VAE's compression and the teacher's names, widths and grid, and the content identity of the VAE and of
+each teacher folder (``minivdit.identity``: sha256 of the config.json and of the weight files' names, sizes,
+safetensors headers and sampled blocks; the same VAE named ``runs/x`` or ``runs/x/vae`` has one identity).
+A run on the cache recomputes them from its ``--vae.path`` / ``--teacher.*`` and refuses the cache when they
+differ (``minivdit.data.shards.cache_mismatches``), naming both folders.
 
 Deterministic encoding by default: ``--vae.sample-posterior`` is False here, so latents are the posterior
 mean (REPA caches the moments and samples each step; Latte samples each step). With
@@ -58,7 +62,7 @@ import tyro
 from torch.utils.data import DataLoader
 
 from minivdit import dist
-from minivdit.align.teachers import TeacherConfig, build_teacher
+from minivdit.align.teachers import TeacherConfig, build_teacher, teacher_identity
 from minivdit.data import DataConfig, build_dataset
 from minivdit.data.shards import (
     FLOAT_DTYPES,
@@ -72,7 +76,8 @@ from minivdit.data.shards import (
     video_field,
     write_shard,
 )
-from minivdit.models.vae import VAEConfig, build_vae
+from minivdit.log import setup_logging
+from minivdit.models.vae import VAEConfig, build_vae, vae_identity
 
 log = logging.getLogger("minivdit")
 FloatName = Literal["float32", "float16", "bfloat16"]
@@ -151,6 +156,8 @@ def cache_latents(cfg: CacheConfig) -> Path:
     first = PlannedSamples(dataset, [0], size, cfg.data.seed)[0][1]
     F, _, H, W = first["video"].shape
     vae = build_vae(cfg.vae)
+    # the content identity, not the path: what a run compares to refuse latents of another VAE
+    identity = vae_identity(cfg.vae) if vae is not None else None
     fields: dict[str, dict] = {"label": {"member": "label.cls"}}
     meta_vae = meta_teacher = None
     s = 1
@@ -165,6 +172,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
             "latent_channels": vae.latent_channels,
             "spatial_compression": s,
             "temporal_compression": getattr(vae, "temporal_compression", 1),
+            "identity": identity,
         }
     teacher = None
     if cfg.teacher.enabled:
@@ -176,6 +184,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
             "names": list(teacher.names),
             "dims": list(teacher.dims),
             "grid": list(grid),
+            "identity": teacher_identity(cfg.teacher),
         }
     if cfg.keep_video:
         fields["video"] = video_field((F, 3, H, W), cfg.video_format)
@@ -236,7 +245,7 @@ def _encode(loader, *, vae, teacher, device, cfg: CacheConfig, shard: int) -> It
 
 def main(args: list[str] | None = None) -> Path:
     cfg = tyro.cli(CacheConfig, args=args, config=(tyro.conf.AvoidSubcommands,))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format; stdout: the result
     out = cache_latents(cfg)
     print(f"cache written to {out}")
     return out

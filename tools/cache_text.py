@@ -51,6 +51,7 @@ from minivdit.data.shards import (
     text_cache_mismatch,
     write_text_null,
 )
+from minivdit.log import setup_logging
 
 log = logging.getLogger("minivdit")
 
@@ -155,7 +156,7 @@ def cache_text(cfg: CacheTextConfig) -> Path:
 
 def main(args: list[str] | None = None) -> Path:
     cfg = tyro.cli(CacheTextConfig, args=args, config=(tyro.conf.AvoidSubcommands,))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format; stdout: the result
     out = cache_text(cfg)
     print(f"text tokens added to {out}")
     return out

@@ -24,7 +24,6 @@ Import from Python: ``main([...])`` (tests load this file with ``importlib``) or
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import tyro
 
 from minivdit.data import DataConfig
 from minivdit.data.shards import write_clip_shards
+from minivdit.log import setup_logging
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +81,7 @@ def make_shards(cfg: MakeShardsConfig) -> Path:
 
 def main(args: list[str] | None = None) -> Path:
     cfg = tyro.cli(MakeShardsConfig, args=args, config=(tyro.conf.AvoidSubcommands,))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format; stdout: the result
     out = make_shards(cfg)
     print(f"shards written to {out}")
     return out

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,9 @@ from minivdit.eval.synthetic import (
     render,
     save,
 )
+from minivdit.log import setup_logging
+
+log = logging.getLogger("minivdit")
 
 
 def batch(indices: np.ndarray, seed: int, half_res: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-clips", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for determinism)")
     args = ap.parse_args(argv)
+    setup_logging(0, stream=sys.stderr)  # the trainer's line format; stdout: the final JSON report
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -102,10 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         if (step + 1) % 50 == 0 or step + 1 == args.steps:
             took = time.perf_counter() - t0
             eta = took / (step + 1) * (args.steps - step - 1)
-            print(
+            log.info(
                 f"step {step + 1:5d}/{args.steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                f"{took:.0f}s elapsed, eta {eta:.0f}s",
-                flush=True,
+                f"{took:.0f}s elapsed, eta {eta:.0f}s"
             )
     report = {
         "val_acc": evaluate(model, args.val_seed, args.val_clips, None),

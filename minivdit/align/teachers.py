@@ -153,6 +153,16 @@ class TeacherConfig:
         return any(getattr(self, name) for name in ORDER)
 
 
+def teacher_identity(cfg: TeacherConfig) -> dict[str, dict]:
+    """``{encoder: minivdit.identity.folder_identity(folder)}`` for each encoder folder ``cfg`` sets: which
+    weights made cached features, without loading them (the folder names do not say: two fine-tunes may both
+    be ``dinov2-base``). ``tools/cache_latents.py`` stamps it into meta.json,
+    ``minivdit.data.shards.cache_mismatches`` compares it."""
+    from minivdit.identity import folder_identity
+
+    return {k: folder_identity(getattr(cfg, k), f"--teacher.{k}") for k in ORDER if getattr(cfg, k)}
+
+
 # ---------------------------------------------------------------------------------------------------- helpers
 
 

@@ -25,9 +25,9 @@ Identity. ``text_identity(cfg)`` describes an encoder without loading it: sha256
 (minus the transformers version and the saved path), of its weight files' names, sizes, safetensors headers
 (tensor names, dtypes, shapes, offsets) and 16 evenly spaced 4 KiB blocks of each file (other values of the
 same architecture differ there; this reads kilobytes, not the 9.5 GB of T5-XXL), of its tokenizer files,
-plus ``max_length`` and ``use_mask``. ``tools/cache_text.py``
-stamps it into a shard folder's meta.json, and ``minivdit.data.shards.text_cache_mismatch`` refuses text
-tokens cached by another encoder.
+plus ``max_length`` and ``use_mask`` (the hashes are ``minivdit.identity``'s, shared with the VAE and teacher
+identities of latent caches). ``tools/cache_text.py`` stamps it into a shard folder's meta.json, and
+``minivdit.data.shards.text_cache_mismatch`` refuses text tokens cached by another encoder.
 
 ``make_tiny_t5(folder)`` writes a tiny random T5 encoder and a word-level T5 tokenizer in the CogVideoX
 layout, for tests and smoke runs without weights.
@@ -35,10 +35,8 @@ layout, for tests and smoke runs without weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from minivdit.config import check_types
+from minivdit.identity import config_sha256, sha, weight_files, weights_sha256
 
 log = logging.getLogger("minivdit")
 
@@ -64,8 +63,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 """Files of a tokenizer folder that decide its ids (hashed into the identity)."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
 
 
 def _hf(name: str):
@@ -171,62 +168,22 @@ def resolve_folders(cfg: TextEncoderConfig) -> tuple[Path, Path]:
     return encoder, tokenizer
 
 
-def _sha(chunks: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(len(c).to_bytes(8, "little"))
-        h.update(c)
-    return h.hexdigest()
-
-
-def _safetensors_header(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"text encoder: {path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise ValueError(f"text encoder: {path}: not a safetensors file (header of {n} bytes)")
-        return f.read(n)
-
-
-def _samples(path: Path, blocks: int = 16, size: int = 4096) -> list[bytes]:
-    """``blocks`` evenly spaced ``size``-byte blocks of a file (all of it when small): weights of the same
-    architecture but other values differ there, for the cost of a few random reads."""
-    total = path.stat().st_size
-    with open(path, "rb") as f:
-        if total <= blocks * size:
-            return [f.read()]
-        out = []
-        for k in range(blocks):
-            f.seek((total - size) * k // (blocks - 1))
-            out.append(f.read(size))
-        return out
-
-
 def text_identity(cfg: TextEncoderConfig) -> dict:
     """What made (or would make) cached text tokens, without loading the encoder (module docstring)."""
     encoder, tokenizer = resolve_folders(cfg)
     config = _read_json(encoder / "config.json")
-    stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
-    weights = sorted(p for p in encoder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    weights = weight_files(encoder)
     if not weights:
         raise ValueError(f"text encoder: {encoder}: no weight files (*.safetensors / *.bin) in it")
-    chunks = []
-    for p in weights:
-        chunks += [p.name.encode(), str(p.stat().st_size).encode()]
-        if p.suffix == ".safetensors":
-            chunks.append(_safetensors_header(p))
-        chunks += _samples(p)
     tok_files = [tokenizer / n for n in TOKENIZER_FILES if (tokenizer / n).is_file()]
     return {
         "class": "T5TextEncoder",
         "model_type": config.get("model_type"),
         "name": Path(cfg.path).name if cfg.path else encoder.name,
         "d_model": config.get("d_model"),
-        "config_sha256": _sha([json.dumps(stable, sort_keys=True).encode()]),
-        "weights_sha256": _sha(chunks),
-        "tokenizer_sha256": _sha([b for p in tok_files for b in (p.name.encode(), p.read_bytes())]),
+        "config_sha256": config_sha256(config),
+        "weights_sha256": weights_sha256(weights),
+        "tokenizer_sha256": sha([b for p in tok_files for b in (p.name.encode(), p.read_bytes())]),
         "max_length": cfg.max_length,
         "use_mask": cfg.use_mask,
         "dtype": cfg.dtype,

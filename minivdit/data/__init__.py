@@ -240,7 +240,13 @@ DATASETS: dict[str, Callable[[DataConfig], VideoDataset]] = {
 
 
 def build_dataset(cfg: DataConfig) -> VideoDataset:
-    """The dataset named by ``cfg.dataset``."""
+    """The dataset named by ``cfg.dataset``; every one but ``synthetic`` needs ``cfg.root``."""
+    if cfg.root is None and cfg.dataset != "synthetic":
+        what = "the shard folder" if cfg.dataset == "shards" else "the folder holding it"
+        raise ValueError(
+            f"--data.dataset {cfg.dataset} needs --data.root ({what}); the layouts are in the README, "
+            f"section Datasets"
+        )
     return DATASETS[cfg.dataset](cfg)
 
 

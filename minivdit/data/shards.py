@@ -36,7 +36,10 @@ meta.json: ``format`` ("minivdit-shards"), ``version`` (1), ``fields`` (per fiel
 ``shape``, and ``crf``/``fps`` for mp4), ``num_samples``, ``samples_per_shard``, ``repeats``,
 ``source_size``, ``shards`` ([{name, count}]), ``num_classes``, ``class_names``, ``source`` (the DataConfig
 that produced the clips, loader-only fields dropped), ``vae`` and ``teacher`` (configs that made the caches,
-plus the VAE's compression and the teacher's ``names``/``dims``/``grid``, or null), ``seed``, ``made_by`` and
+plus the VAE's compression and ``identity`` (``minivdit.models.vae.vae_identity``: kind, hashes of its
+config and weights), the teacher's ``names``/``dims``/``grid`` and ``identity`` (per encoder, the same
+hashes: ``minivdit.align.teachers.teacher_identity``), or null; a run refuses caches made by other weights:
+:func:`cache_mismatches`), ``seed``, ``made_by`` and
 ``complete``; with cached text also ``text_encoder``: the encoder's identity
 (``minivdit.conditioning.text.text_identity``: class, hashes of its config, weight headers and tokenizer,
 ``max_length``, ``use_mask``, dtype) plus ``null``, the folder file holding the empty-prompt tokens
@@ -965,6 +968,12 @@ def write_text_null(
     return {"file": TEXT_NULL, "mask_file": TEXT_NULL_MASK if mask is not None else None}
 
 
+TEACHER_FOLDERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")
+"""``TeacherConfig`` fields naming encoder folders (``minivdit.align.teachers.ORDER``)."""
+TEACHER_SETTINGS = ("sam2_stage", "layer", "drop_first_frame")
+"""``TeacherConfig`` fields that change the features of the same encoders."""
+
+
 def cache_mismatches(
     meta: dict,
     *,
@@ -976,44 +985,98 @@ def cache_mismatches(
     """Why the caches of ``meta`` do not fit a run, as readable lines (empty: they fit). ``vae`` and
     ``teacher`` are the run's ``VAEConfig`` / ``TeacherConfig`` as ``minivdit.config.to_dict`` gives them,
     ``grid`` the DiT token grid, ``text`` the identity of the run's text encoder
-    (``minivdit.conditioning.text.text_identity``). Compared: the VAE kind and weights folder name (folders
-    move between machines: only the last path component), each teacher encoder's folder name,
-    ``sam2_stage``, ``layer``, ``drop_first_frame``, the grid, and the text encoder
-    (:func:`text_cache_mismatch`)."""
+    (``minivdit.conditioning.text.text_identity``).
+
+    Compared: the VAE kind, then the VAE's content identity (``minivdit.models.vae.vae_identity``: hashes of
+    its config and weights, computed here from the run's ``kind``/``path``) against the one
+    ``tools/cache_latents.py`` stamped into meta.json; which teacher encoders are set, each one's content
+    identity (``minivdit.align.teachers.teacher_identity``), ``TEACHER_SETTINGS``, the grid, and the text
+    encoder (:func:`text_cache_mismatch`). Folder names and paths are not compared: folders move between
+    machines, one VAE has two spellings (``runs/x``, ``runs/x/vae``), and different VAEs share a name
+    (every ``recipes/vae_causal3d.py`` run exports to ``vae/``). Caches written before the identities were
+    stamped are accepted with a logged warning that only the kind (and which encoders) could be checked."""
     out = []
     text_problem = text_cache_mismatch(meta, text)
     if text_problem:
         out.append(text_problem)
     fields = meta.get("fields", {})
     if vae is not None and "latents" in fields:
-        have = meta.get("vae") or {}
-        for k in ("kind", "path"):
-            a, b = have.get(k), vae.get(k)
-            if k == "path":
-                a, b = a and Path(a).name, b and Path(b).name
-            if a != b:
-                out.append(f"latents were cached with vae.{k}={have.get(k)!r}, the run has {vae.get(k)!r}")
+        out += _vae_mismatches(meta.get("vae") or {}, vae)
     if teacher is not None and "feats" in fields:
         have = meta.get("teacher") or {}
-        for k in (
-            "dinov2",
-            "dinov3",
-            "sam2",
-            "vjepa2",
-            "videomae",
-            "sam2_stage",
-            "layer",
-            "drop_first_frame",
-        ):
-            a, b = have.get(k), teacher.get(k)
-            if k in ("dinov2", "dinov3", "sam2", "vjepa2", "videomae"):
-                a, b = a and Path(a).name, b and Path(b).name
-            if a != b:
-                out.append(
-                    f"feats were cached with teacher.{k}={have.get(k)!r}, the run has {teacher.get(k)!r}"
-                )
+        out += _teacher_mismatches(have, teacher)
         if grid is not None and have.get("grid") is not None and list(have["grid"]) != list(grid):
             out.append(f"feats were cached on a {have['grid']} token grid, the model's is {list(grid)}")
+    return out
+
+
+def _vae_mismatches(have: Mapping, vae: Mapping) -> list[str]:
+    from minivdit.identity import identity_diff
+    from minivdit.models.vae import VAEConfig, vae_identity
+
+    kind, path = vae.get("kind"), vae.get("path")
+    if have.get("kind") != kind:
+        return [
+            f"latents were cached with vae.kind={have.get('kind')!r} (vae.path={have.get('path')!r}), the "
+            f"run has {kind!r}: set --vae.kind/--vae.path to the VAE that made the cache, or re-run "
+            f"tools/cache_latents.py with the run's VAE"
+        ]
+    cached = have.get("identity")
+    if not cached:
+        log.warning(
+            f"the cached latents record no VAE identity (cached before tools/cache_latents.py stamped one): "
+            f"only the kind {kind!r} is checked, not that the VAE is the same (cached with "
+            f"vae.path={have.get('path')!r}, the run has {path!r}); re-run tools/cache_latents.py to have it "
+            f"checked"
+        )
+        return []
+    try:
+        mine = vae_identity(VAEConfig(kind=kind, path=path))
+    except ValueError as e:
+        return [f"cannot identify the run's VAE to check the cached latents against it: {e}"]
+    diff = identity_diff(cached, mine)
+    if not diff:
+        return []
+    return [
+        f"latents were cached by another VAE (differing: {', '.join(diff)}): the cache was made with the VAE "
+        f"in {cached.get('folder')}, the run's --vae.path {path} is {mine['folder']}; re-run "
+        f"tools/cache_latents.py with --vae.path {path} (a new --out, or --overwrite), or point --vae.path "
+        f"at the VAE that made the cache ({cached.get('folder')})"
+    ]
+
+
+def _teacher_mismatches(have: Mapping, teacher: Mapping) -> list[str]:
+    from minivdit.align.teachers import TeacherConfig, teacher_identity
+    from minivdit.identity import identity_diff
+
+    out = []
+    both = [k for k in TEACHER_FOLDERS if have.get(k) and teacher.get(k)]
+    for k in TEACHER_FOLDERS:
+        if bool(have.get(k)) != bool(teacher.get(k)):
+            out.append(f"feats were cached with teacher.{k}={have.get(k)!r}, the run has {teacher.get(k)!r}")
+    cached = have.get("identity") or {}
+    if unchecked := [k for k in both if k not in cached]:
+        log.warning(
+            f"the cached feats record no identity of teacher {', '.join(unchecked)} (cached before "
+            f"tools/cache_latents.py stamped one): not checked that the run's encoders are the same; re-run "
+            f"tools/cache_latents.py to have them checked"
+        )
+    if checked := [k for k in both if k in cached]:
+        try:
+            mine = teacher_identity(TeacherConfig(**{k: teacher[k] for k in checked}))
+        except ValueError as e:
+            return out + [f"cannot identify the run's teachers to check the cached feats against them: {e}"]
+        for k in checked:
+            if diff := identity_diff(cached[k], mine[k]):
+                out.append(
+                    f"feats were cached by another {k} (differing: {', '.join(diff)}): the cache was made "
+                    f"with {cached[k].get('folder')}, the run's --teacher.{k} {teacher[k]} is "
+                    f"{mine[k]['folder']}; re-run tools/cache_latents.py with --teacher.{k} {teacher[k]}, "
+                    f"or point --teacher.{k} at the encoder that made the cache ({cached[k].get('folder')})"
+                )
+    for k in TEACHER_SETTINGS:
+        if have.get(k) != teacher.get(k):
+            out.append(f"feats were cached with teacher.{k}={have.get(k)!r}, the run has {teacher.get(k)!r}")
     return out
 
 

@@ -34,7 +34,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -485,11 +485,13 @@ def is_video(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTS and not os.path.basename(name).startswith(".")
 
 
-def scan(root: str) -> list[Source]:
-    """Video files and frame folders (folders holding images) anywhere under ``root``, sorted by path."""
+def scan(root: str, skip: Collection[str] = ()) -> list[Source]:
+    """Video files and frame folders (folders holding images) anywhere under ``root``, sorted by path; files
+    named in ``skip`` are not clips (``minivdit.sample.OVERVIEW_FILES``) and are ignored."""
     found: list[Source] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        filenames = [n for n in filenames if n not in skip]
         if dirpath != root and any(os.path.splitext(n)[1].lower() in IMAGE_EXTS for n in filenames):
             found.append(list_frames(dirpath))
         found += [os.path.join(dirpath, n) for n in filenames if is_video(n)]

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from torch import Tensor
 
 from minivdit import durable
 from minivdit.config import check_types
-from minivdit.data import frame_size
+from minivdit.data import DataConfig, frame_size
 from minivdit.eval import protocols
 from minivdit.eval.detector import resize_short_centre_crop, sha256_file
 from minivdit.eval.frechet import FeatureStats, fd_from_stats, inception_score
@@ -92,7 +93,8 @@ class EvalConfig:
     syn_detector: str | None = None
     """The synthetic-data detector (None: the committed ``minivdit/eval/assets/syn_detector.safetensors``)."""
     data_root: str | None = None
-    """The real dataset's folder (None: the run's ``data.root``)."""
+    """The real dataset's folder (None: the run's ``data.root``; for a run trained on shards, the root of the
+    dataset they were made from, recorded in their meta.json)."""
     real_stats: str | None = None
     """``folders`` only: read the real statistics of the one Fréchet metric asked from this file instead of
     a real folder: cd-fvd's published reference ``.pkl`` (restricted unpickling) or a cache ``.npz``."""
@@ -101,7 +103,9 @@ class EvalConfig:
     strict: bool = False
     """Fewer real clips than asked is an error instead of a warning."""
     keep_frames: bool = False
-    """Also write every generated clip as lossless PNG frames under ``<out>/frames/<clip>/<frame>.png``."""
+    """Also write every generated clip as lossless PNG frames beside the metrics file, in
+    ``<its folder>/frames/<clip>/<frame>.png`` (``frames-<tag>/`` when the metrics go to
+    ``metrics-<tag>.json`` beside a file of other settings); the log names the folder."""
     precision: str = "fp32"
     """"fp32" or "bf16" (autocast) for generation."""
 
@@ -316,6 +320,8 @@ class RealClips:
     labels: np.ndarray
     identity: dict
     skipped: list[str]
+    source: dict | None = None
+    """Which dataset and folder (recorded with the metrics as ``real_data``)."""
 
 
 def real_from_folder(root: str, protocol: Protocol, num_frames: int, resolution: int) -> RealClips:
@@ -331,13 +337,65 @@ def real_from_folder(root: str, protocol: Protocol, num_frames: int, resolution:
     return _real_from_sources(sources, labels, 0, protocol, num_frames, resolution, root)
 
 
-def real_from_dataset(data_cfg: dict, protocol: Protocol, num_frames: int, resolution: int, root: str | None):
-    """The run's dataset (its ``data`` config), at the protocol's split."""
+def real_data_config(data_cfg: dict, root: str | None = None, *, flag: str = "--data-root") -> DataConfig:
+    """The dataset the real clips come from, for a run whose ``data`` config is ``data_cfg``: that dataset
+    itself, or for a run trained on shards (``--data.dataset shards``) the dataset the shards were made from,
+    which ``tools/make_shards.py`` and ``tools/cache_latents.py`` record in meta.json's ``source``. Shards
+    hold fixed, augmented training clips (or only latents), never the protocol's split and windows, so the
+    reference is always the source videos. ``root`` (the ``flag`` a user sets) replaces the recorded root:
+    the videos may live elsewhere on this machine. The synthetic dataset needs no files. ValueError naming
+    ``flag`` when the real videos cannot be found."""
     from minivdit.config import from_dict
-    from minivdit.data import DataConfig, build_dataset
-    from minivdit.data.synthetic import SyntheticVideos
+    from minivdit.data.shards import read_meta
 
     cfg = from_dict(DataConfig, data_cfg)
+    seen = []
+    while cfg.dataset == "shards":  # shards made from shards: follow the chain to the videos
+        seen.append(cfg.root)
+        try:
+            source = read_meta(cfg.root).get("source") if cfg.root else None
+        except ValueError as e:
+            raise ValueError(
+                f"the run trained on shards ({cfg.root}): the real clips come from the dataset the shards "
+                f"were made from, named in their meta.json, which cannot be read ({e}); evaluate where the "
+                f"shard folder's meta.json is, or train with --data.dataset <the source>"
+            ) from None
+        if not source:
+            raise ValueError(
+                f"{cfg.root}/meta.json records no source dataset: the real clips cannot be found; remake the "
+                f"shards with tools/make_shards.py or tools/cache_latents.py"
+            )
+        # only DataConfig's fields: meta.json may carry keys of another minivdit version
+        cfg = from_dict(DataConfig, {k: v for k, v in source.items() if k in DataConfig.__dataclass_fields__})
+        if cfg.dataset == "shards" and cfg.root in seen:
+            raise ValueError(f"{cfg.root}/meta.json: the shards name themselves as their source")
+    if cfg.dataset == "synthetic":
+        return cfg
+    cfg = replace(cfg, root=root or cfg.root)
+    if not cfg.root or not os.path.isdir(cfg.root):
+        made = f" (recorded in the meta.json of the shards {seen[-1]})" if seen else ""
+        raise ValueError(
+            f"evaluation needs the real {cfg.dataset} videos: {cfg.root!r}{made} is not a folder; give "
+            f"{flag} DIR, the {cfg.dataset} folder on this machine (README, section Datasets)"
+        )
+    return cfg
+
+
+def real_from_dataset(
+    data_cfg: dict,
+    protocol: Protocol,
+    num_frames: int,
+    resolution: int,
+    root: str | None,
+    *,
+    flag: str = "--data-root",
+):
+    """The run's real dataset (:func:`real_data_config`: its ``data`` config, or the source of its shards) at
+    the protocol's split."""
+    from minivdit.data import build_dataset
+    from minivdit.data.synthetic import SyntheticVideos
+
+    cfg = real_data_config(data_cfg, root, flag=flag)
     if cfg.dataset == "synthetic":
         n = min(protocol.num_real, cfg.synthetic_size)
         ds = SyntheticVideos(num_frames, resolution, cfg.num_classes, cfg.synthetic_size, cfg.seed)
@@ -360,18 +418,14 @@ def real_from_dataset(data_cfg: dict, protocol: Protocol, num_frames: int, resol
             np.asarray(idx) % cfg.num_classes,
             identity,
             [],
+            {"dataset": "synthetic", "num_classes": cfg.num_classes, "seed": cfg.seed},
         ), (
             np.bincount(np.asarray(idx) % cfg.num_classes, minlength=cfg.num_classes)
             if protocol.real_subset == "class_proportional"
             else None
         )
-    if cfg.dataset == "shards":
-        raise ValueError(
-            "evaluation needs the real videos: give --data-root with the source dataset, not shards"
-        )
     cfg = replace(
         cfg,
-        root=root or cfg.root,
         split=protocol.real_split,
         num_frames=num_frames,
         frame_interval=protocol.real_stride,
@@ -382,6 +436,7 @@ def real_from_dataset(data_cfg: dict, protocol: Protocol, num_frames: int, resol
     labels = np.asarray(ds.labels, np.int64)
     num_classes = getattr(ds, "num_classes", 0)
     real = _real_from_sources(ds.sources, labels, num_classes, protocol, num_frames, resolution, cfg.root)
+    real.source = {"dataset": cfg.dataset, "root": cfg.root}
     counts = None
     if protocol.real_subset == "class_proportional":
         counts = np.bincount(real.labels, minlength=num_classes)
@@ -415,13 +470,16 @@ def _real_from_sources(sources, labels, num_classes, protocol, num_frames, resol
 
 def fake_from_folder(root: str, count: int, num_frames: int, resolution: int) -> tuple[int, Callable]:
     """The first ``count`` videos / frame folders under ``root`` (sorted), first ``num_frames`` frames
-    each."""
+    each. The overview files ``python -m minivdit.sample`` and training write next to the clips
+    (``minivdit.sample.OVERVIEW_FILES``: ``grid.mp4``, ``grid.gif``, ``contact.png``) are not clips and are
+    skipped, so a samples folder is given as it is."""
     from minivdit.data.video import BadVideo, FrameFolder, read_folder_frames, read_frames, scan, source_path
     from minivdit.data.video import num_frames as frames_in
+    from minivdit.sample import OVERVIEW_FILES
 
     if not root or not os.path.isdir(root):
         raise ValueError(f"--fake {root!r}: not a folder of videos or frame folders")
-    sources = scan(root)[:count]
+    sources = scan(root, skip=OVERVIEW_FILES)[:count]
     if not sources:
         raise ValueError(f"--fake {root}: no videos or frame folders found")
 
@@ -566,12 +624,135 @@ def check_count(what: str, used: int, asked: int, strict: bool) -> None:
         log.warning(msg)
 
 
-def write_metrics(out: str | Path, values: dict, record: dict) -> dict:
-    result = {**values, "protocol": record}
+# Record keys that say what happened or where, not what was measured: two records that differ only in them
+# hold the same measurement (ranks give the same numbers; the counts follow from the settings; training adds
+# the step; ``frames`` names where the clips went). ``checkpoint`` is compared apart (settings_differences).
+_OUTCOME_KEYS = ("num_real_used", "num_fake_used", "world_size", "minivdit_version", "step", "frames")
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _leaves(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def settings_differences(old: dict, new: dict) -> dict[str, tuple[object, object]]:
+    """``{setting: (old value, new value)}`` where two protocol records measured differently. Only keys both
+    records hold are compared (a record written by another minivdit version may lack some); checkpoints are
+    compared by resolved path."""
+    a = {k: v for k, v in _leaves(old).items() if k.split(".")[0] not in _OUTCOME_KEYS}
+    b = {k: v for k, v in _leaves(new).items() if k.split(".")[0] not in _OUTCOME_KEYS}
+    out = {}
+    for k in sorted(a.keys() & b.keys()):
+        x, y = a[k], b[k]
+        if k == "checkpoint":
+            if x is None or y is None:  # training records none: its eval/step_N is that step by construction
+                continue
+            x, y = str(Path(x).resolve()), str(Path(y).resolve())
+        if json.dumps(x, default=str) != json.dumps(y, default=str):
+            out[k] = (a[k], b[k])
+    return out
+
+
+def _tag(diff: dict[str, tuple[object, object]]) -> str:
+    """``steps=50-cfg_scale=1`` from the differing settings' new values (a detector's weights: the first 8
+    hex digits of their sha256); the same name and value once (the protocol and the sampler both hold
+    ``cfg_scale``)."""
+    parts = []
+    for k, (_, v) in diff.items():
+        *path, name = k.split(".")
+        if name == "sha256" and path:
+            name, v = path[-1], str(v)[:8]
+        if isinstance(v, float):
+            v = f"{v:g}"
+        elif isinstance(v, list | tuple):
+            v = "+".join(map(str, v))
+        part = re.sub(r"[^A-Za-z0-9._+=-]", "_", f"{name}={v}")
+        if part not in parts:
+            parts.append(part)
+    return "-".join(parts)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()).get("protocol")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def metrics_path(out: str | Path, record: dict) -> Path:
+    """Where metrics of ``record`` go when ``out`` is asked: ``out`` itself unless it holds metrics of other
+    settings (``settings_differences``); those are never replaced. The new metrics then go beside, in a file
+    named by what differs (``metrics-steps=50-cfg_scale=1.json``; with a short hash when that name holds
+    yet other settings or grows long), and one logged line says so. The same settings replace the file (a
+    rerun of the same measurement), also logged."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    durable.write_text(out, json.dumps(result, indent=2))
-    return result
+    if not out.exists():
+        return out
+    old = _read_record(out)
+    diff = settings_differences(old, record) if old is not None else {"unreadable": (None, None)}
+    if not diff:
+        log.info(f"eval: replacing {out} (a rerun with the same settings)")
+        return out
+    tag = _tag(diff) if old is not None else ""
+    digest = protocols.protocol_hash({k: v for k, v in record.items() if k not in _OUTCOME_KEYS})[:8]
+    names = [f"{out.stem}-{tag}{out.suffix}", f"{out.stem}-{tag}-{digest}{out.suffix}"] if tag else []
+    names = [n for n in names if len(n) <= 100] + [f"{out.stem}-{digest}{out.suffix}"]
+    for name in names:
+        beside = out.with_name(name)
+        prior = _read_record(beside) if beside.exists() else None
+        if not beside.exists() or (prior is not None and not settings_differences(prior, record)):
+            break
+    else:
+        raise ValueError(f"{out}: every name for these metrics ({names}) holds other or unreadable metrics")
+    shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items()) if old is not None else "unreadable"
+    log.warning(f"eval: {out} holds metrics of other settings ({shown}): not replacing it; writing {beside}")
+    return beside
+
+
+def frames_folder(metrics: Path) -> Path:
+    """Where ``keep_frames`` puts the generated clips of the metrics file ``metrics``: beside it,
+    ``metrics.json`` -> ``frames/``, ``metrics-<tag>.json`` -> ``frames-<tag>/``, another name ``X.json``
+    -> ``X_frames/``; one folder per metrics file, so frames are replaced only with their metrics."""
+    stem = metrics.stem
+    name = "frames" + stem[len("metrics") :] if stem.startswith("metrics") else f"{stem}_frames"
+    return metrics.parent / name
+
+
+def frames_staging(out: str | Path) -> Path:
+    """The folder ``keep_frames`` writes into while measuring (every rank writes its own clips), moved by
+    :func:`place_frames` once the metrics file's name is known (``metrics_path`` needs the record)."""
+    out = Path(out)
+    return out.parent / f".{out.stem}.frames.partial"
+
+
+def place_frames(staging: Path, metrics: Path) -> Path:
+    """Move the kept frames from ``staging`` to ``frames_folder(metrics)`` (replacing the frames of the
+    metrics file just replaced, if any) and log where they are."""
+    import shutil
+
+    final = frames_folder(metrics)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    log.info(f"eval: generated clips kept as lossless PNG frames in {final.resolve()}")
+    return final
+
+
+def write_metrics(out: str | Path, values: dict, record: dict, *, frames: Path | None = None) -> Path:
+    """Write ``{values…, "protocol": record}`` to ``metrics_path(out, record)`` (never over metrics of other
+    settings); returns the path written. ``frames``: the staging folder of the kept frames
+    (:func:`frames_staging`), moved beside the metrics (:func:`place_frames`) and named in the record."""
+    path = metrics_path(out, record)
+    if frames is not None:
+        record = record | {"frames": str(place_frames(frames, path))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durable.write_text(path, json.dumps({**values, "protocol": record}, indent=2))
+    return path
 
 
 @torch.no_grad()
@@ -586,10 +767,16 @@ def evaluate_model(
     metrics=None,
     frames_dir: Path | None = None,
     show: bool = True,
+    weights: str = "ema",
+    root_flag: str = "--data-root",
 ) -> tuple[dict[str, float], dict]:
     """Sample ``num_gen`` clips from ``model`` (EMA weights, the run's objective and VAE) under the
-    protocol and
-    measure them against the run's real data. Returns ``(values, record)``; collective across ranks."""
+    protocol and measure them against the run's real data (:func:`real_data_config`: for a run trained on
+    shards, the dataset they were made from). Returns ``(values, record)``; collective across ranks.
+
+    ``weights`` ("ema" or "raw") is recorded with the sampler; ``root_flag`` is the flag that sets
+    ``cfg.data_root`` where the caller reads it (``--eval.data-root`` in training), named when the real
+    videos cannot be found. ``frames_dir``: write every generated clip there as PNG frames."""
     from minivdit.sample import decode_latents, generate
 
     protocol = cfg.resolved_protocol()
@@ -604,7 +791,9 @@ def evaluate_model(
 
     real = counts = None
     if any(m in REAL_METRICS for m in metrics) or protocol.conditional:
-        real, counts = real_from_dataset(run_cfg["data"], protocol, num_frames, resolution, cfg.data_root)
+        real, counts = real_from_dataset(
+            run_cfg["data"], protocol, num_frames, resolution, cfg.data_root, flag=root_flag
+        )
         check_count("real", real.count, protocol.num_real, cfg.strict)
     real_measure = (
         real_stats_cached(real, detectors, metrics, protocol, cfg, show and rank == 0, num_frames, resolution)
@@ -664,7 +853,10 @@ def evaluate_model(
             # the starting noise is per clip; a stochastic sampler's step noise is per chunk of batch_size
             "batch_size": cfg.batch_size,
             "objective": run_cfg["objective"].get("_type"),
+            "precision": cfg.precision,
+            "weights": weights,
         },
+        real_data=real.source if real is not None else None,
         world_size=world,
     )
 

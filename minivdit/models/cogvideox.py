@@ -64,7 +64,9 @@ from minivdit.models.dit import DiTOutput
 CLASS_NAME = "CogVideoXTransformer3DModel"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-_OURS = ("attn_backend", "ofs", "rope_grid", "input_size", "num_frames")  # not diffusers config.json keys
+# Not diffusers config.json keys: a run's choices (kernel, the frames and size it trains at), kept from the
+# run's config when ``--pretrained`` supplies the architecture.
+RUNTIME_FIELDS = _OURS = ("attn_backend", "ofs", "rope_grid", "input_size", "num_frames")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -479,7 +481,10 @@ def pretrained_folder(folder: str | Path) -> Path:
     if not (folder / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
         folder = folder / "transformer"
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder}: no config.json (expected a diffusers {CLASS_NAME} folder)")
+        raise ValueError(
+            f"{folder}: no config.json (expected a diffusers {CLASS_NAME} folder, or a V-DiT folder written "
+            f"by tools/convert_weights.py / minivdit.models.dit.save_pretrained)"
+        )
     return folder
 
 

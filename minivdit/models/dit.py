@@ -27,7 +27,10 @@ Axis legend: B batch, F frames, C channels, H/W latent height/width, N tokens pe
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -49,6 +52,10 @@ from minivdit.models.blocks import (
 )
 from minivdit.models.cond import Cond
 from minivdit.models.repvideo import RepVideoGate
+
+CLASS_NAME = "VDiT"  # ``_class_name`` of a V-DiT pretrained folder's config.json
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name: one loader for both families
+RUNTIME_FIELDS = ("attn_backend",)  # a run's choice, not part of the weights' architecture
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +123,30 @@ class DiTConfig:
         h, w = self.input_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config", **overrides) -> DiTConfig:
+        """A pretrained folder's ``config.json`` dict (:func:`save_pretrained`): ``_``-prefixed bookkeeping
+        keys are ignored, unknown keys raise naming ``source``; ``overrides`` set any field (the recipe's
+        runtime choices, e.g. ``attn_backend="flash"``)."""
+        if (name := d.get("_class_name", CLASS_NAME)) != CLASS_NAME:
+            raise ValueError(f"{source}: _class_name is {name!r}, not a minivdit V-DiT ({CLASS_NAME!r})")
+        kw = {k: v for k, v in d.items() if not k.startswith("_")}
+        if unknown := sorted(set(kw) - {f.name for f in dataclasses.fields(cls)}):
+            raise ValueError(f"{source}: unsupported {CLASS_NAME} config keys {unknown}")
+        if "input_size" in kw:
+            kw["input_size"] = tuple(kw["input_size"])
+        return cls(**(kw | overrides))
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> DiTConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path), **overrides)
+
+    def to_dict(self) -> dict:
+        """The pretrained folder's ``config.json`` dict: the architecture, without the runtime choices
+        (``RUNTIME_FIELDS``: they belong to the run that loads the weights, not to the weights)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_FIELDS}
+        return {"_class_name": CLASS_NAME, **d, "input_size": list(self.input_size)}
 
     @property
     def out_channels(self) -> int:
@@ -343,3 +374,32 @@ def flops_per_sample(cfg: DiTConfig, num_frames: int | None = None) -> float:
 
 
 __all__ = ["DiTConfig", "DiTOutput", "VDiT", "PRESETS", "preset", "num_params", "flops_per_sample"]
+
+
+def save_pretrained(state: dict[str, Tensor], cfg: DiTConfig, folder: str | Path) -> Path:
+    """Write a V-DiT pretrained folder: ``config.json`` (:meth:`DiTConfig.to_dict`) and
+    ``diffusion_pytorch_model.safetensors``, the layout of a diffusers transformer folder, so that
+    ``--pretrained FOLDER`` (``minivdit.dist.load_pretrained``) and ``python -m minivdit.sample --pretrained``
+    read it as they read CogVideoX's. The weights are checked against ``cfg`` first (keys and shapes) and
+    written durably, config last."""
+    from safetensors.torch import save_file
+
+    from minivdit import durable
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in VDiT(cfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {sorted(want.keys() - have.keys())}"] if want.keys() - have.keys() else []
+    problems += [f"unexpected {sorted(have.keys() - want.keys())}"] if have.keys() - want.keys() else []
+    problems += [f"{k}: {have[k]} vs the config's {s}" for k, s in want.items() if have.get(k, s) != s]
+    if problems:
+        raise ValueError(
+            f"save_pretrained({folder}): the weights do not fit the config: {'; '.join(problems)}"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with durable.atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp))
+    durable.write_text(folder / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    return folder

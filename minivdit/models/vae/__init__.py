@@ -13,6 +13,12 @@ Every VAE here is an ``nn.Module`` with:
   ``save_pretrained(path)``.
 
 Frozen VAEs run under ``no_grad`` in ``train_step``; cached latents (``Batch.latents``) bypass ``encode``.
+
+Identity. ``vae_identity(cfg)`` says which VAE made cached latents without loading it: the kind, and the
+``minivdit.identity.folder_identity`` of the folder ``build_vae`` loads (``vae_folder``: for "causal3d" a run
+directory resolves to its ``vae/``): sha256 of its config.json (latent constants included) and of its weight
+files' names, sizes, safetensors headers and sampled blocks (that module says why not a full hash).
+``tools/cache_latents.py`` stamps it into meta.json; ``minivdit.data.shards.cache_mismatches`` compares it.
 """
 
 from dataclasses import dataclass
@@ -42,6 +48,26 @@ class VAEConfig:
         check_types(self)
         if self.kind != "none" and not self.path:
             raise ValueError(f"VAEConfig(kind={self.kind!r}) needs a weights folder: --vae.path /path/to/vae")
+
+
+def vae_folder(cfg: VAEConfig) -> Path:
+    """The folder ``build_vae`` loads for ``cfg`` (kind other than "none")."""
+    if cfg.kind == "causal3d":
+        from minivdit.models.vae.causal3d import resolve_folder
+
+        return resolve_folder(cfg.path)
+    return Path(cfg.path)
+
+
+def vae_identity(cfg: VAEConfig) -> dict:
+    """``{"kind", "folder", "config_sha256", "weights_sha256"}`` of the VAE ``cfg`` names (module docstring);
+    ``folder`` is resolved and absolute, for messages: the kind and the two hashes are the identity.
+    ValueError naming ``--vae.path`` when the folder has no config.json or no weights."""
+    if cfg.kind == "none":
+        raise ValueError("vae_identity: --vae.kind none has no weights to identify")
+    from minivdit.identity import folder_identity
+
+    return {"kind": cfg.kind, **folder_identity(vae_folder(cfg), "--vae.path")}
 
 
 def build_vae(cfg: VAEConfig) -> nn.Module | None:

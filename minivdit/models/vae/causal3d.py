@@ -659,10 +659,9 @@ class CausalVAE3D(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> CausalVAE3D:
         """Load a folder written by ``save_pretrained``, or the run directory of ``train_vae`` (the VAE it
-        exported to ``<run>/vae``); strict about config fields and weight keys/shapes."""
-        path = Path(path)
-        if not (path / WEIGHTS_NAME).is_file() and (path / "vae" / WEIGHTS_NAME).is_file():
-            path = path / "vae"
+        exported to ``<run>/vae``: :func:`resolve_folder`); strict about config fields and weight keys and
+        shapes."""
+        path = resolve_folder(path)
         raw = json.loads((path / CONFIG_NAME).read_text())
         if raw.get("_class_name", CLASS_NAME) != CLASS_NAME:
             raise ValueError(f"{path / CONFIG_NAME} is a {raw['_class_name']!r}, not a {CLASS_NAME!r}")
@@ -690,6 +689,17 @@ class CausalVAE3D(nn.Module):
         model.to_empty(device="cpu")
         model.load_state_dict(state, strict=True)
         return model.eval()
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """The ``save_pretrained`` folder that ``path`` names: ``path`` itself, or ``<path>/vae`` when ``path`` is
+    the run directory of ``train_vae`` (no weights of its own, the exported VAE under ``vae/``). Loading and
+    the cache identity (``minivdit.models.vae.vae_identity``) both go through here, so the two spellings of
+    one VAE are one VAE."""
+    path = Path(path)
+    if not (path / WEIGHTS_NAME).is_file() and (path / "vae" / WEIGHTS_NAME).is_file():
+        return path / "vae"
+    return path
 
 
 # ------------------------------------------------------------------------------------------ latent stats
