@@ -1034,7 +1034,8 @@ def _eval_metrics(cfg: TrainConfig) -> tuple[str, ...]:
             f"({', '.join(sorted({'--eval.' + f[2:] for f in missing.values()}))}; README 'Evaluation')"
         )
     kept = tuple(m for m in wanted if m not in missing)
-    if kept and (set(kept) & set(REAL_METRICS) or cfg.eval.resolved_protocol().conditional):
+    labels_from_real = cfg.eval.resolved_protocol().needs_real_labels and cfg.model.num_classes
+    if kept and (set(kept) & set(REAL_METRICS) or labels_from_real):
         # the real videos (for shards: those they were made from) must be found now, not at the first
         # evaluation hours in
         real_data_config(to_dict(cfg.data), cfg.eval.data_root, flag="--eval.data-root")

@@ -13,7 +13,8 @@ i = 0 is exactly CogVideoX-I2V's first-frame path (pixel noise σ = exp(N(−3, 
 Settings and where they come from:
 - AdamW lr 1e-5, betas (0.9, 0.95), weight decay 1e-4, gradient clipping 0.1: CogVideoX's SAT SFT config
   (``sat/configs/sft.yaml``, anchors-cogvideox §5.2). With ``--lora.rank 128`` raise the lr (SAT LoRA: 1e-3
-  to 5e-4; CogVideo's diffusers trainer: 2e-4 with α 64).
+  to 5e-4; CogVideo's diffusers trainer ``finetune/``: 2e-5 by default, α 64; VideoREPA, diffusers'
+  training example and finetrainers: 1e-4).
 - batch 1 per GPU × 8 GPUs (the blog: 8 H100s, about 30 h with dREPA); bf16 with FSDP2 per block, fp32
   reduction, activation checkpointing per block, flash attention (``models/attention.py`` falls back to SDPA
   where flash-attn is missing).
@@ -31,7 +32,7 @@ The pos-embedding of 5B-I2V is learned for exactly 49×480×720 and 226 text tok
     torchrun --nproc_per_node=8 recipes/cogvideox_i2v.py --pretrained /models/CogVideoX-5b-I2V \\
         --vae.path /models/CogVideoX-5b-I2V/vae --text.path /models/CogVideoX-5b-I2V \\
         --data.root /data/timelapse --data.labels-csv captions.csv
-    ... --lora.rank 128 --optim.lr 2e-4          # LoRA instead of a full fine-tune
+    ... --lora.rank 128 --optim.lr 1e-4          # LoRA instead of a full fine-tune
 """
 
 from dataclasses import replace

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from test_recipes import load  # tests/ on sys.path (pytest's rootdir insertion)
 
 from minivdit import train as train_mod
+from minivdit.align.heads import AlignConfig
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.models.dit import WEIGHTS_NAME, VDiT, save_pretrained
 
@@ -168,6 +169,11 @@ def test_eval_flags_turn_on_evaluation_the_recipe_leaves_off(tmp_path):
     default = load(RECIPES / "quickstart_ddpm.py").config()
     assert default.eval is None and train_mod.parse(default, []).eval is None
     assert train_mod.parse(default, ["--eval.steps", "2"]).eval == EvalConfig(steps=2)
+    # the same for alignment: any --align.* flag turns it on, from AlignConfig's defaults
+    quickstart = load(RECIPES / "quickstart.py").config()
+    assert quickstart.align is None and train_mod.parse(quickstart, []).align is None
+    aligned = train_mod.parse(quickstart, ["--align.block-index", "3", "--teacher.tiny-random"])
+    assert aligned.align == AlignConfig(block_index=3)
     train_mod.main(default, ["--out-dir", str(tmp_path), "--max-steps", "1", *TINY_QS])
     metrics = json.loads(
         (tmp_path / "quickstart_ddpm" / "eval" / "step_0000001" / "metrics.json").read_text()

@@ -39,11 +39,104 @@ def test_proportional_counts_and_subsets():
     assert len(set(rand)) == 8 and not np.array_equal(rand, np.arange(8))
     fake = protocols.fake_labels(get_protocol("align4gen-ucf", num_fake=37), 5, c)
     assert np.array_equal(np.bincount(fake, minlength=5), c)
-    assert protocols.fake_labels(get_protocol("align4gen-sky"), 5, None) is None
+    assert protocols.fake_labels(get_protocol("align4gen-sky"), 0, None) is None  # unconditional model
     with pytest.raises(ValueError, match="unknown protocol"):
         get_protocol("fvd-by-vibes")
     with pytest.raises(ValueError, match="metrics"):
         EvalConfig(metrics=("psnr",))
+
+
+def test_label_rules_follow_their_references():
+    """Issue 18 §1.2: a class-conditional model under stylegan-v / latte gets labels (it crashed without),
+    by each reference's rule, seeded."""
+    split = np.array([0] * 90 + [1] * 9 + [2] * 1)  # a skewed split: the rules differ visibly
+    n = 4000
+    items = protocols.fake_labels(get_protocol("stylegan-v", num_fake=n), 3, None, split)
+    assert get_protocol("stylegan-v").label_rule == "real_items"
+    # StyleGAN-V: labels of random real items, so the split's shares (0.90 / 0.09 / 0.01), within 5 σ of a
+    # binomial over n draws (σ ≤ sqrt(0.25 / n) = 0.008)
+    np.testing.assert_allclose(np.bincount(items, minlength=3) / n, [0.90, 0.09, 0.01], atol=0.04)
+    uniform = protocols.fake_labels(get_protocol("latte", num_fake=n), 3, None, split)
+    assert get_protocol("latte").label_rule == "uniform"
+    np.testing.assert_allclose(
+        np.bincount(uniform, minlength=3) / n, [1 / 3] * 3, atol=0.04
+    )  # Latte: randint
+    for name in ("stylegan-v", "latte"):  # seeded: the same labels again, others for another seed
+        p = get_protocol(name, num_fake=50)
+        again = protocols.fake_labels(p, 3, None, split)
+        assert np.array_equal(again, protocols.fake_labels(p, 3, None, split))
+        other = protocols.fake_labels(get_protocol(name, num_fake=50, seed=1), 3, None, split)
+        assert not np.array_equal(again, other)
+    cycle = protocols.fake_labels(get_protocol("synthetic", num_fake=7), 3, None)
+    assert cycle.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(ValueError, match="real_items needs the labels"):
+        protocols.fake_labels(get_protocol("stylegan-v"), 3, None, None)
+    with pytest.raises(ValueError, match="label_rule"):
+        get_protocol("latte", label_rule="by-vibes")
+
+
+@pytest.mark.parametrize("name", ["stylegan-v", "latte"])
+def test_class_conditional_model_under_unconditional_protocols(name):
+    """The crash of ``latte_ucf``'s in-training evaluation (``VDiT needs Cond.label``): a class-conditional
+    model sampled under ``stylegan-v`` / ``latte``, its labels recorded by rule."""
+    from minivdit.models.dit import DiTConfig, VDiT
+    from minivdit.objectives.flow import Flow, FlowConfig
+
+    torch.manual_seed(0)
+    model_cfg = DiTConfig(
+        depth=2, hidden_size=32, num_heads=2, patch_size=4, in_channels=3, input_size=(8, 8),
+        num_frames=16, num_classes=4, learn_sigma=False,
+    )  # fmt: skip
+    model = VDiT(model_cfg)
+    model.init_weights()
+    seen = []
+    forward = model.forward
+
+    def spy(x, t, cond, **kw):
+        seen.append(cond.label.clone())
+        return forward(x, t, cond, **kw)
+
+    model.forward = spy
+    data = {"dataset": "synthetic", "num_frames": 16, "image_size": 8, "num_classes": 4, "synthetic_size": 64}
+    run_cfg = {"data": data, "model": {"num_classes": 4}, "objective": {"_type": "FlowConfig"}}
+    cfg = EvalConfig(protocol=name, metrics=("syn_fvd",), num_gen=6, num_real=6, steps=1, batch_size=6)
+    values, record = evaluate.evaluate_model(
+        cfg, model=model.eval(), objective=Flow(FlowConfig()), vae=None, run_cfg=run_cfg,
+        device=torch.device("cpu"), show=False,
+    )  # fmt: skip
+    assert np.isfinite(values["syn_fvd"]) and record["label_rule"] == get_protocol(name).label_rule
+    p = get_protocol(name, num_fake=6)
+    want = protocols.fake_labels(p, 4, None, np.arange(64) % 4)  # the synthetic split: index % classes
+    assert torch.equal(seen[0][:6], torch.from_numpy(want))
+
+
+def test_detectors_run_without_tf32_and_restore_it():
+    """Issue 18 §1.6: the trainer turns TF32 on for the process; the detectors see it off, and the setting
+    comes back after each chunk (also after an error)."""
+    seen = []
+
+    class Spy:
+        def features(self, video):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return torch.zeros(video.shape[0], 3, dtype=torch.float64)
+
+    class Broken:
+        def features(self, video):
+            raise RuntimeError("detector failed")
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py
+        measure = evaluate.Measure({"i3d": (Spy(), None)}, ("fvd",), generated=False)
+        measure.add(torch.zeros(2, 16, 3, 8, 8, dtype=torch.uint8))
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        broken = evaluate.Measure({"i3d": (Broken(), None)}, ("fvd",), generated=False)
+        with pytest.raises(RuntimeError, match="detector failed"):
+            broken.add(torch.zeros(1, 16, 3, 8, 8, dtype=torch.uint8))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def _write_clips(root, clips, as_png: bool):

@@ -128,7 +128,10 @@ class DataConfig:
         check_types(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        frame_size(self.image_size)  # ValueError for a bad size
+        try:
+            frame_size(self.image_size)
+        except ValueError as e:  # a bad size, named as check_types names a field ([0, 0] became 0 above)
+            raise ValueError(f"DataConfig.image_size={self.image_size!r}: {e}") from None
         for name in (
             "num_frames",
             "frame_interval",

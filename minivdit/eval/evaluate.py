@@ -26,6 +26,7 @@ of model calls (a rank short of chunks repeats its last one and discards it), so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -206,6 +207,21 @@ def check_frames(detectors: dict, num_frames: int) -> None:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
+@contextlib.contextmanager
+def tf32_off():
+    """TF32 off for matmuls and cuDNN convolutions, restored afterwards. The trainer turns TF32 on for the
+    whole process (as Latte/DiT); StyleGAN-V computes its metrics with it off for matmul and cuDNN
+    (``src/scripts/calc_metrics_for_dataset.py``, anchors-eval.md), since its 10-bit mantissa moves the
+    detectors' features (issue 18 §1.6). Only the detectors: generation keeps the run's setting. On a CPU
+    TF32 does not exist, but the flags are set and restored the same way."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 class Measure:
     """What the detectors see of one side (real or generated): feature statistics per detector, and for
     generated clips the IS probabilities (by clip index), the CLIP-similarity sums and the syn_acc counts."""
@@ -222,7 +238,12 @@ class Measure:
         self.clips = 0
 
     def add(self, video: Tensor, labels: Tensor | None = None, first_index: int = 0) -> None:
-        """A chunk of ``uint8 [B, F, 3, R, R]`` clips (``labels``: the classes they were sampled for)."""
+        """A chunk of ``uint8 [B, F, 3, R, R]`` clips (``labels``: the classes they were sampled for); the
+        detectors run in full float32 (:func:`tf32_off`)."""
+        with tf32_off():
+            self._add(video, labels, first_index)
+
+    def _add(self, video: Tensor, labels: Tensor | None, first_index: int) -> None:
         self.clips += video.shape[0]
         for det, stats in self.stats.items():
             feats = self.detectors[det][0].features(video)
@@ -322,6 +343,8 @@ class RealClips:
     skipped: list[str]
     source: dict | None = None
     """Which dataset and folder (recorded with the metrics as ``real_data``)."""
+    split_labels: np.ndarray | None = None
+    """The label of every item of the real split, before the subset (``label_rule="real_items"``)."""
 
 
 def real_from_folder(root: str, protocol: Protocol, num_frames: int, resolution: int) -> RealClips:
@@ -419,6 +442,7 @@ def real_from_dataset(
             identity,
             [],
             {"dataset": "synthetic", "num_classes": cfg.num_classes, "seed": cfg.seed},
+            np.arange(cfg.synthetic_size) % cfg.num_classes,
         ), (
             np.bincount(np.asarray(idx) % cfg.num_classes, minlength=cfg.num_classes)
             if protocol.real_subset == "class_proportional"
@@ -437,6 +461,7 @@ def real_from_dataset(
     num_classes = getattr(ds, "num_classes", 0)
     real = _real_from_sources(ds.sources, labels, num_classes, protocol, num_frames, resolution, cfg.root)
     real.source = {"dataset": cfg.dataset, "root": cfg.root}
+    real.split_labels = labels
     counts = None
     if protocol.real_subset == "class_proportional":
         counts = np.bincount(real.labels, minlength=num_classes)
@@ -790,7 +815,7 @@ def evaluate_model(
     rank, world = _rank_world()
 
     real = counts = None
-    if any(m in REAL_METRICS for m in metrics) or protocol.conditional:
+    if any(m in REAL_METRICS for m in metrics) or (protocol.needs_real_labels and model_cfg.num_classes):
         real, counts = real_from_dataset(
             run_cfg["data"], protocol, num_frames, resolution, cfg.data_root, flag=root_flag
         )
@@ -801,7 +826,8 @@ def evaluate_model(
         else None
     )
 
-    labels_all = protocols.fake_labels(protocol, model_cfg.num_classes, counts)
+    split_labels = real.split_labels if real is not None else None
+    labels_all = protocols.fake_labels(protocol, model_cfg.num_classes, counts, split_labels)
     if labels_all is None and {"syn_acc", "syn_count"} & set(metrics):
         log.info("eval: syn_acc/syn_count skipped: the model is unconditional (they need the classes)")
         metrics = tuple(m for m in metrics if m not in ("syn_acc", "syn_count"))

@@ -8,10 +8,12 @@ actually used (clip counts, detector hashes, minivdit version), into ``metrics.j
 ``stylegan-v``     FVD₁₆ (StyleGAN-V ``fvd2048_16f``): real: the first 2,048 videos in sorted order, one
                    16-frame window at a random seeded offset from each; generated: the first 16 frames of
                    the first 2,048 videos. StyleGAN-V's offsets come from unseeded workers (stylegan-v
-                   #23); ours come from ``(seed, clip index)``, so a rerun gives the same number.
+                   #23); ours come from ``(seed, clip index)``, so a rerun gives the same number. A
+                   class-conditional model samples the labels of random real items (StyleGAN-V's rule).
 ``latte``          as ``stylegan-v``, but the real clips take every 3rd frame (Latte trains with
                    ``frame_interval`` 3) and the 2,048 real videos are a random seeded subset (Latte's
-                   ``tools/metrics/metric_utils.py`` ``random.sample``, unseeded there).
+                   ``tools/metrics/metric_utils.py`` ``random.sample``, unseeded there). A
+                   class-conditional model samples uniform labels (Latte's ``sample_ddp.py`` ``randint``).
 ``align4gen-ucf``  seeds/004 App. A: UCF-101 fold-1 **test** split; 2,048 real clips, class-proportional (the
                    test split's class shares, largest-remainder rounding; videos drawn at random within a
                    class), one random 16-frame window each (stride 1: the appendix names none). Generated:
@@ -55,6 +57,10 @@ REAL_METRICS = ("fvd", "cdfvd", "fid", "syn_fvd")
 """Metrics that compare against real clips (the others only look at generated ones)."""
 
 
+LabelRule = Literal["real_items", "uniform", "class_proportional", "cycle"]
+LABEL_RULES: tuple[str, ...] = ("real_items", "uniform", "class_proportional", "cycle")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Protocol:
     """How real and generated clips are chosen and measured (see the module docstring for the named ones)."""
@@ -77,9 +83,15 @@ class Protocol:
     """Which videos: the first N in sorted order, N at random (seeded), or N with the split's class shares."""
     real_stride: int = 1
     """Frame stride inside each real window."""
-    conditional: bool = False
-    """Generated clips are class-conditional, with the class counts of the real subset (``align4gen-ucf``)
-    or cycling over the classes (``synthetic``); otherwise unconditional."""
+    label_rule: LabelRule = "real_items"
+    """The class labels of the generated clips when the model is class-conditional (an unconditional model
+    gets none), each a reference's rule, seeded by ``seed``:
+    ``real_items``: the labels of uniformly random items of the real split (StyleGAN-V
+    ``metric_utils.py``: ``dataset.get_label(np.random.randint(len(dataset)))`` per generated clip);
+    ``uniform``: uniform over the classes (Latte ``sample/sample_ddp.py``: ``torch.randint(0, num_classes)``);
+    ``class_proportional``: the class counts of the real subset (``align4gen-ucf``: the appendix asks for
+    2,048 class-conditional samples; minivdit's reading);
+    ``cycle``: 0, 1, …, K−1, 0, … (``synthetic``: every class equally)."""
     cfg_scale: float = 1.0
     """Classifier-free guidance of the generated clips (the papers: none)."""
     seed: int = 0
@@ -104,19 +116,28 @@ class Protocol:
             raise ValueError(f"Protocol.real_subset: unknown {self.real_subset!r}")
         if self.ddof not in (0, 1):
             raise ValueError(f"Protocol.ddof must be 0 or 1, got {self.ddof}")
+        if self.label_rule not in LABEL_RULES:
+            raise ValueError(f"Protocol.label_rule: unknown {self.label_rule!r}; choose from {LABEL_RULES}")
+
+    @property
+    def needs_real_labels(self) -> bool:
+        """The generated clips' labels come from the real split (its items or its class shares)."""
+        return self.label_rule in ("real_items", "class_proportional")
 
 
 _A4G = ("cdfvd", "fvd", "fid", "is", "clipsim")
 PROTOCOLS: dict[str, Protocol] = {
-    "stylegan-v": Protocol(name="stylegan-v", metrics=("fvd",)),
-    "latte": Protocol(name="latte", metrics=("fvd",), real_subset="random", real_stride=3),
+    "stylegan-v": Protocol(name="stylegan-v", metrics=("fvd",), label_rule="real_items"),
+    "latte": Protocol(
+        name="latte", metrics=("fvd",), real_subset="random", real_stride=3, label_rule="uniform"
+    ),
     "align4gen-ucf": Protocol(
         name="align4gen-ucf",
         metrics=_A4G,
         resolution=256,
         real_split="test",
         real_subset="class_proportional",
-        conditional=True,
+        label_rule="class_proportional",
     ),
     "align4gen-sky": Protocol(
         name="align4gen-sky", metrics=("cdfvd", "fvd", "fid", "clipsim"), resolution=256, real_subset="random"
@@ -130,7 +151,7 @@ PROTOCOLS: dict[str, Protocol] = {
         num_frames=None,
         num_real=512,
         num_fake=512,
-        conditional=True,
+        label_rule="cycle",
     ),
 }
 
@@ -172,19 +193,34 @@ def select_real(
     return np.sort(np.concatenate(picked)), counts
 
 
-def fake_labels(protocol: Protocol, num_classes: int, counts: np.ndarray | None) -> np.ndarray | None:
-    """Class labels of the generated clips: the real subset's counts (class-proportional), else cycling over
-    the classes; None for unconditional protocols or models."""
-    if not protocol.conditional or num_classes == 0:
+def fake_labels(
+    protocol: Protocol,
+    num_classes: int,
+    counts: np.ndarray | None,
+    split_labels: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Class labels ``[num_fake]`` of the generated clips by ``protocol.label_rule``; None for an
+    unconditional model (``num_classes`` 0). ``counts``: the real subset's per-class counts
+    (``class_proportional``); ``split_labels``: the label of every item of the real split (``real_items``).
+    The random rules draw from their own stream of ``protocol.seed``."""
+    if num_classes == 0:
         return None
-    if counts is not None:
-        labels = np.repeat(np.arange(num_classes), counts)
-        if len(labels) != protocol.num_fake:  # the counts were made for num_real clips: rescale
-            labels = np.repeat(
-                np.arange(num_classes), proportional_counts(labels, protocol.num_fake, num_classes)
-            )
-        return labels
-    return np.arange(protocol.num_fake) % num_classes
+    rule, n = protocol.label_rule, protocol.num_fake
+    rng = np.random.default_rng([protocol.seed, 4])
+    if rule == "cycle":
+        return np.arange(n) % num_classes
+    if rule == "uniform":
+        return rng.integers(0, num_classes, n)
+    if rule == "real_items":
+        if split_labels is None or len(split_labels) == 0:
+            raise ValueError("label_rule real_items needs the labels of the real split's items")
+        return np.asarray(split_labels, np.int64)[rng.integers(0, len(split_labels), n)]
+    if counts is None:
+        raise ValueError("label_rule class_proportional needs the real subset's class counts")
+    labels = np.repeat(np.arange(num_classes), counts)
+    if len(labels) != n:  # the counts were made for num_real clips: rescale
+        labels = np.repeat(np.arange(num_classes), proportional_counts(labels, n, num_classes))
+    return labels
 
 
 def record(protocol: Protocol, **used) -> dict:
