@@ -45,10 +45,17 @@ CogVideoX (text-to-video and image-to-video), from a fine-tuning run or from a d
   initial noise [1, F', C, h, w]. With ``frame_index = 0`` that is what ``CogVideoXImageToVideoPipeline``
   draws with ``generator=torch.Generator().manual_seed(seed + i)`` (``CogVideoXPipeline``: the noise only),
   so the two give the same video for the same seed; ``--batch-size`` only changes how many run at once.
-- The text is the T5 encoding of the prompt; the null of CFG is the empty prompt ``""`` (the pipelines'
-  default negative prompt). The image latents are kept in the unconditional half (``Cond.null``), as the I2V
-  pipeline does: guidance acts on the text only. ``--dynamic-cfg`` is the pipelines' ``use_dynamic_cfg``
+- The text is the T5 encoding of the prompt. The unconditional text of CFG is ``--negative-prompt`` (one for
+  every prompt, or one per ``--prompt``), else the null text of ``--text-null`` (default: the run's
+  ``text.null``; with ``--pretrained``, "empty"): the empty prompt ``""`` (the diffusers pipelines' default
+  negative prompt) or zeros (SAT's ``force_uc_zero_embeddings=["txt"]``; CogVideoX recipes train with it).
+  The image latents are kept in the unconditional half (``Cond.null``), as the I2V pipeline does: guidance
+  acts on the text only. ``--dynamic-cfg`` is the pipelines' ``use_dynamic_cfg``
   (``objectives.ddpm.dynamic_cfg_scale``, its odd schedule included); as there, a scale ≤ 1 turns CFG off.
+- ``--sampler dpm``: diffusers' ``CogVideoXDPMScheduler`` loop (``DDPMConfig.cogvideox(sampler="dpm")``),
+  which CogVideo recommends for 5B and 5B-I2V with ``--dynamic-cfg``. Its step noise is drawn from sample i's
+  generator after the initial noise, so ``--seed s`` gives the pipeline's video with that scheduler and
+  ``generator=torch.Generator().manual_seed(s + i)``. Default: the run's sampler (DDIM for CogVideoX).
 - The image is loaded with PIL, resized to cover ``--size`` (bicubic) and centre-cropped, then mapped to
   [-1, 1] as diffusers' ``VaeImageProcessor`` (x / 255 · 2 − 1). The pipeline stretches it to the size
   instead; both agree for an image that already has the size. ``--frame-index i > 0`` is anyframe conditioning
@@ -171,11 +178,15 @@ def generate(
     precision: Precision = "fp32",
     noise: Tensor | None = None,
     dynamic_cfg: bool = False,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> Tensor:
     """Sample ``shape = (B, F, C, H, W)`` videos (in the model's space: pixels or latents) from a seeded
     noise (or the given starting ``noise`` of that shape; ``seed`` then only drives a stochastic sampler),
     conditioned on class ``labels`` (V-DiT) or on a ``cond`` with its unconditional ``null``.
-    ``dynamic_cfg``: the CogVideoX pipelines' per-step guidance weight (``cfg_denoise_fn``)."""
+    ``dynamic_cfg``: the CogVideoX pipelines' per-step guidance weight (``cfg_denoise_fn``).
+    ``generator``: the stochastic sampler's noise source instead of the one seeded with ``seed`` (one per
+    sample, or one for all; ``objective.sample``): the generators that drew ``noise``, so that a stochastic
+    sampler continues their streams as a diffusers pipeline continues its ``generator``."""
     if labels is not None and cond is not None:
         raise ValueError("generate takes labels or cond, not both")
     if cond is None:
@@ -199,7 +210,7 @@ def generate(
         precision=precision,
         dynamic_steps=steps if dynamic_cfg else None,
     )
-    out = objective.sample(fn, noise, steps, generator=gen)
+    out = objective.sample(fn, noise, steps, generator=gen if generator is None else generator)
     model.train(was_training)
     return out
 
@@ -266,6 +277,12 @@ class SampleConfig:
     """V-DiT: number of videos when ``classes`` is empty (and for unconditional models)."""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """CogVideoX: a text prompt, one video each; repeat the flag for more (``--prompt "a" --prompt "b"``)."""
+    negative_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """CogVideoX: the prompt of CFG's unconditional branch (the pipelines' ``negative_prompt``): one for every
+    ``--prompt``, or one per ``--prompt`` in order; none: the null text (``text_null``)."""
+    text_null: Literal["zeros", "empty"] | None = None
+    """CogVideoX: the unconditional text without ``--negative-prompt``: "empty" T5("") (the diffusers
+    pipelines) or "zeros" (SAT); default: the run's ``text.null``, "empty" with ``--pretrained``."""
     image: str | None = None
     """CogVideoX-I2V: the condition image (PNG/JPG), resized to cover ``size`` and centre-cropped."""
     frame_index: int = 0
@@ -286,6 +303,11 @@ class SampleConfig:
     dynamic_cfg: bool = False
     """The CogVideoX pipelines' ``use_dynamic_cfg``: the guidance weight changes per step
     (``objectives.ddpm.dynamic_cfg_scale``)."""
+    sampler: Literal["ddim", "dpm"] | None = None
+    """CogVideoX: the sampler of the objective (default: the run's or ``DDPMConfig.cogvideox``'s, DDIM).
+    "dpm": diffusers' ``CogVideoXDPMScheduler`` loop, which CogVideo recommends for 5B and 5B-I2V (with
+    ``--dynamic-cfg``); stochastic, its step noise continues each sample's seeded generator as in the
+    pipelines."""
     snr_shift_scale: float | None = None
     """``--pretrained``: the objective's SNR shift (default: the folder's scheduler config, else 3.0 for the
     2B, 1.0 otherwise)."""
@@ -622,6 +644,11 @@ def _check_cogvideox_request(cfg: SampleConfig, mc) -> _Request:
         )
     if not cfg.prompt:
         raise ValueError('CogVideoX is text-conditioned: give --prompt "..." (one video per prompt)')
+    if len(cfg.negative_prompt) not in (0, 1, len(cfg.prompt)):
+        raise ValueError(
+            f"{len(cfg.negative_prompt)} --negative-prompt for {len(cfg.prompt)} --prompt: give one for all "
+            f"prompts or one per prompt"
+        )
     if mc.is_i2v and cfg.image is None:
         raise ValueError(
             f"this CogVideoX is {kind} (in_channels {mc.in_channels} = 2 x out_channels): give --image FILE"
@@ -676,6 +703,7 @@ def _text_config(cfg: SampleConfig, mc, run_cfg: dict | None):
             path=cfg.text_encoder or cfg.pretrained,
             max_length=mc.max_text_seq_length,
             dtype=cfg.text_dtype or "bfloat16",
+            null=cfg.text_null or "empty",  # the diffusers pipelines' null
         )
     text = from_dict(TextEncoderConfig, run_cfg["text"])
     base = run_cfg.get("pretrained")
@@ -688,7 +716,7 @@ def _text_config(cfg: SampleConfig, mc, run_cfg: dict | None):
                 "folder the cache was made with)"
             )
         text = dataclasses.replace(text, path=base)
-    return dataclasses.replace(text, dtype=cfg.text_dtype or text.dtype)
+    return dataclasses.replace(text, dtype=cfg.text_dtype or text.dtype, null=cfg.text_null or text.null)
 
 
 def _slice(cond: Cond, rows: slice) -> Cond:
@@ -716,6 +744,9 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     encoder = T5TextEncoder(text_cfg).to(device)
     context, mask = encoder.encode(prompts)  # [B, L, D], None (CogVideoX: no mask)
     null_text = {k: v.float() if v is not None else None for k, v in encoder.null().items()}
+    negative = None
+    if cfg.negative_prompt:  # [1 or B, L, D]: the unconditional text instead of the null
+        negative = encoder.encode(list(cfg.negative_prompt))
     context = context.float()
     del encoder  # the 5B's T5 is 9.5 GB: gone before the transformer loads
 
@@ -727,14 +758,21 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     else:
         model, objective, vae, run = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device, dtype=dtype)
         info = {"ckpt": run["_ckpt"]}
+    if cfg.sampler is not None:
+        if not isinstance(objective, DDPM):
+            raise ValueError(
+                f"--sampler {cfg.sampler} is a DDPM sampler; this run's objective is {objective.cfg}"
+            )
+        objective = DDPM(dataclasses.replace(objective.cfg, sampler=cfg.sampler))
 
     s, r = vae.spatial_compression, vae.temporal_compression
     B, F_all = len(prompts), req.latent_frames + req.pad
     shape = (1, F_all, mc.out_channels, req.height // s, req.width // s)
     image = load_image(cfg.image, (req.height, req.width)).to(device) if cfg.image is not None else None
-    image_latents, noise = [], []
+    image_latents, noise, gens = [], [], []
     for i in range(B):  # the pipeline's draws, per sample: the image condition, then the initial noise
         g = torch.Generator().manual_seed(cfg.seed + i)
+        gens.append(g)  # a stochastic sampler (dpm) continues it: the pipeline's step noise
         if image is not None:
             n = req.num_frames + r * req.pad
             image_latents.append(inference_condition(image, vae, n, cfg.frame_index, generator=g))
@@ -744,7 +782,11 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
         context_mask=mask,
         image_latents=torch.cat(image_latents) if image is not None else None,
     )
-    null = cond.null(**null_text)  # the empty prompt; the image latents are kept (text-only guidance)
+    null = cond.null(**null_text)  # the null text; the image latents are kept (text-only guidance)
+    if negative is not None:  # the pipelines' negative_prompt, one per sample (a single one repeated)
+        neg, neg_mask = negative  # [1 or B, L, D], [1 or B, L] | None
+        neg_mask = None if neg_mask is None else neg_mask.expand(B, -1)
+        null = dataclasses.replace(null, context=neg.float().expand(B, -1, -1), context_mask=neg_mask)
     noise = torch.cat(noise)  # [B, F', C, h, w]
     cfg_scale = COGVIDEOX_CFG_SCALE if cfg.cfg_scale is None else cfg.cfg_scale
     out = []
@@ -764,11 +806,14 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
                 seed=cfg.seed,
                 device=device,
                 precision=cfg.precision,
+                generator=gens[rows],
             ).cpu()
         )
     latents = torch.cat(out)[:, req.pad :]  # CogVideoX 1.5: the front padding frame dropped, as the pipeline
     record = info | {
         "prompts": prompts,
+        "negative_prompts": list(cfg.negative_prompt),
+        "text_null": text_cfg.null,
         "seeds": [cfg.seed + i for i in range(B)],
         "image": cfg.image,
         "frame_index": cfg.frame_index if cfg.image is not None else None,
@@ -777,6 +822,7 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
         "steps": cfg.steps,
         "cfg_scale": cfg_scale,
         "dynamic_cfg": cfg.dynamic_cfg,
+        "sampler": objective.cfg.sampler,
         "use_ema": cfg.use_ema if cfg.ckpt is not None else None,
         "precision": cfg.precision,
     }
@@ -831,6 +877,8 @@ def sample(cfg: SampleConfig) -> Path:
     cogvideox_only |= dict(
         num_frames=cfg.num_frames, frame_index=cfg.frame_index, snr_shift_scale=cfg.snr_shift_scale
     )
+    cogvideox_only |= dict(sampler=cfg.sampler)
+    cogvideox_only |= dict(negative_prompt=cfg.negative_prompt, text_null=cfg.text_null)
     for name, value in cogvideox_only.items():
         if value:
             flag = "--" + name.replace("_", "-")

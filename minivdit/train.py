@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
 from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
 from minivdit.conditioning import Conditioner, batch_cond
 from minivdit.conditioning.i2v import I2VConfig
-from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, text_identity
+from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, null_context, text_identity
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
@@ -53,6 +54,7 @@ from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.preempt import EXIT_PREEMPTED, Preempted, PreemptionHandler, check_signal_names
 from minivdit.sample import decode_latents, generate, write_samples
+from minivdit.validate import ValidationConfig, Validator
 
 log = logging.getLogger("minivdit")
 MAX_NONFINITE_IN_A_ROW = 10
@@ -60,7 +62,10 @@ MAX_NONFINITE_IN_A_ROW = 10
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW with linear warm-up then a constant learning rate (Latte / DiT / REPA)."""
+    """AdamW with a linear warm-up, then a constant (Latte / DiT / REPA; CogVideo ``finetune/`` and VideoREPA:
+    ``constant_with_warmup``, 100 steps) or linearly decaying learning rate (CogVideoX SAT), and an optional
+    cool-down: :func:`lr_at`. The lr is a function of the step, and the step is checkpointed (with the
+    optimizer's state): a resumed run follows the same curve."""
 
     lr: float = 1e-4
     """Peak learning rate (Latte/DiT/REPA: 1e-4)."""
@@ -71,7 +76,18 @@ class OptimConfig:
     eps: float = 1e-8
     """Adam epsilon."""
     warmup_steps: int = 0
-    """Linear warm-up from 0 to ``lr`` over this many optimizer steps."""
+    """Linear warm-up from 0 to ``lr`` over this many optimizer steps (CogVideo ``finetune/``, VideoREPA:
+    100)."""
+    warmup_fraction: float = 0.0
+    """Warm up over this fraction of ``max_steps`` instead of ``warmup_steps`` (SwissArmyTransformer's
+    ``--warmup``, default 0.01 = 1 %, which CogVideoX's SAT fine-tuning keeps); 0: use ``warmup_steps``."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """After the warm-up: "constant", or "linear", SwissArmyTransformer's ``AnnealingLR`` "linear" decay
+    (``sat/training/learning_rates.py``, the CogVideoX SAT trainer's default ``--lr-decay-style``):
+    ``lr·(1 − (n − W)/max_steps)`` at step n = 1, 2, … after a warm-up of W steps, i.e. from ``lr`` down to
+    ``lr·W/max_steps`` at the last step (0.01·lr with ``warmup_fraction`` 0.01; SAT's ``--lr-decay-ratio``
+    0.1 is read by its cosine style only). Depends on ``max_steps``: resuming with another ``--max-steps``
+    changes the curve from there on."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
     clip_start_step: int = 0
@@ -86,6 +102,15 @@ class OptimConfig:
             raise ValueError(f"invalid OptimConfig: {self}")
         if self.decay_steps < 0:
             raise ValueError(f"OptimConfig.decay_steps must be >= 0, got {self.decay_steps}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"OptimConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.warmup_fraction and self.warmup_steps:
+            raise ValueError(
+                f"OptimConfig: give warmup_steps ({self.warmup_steps}) or warmup_fraction "
+                f"({self.warmup_fraction}), not both"
+            )
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"OptimConfig.schedule must be 'constant' or 'linear', got {self.schedule!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +210,9 @@ class TrainConfig:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     parallel: dist.ParallelConfig = field(default_factory=dist.ParallelConfig)
     sample: SampleEvalConfig = field(default_factory=SampleEvalConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Text / image-to-video runs: fixed prompts (and images) sampled every ``validation.every`` steps and at
+    the end into ``<run>/samples/validation/`` and tensorboard (``minivdit/validate.py``)."""
     vae: VAEConfig = field(default_factory=VAEConfig)
     """Autoencoder between pixels and the DiT (``--vae.kind causal3d --vae.path DIR``); kind "none" trains in
     pixel space (model.in_channels = 3)."""
@@ -205,6 +233,10 @@ class TrainConfig:
     """Optimizer steps to train for (in total, counting steps before a resume)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (global batch = data.batch_size × world × grad_accum)."""
+    global_batch: int | None = None
+    """Clips per optimizer step over all ranks. Set, it decides ``grad_accum`` at launch: ``global_batch /
+    (data.batch_size × world)``, which must be a whole number, so a recipe keeps its reference batch on any
+    number of GPUs. None: ``grad_accum`` as given."""
     precision: dist.Precision = "fp32"
     """"fp32" or "bf16" (FSDP2 bf16 params with fp32 reduction on CUDA; bf16 autocast otherwise)."""
     resume: str | None = None
@@ -224,9 +256,21 @@ class TrainConfig:
             raise ValueError(
                 f"max_steps and grad_accum must be >= 1, got {self.max_steps}, {self.grad_accum}"
             )
+        if self.global_batch is not None and (
+            self.global_batch < 1 or self.global_batch % self.data.batch_size
+        ):
+            raise ValueError(
+                f"global_batch={self.global_batch} must be a positive multiple of data.batch_size="
+                f"{self.data.batch_size}"
+            )
         if isinstance(self.model, CogVideoXConfig):
             self._check_cogvideox()
             return
+        if self.validation.enabled:
+            raise ValueError(
+                "--validation.prompts is for text-conditioned (CogVideoX) runs; a V-DiT samples its class grid "
+                "every --sample-every steps"
+            )
         if self.lora.enabled or self.i2v.enabled:
             raise ValueError(
                 "--lora.rank > 0 and --i2v.mode are for the CogVideoX transformer; this run trains a V-DiT"
@@ -293,6 +337,26 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name
+
+
+def with_global_batch(cfg: TrainConfig, world: int) -> TrainConfig:
+    """``cfg`` with the ``grad_accum`` its ``global_batch`` needs on ``world`` ranks (unchanged without one);
+    ValueError naming the three numbers when they do not divide."""
+    if cfg.global_batch is None:
+        return cfg
+    per_step = cfg.data.batch_size * world
+    if cfg.global_batch % per_step:
+        raise ValueError(
+            f"global_batch={cfg.global_batch} is not a multiple of data.batch_size {cfg.data.batch_size} × "
+            f"{world} ranks: change --global-batch or --data.batch-size, or set --global-batch None and "
+            f"--grad-accum"
+        )
+    accum = cfg.global_batch // per_step
+    log.info(
+        f"grad_accum {accum}: global batch {cfg.global_batch} = {cfg.data.batch_size} per rank × {world} "
+        f"ranks × {accum} micro-batches (--global-batch decides it)"
+    )
+    return replace(cfg, grad_accum=accum)
 
 
 def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
@@ -382,6 +446,7 @@ def train_step(
             x_data = vae.encode(batch.video).float()  # [B, F', C, h, w], scaled by the VAE
     else:
         x_data = batch.video  # pixel space: [B, F, 3, H, W]
+    x_data, cond = cogvideox_model.pad_frames(getattr(dist.unwrap(model), "cfg", None), x_data, cond)  # 1.5
     feats = None
     if align is not None:
         if batch.feats is not None:  # cached by tools/cache_latents.py: the teacher is skipped
@@ -503,13 +568,36 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
     if encoder is not None:
         encoder = encoder.to(ctx.device)
     cached = "text" in (getattr(dataset, "meta", None) or {}).get("fields", {})
-    null = dataset.text_null() if cached else None  # the empty prompt's cached tokens
+    # the null text of --text.null, from the empty prompt's cached tokens (T5("") or zeros of their shape)
+    null = null_context(cfg.text.null, *dataset.text_null()) if cached else None
     return Conditioner(
         text_encoder=encoder,
         text_null=null,
         text_dropout=cfg.text.dropout,
         i2v=cfg.i2v,
         vae=vae,
+        autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,  # as train_step's vae.encode
+    )
+
+
+def build_validator(cfg: TrainConfig, ctx: dist.DistContext, conditioner, vae) -> Validator | None:
+    """The run's validation set (``cfg.validation``), its prompts and images encoded once; None without one."""
+    if not cfg.validation.enabled:
+        return None
+    model = cfg.model
+    return Validator(
+        cfg.validation,
+        text_encoder=conditioner.text_encoder,
+        text_cfg=cfg.text,
+        text_null=conditioner.text_null,
+        vae=vae,
+        is_i2v=model.is_i2v,
+        patch_size_t=model.patch_size_t,
+        num_frames=cfg.data.num_frames,
+        size=cfg.data.frame_size,
+        device=ctx.device,
+        rank=ctx.rank,
+        world=ctx.world,
     )
 
 
@@ -605,9 +693,25 @@ def update_ema(ema: torch.nn.Module | None, model: torch.nn.Module, decay: float
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int | None = None) -> float:
-    """The lr of optimizer step ``step`` (0-based): linear warm-up, constant, then with ``decay_steps`` a
-    linear decay reaching 0 after the last step."""
-    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    """The lr of optimizer step ``step`` (0-based): a linear warm-up over W steps (``warmup_steps``, or
+    ``warmup_fraction · max_steps``), then constant or SAT's linear decay (``OptimConfig.schedule``), then
+    with ``decay_steps`` a linear cool-down reaching 0 after the last step.
+
+    The warm-up and the decay are SwissArmyTransformer's ``AnnealingLR.get_lr`` with its iteration counter
+    n = step + 1 (its scheduler is stepped once before the first update): ``lr·n/W`` while n ≤ W, then
+    ``lr·(max_steps − (n − W))/max_steps``. Not reproduced: SAT's fine-tune mode caps the lr at 5 % for the
+    first 100 iterations after every (re)start (``auto_warmup_steps``), which also shifts a resumed run's
+    curve by 100 steps; here a resume continues the same curve."""
+    if max_steps is None and (cfg.warmup_fraction or cfg.schedule == "linear"):
+        raise ValueError("lr_at: warmup_fraction and schedule='linear' need max_steps")
+    W = cfg.warmup_fraction * max_steps if cfg.warmup_fraction else cfg.warmup_steps  # SAT: a float
+    n = step + 1
+    if W and n <= W:
+        lr = cfg.lr * n / W
+    elif cfg.schedule == "linear":
+        lr = cfg.lr * ((max_steps - (n - W)) / max_steps)  # SAT's expression, in its order
+    else:
+        lr = cfg.lr
     if cfg.decay_steps and max_steps is not None:
         lr *= min(1.0, (max_steps - step) / cfg.decay_steps)
     return lr
@@ -837,6 +941,7 @@ def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
 
 def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> Path:
     ctx = dist.init()
+    cfg = with_global_batch(cfg, ctx.world)
     run_dir = cfg.run_dir
     resume_from = start_run(cfg, ctx, structural=("model", "lora", "align"))
 
@@ -849,6 +954,7 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
     model, ema = build_models(cfg, ctx, model_cls)
     teacher, head = build_alignment(cfg, ctx, vae, loader.dataset)
     conditioner = build_conditioner(cfg, ctx, vae, loader.dataset)
+    validator = build_validator(cfg, ctx, conditioner, vae)
     objective = build_objective(cfg.objective)
     trainable = [p for p in dist.unwrap(model).parameters() if p.requires_grad]  # LoRA: the adapters only
     optimizer = build_optimizer(trainable, cfg.optim)
@@ -893,7 +999,8 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
             batch = next(loader)
             seed = micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank)
             torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed + 1)  # the conditioner's own stream
+            # the conditioner's own stream, on the training device (anyframe's fill noise is drawn there)
+            generator = torch.Generator(ctx.device).manual_seed(seed + 1)
             sync = micro == cfg.grad_accum - 1
             with dist.sync_grads(model, enabled=sync), dist.sync_grads(head, enabled=sync):
                 loss, metrics = train_step(
@@ -936,6 +1043,8 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
             means["lr"] = optimizer.param_groups[0]["lr"]
             means["nonfinite_skipped"] = float(nonfinite.total)
             means["epoch"] = float(loader.epoch)
+            if cfg.align is not None:  # the alignment term next to the diffusion loss: λ·L_align / L_diff
+                means["align_ratio"] = cfg.align.weight * means["loss/align"] / means["loss/diff"]
             logger.log(step, means, samples_per_step=samples_per_step, peak_mem_gib=_peak_mem_gib(ctx.device))
             sums, logged_steps = {}, 0
         last, stop = step == cfg.max_steps, preemption.requested()
@@ -963,9 +1072,15 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
             raise preemption.stopped(step, path)
         sampler = ema if ema is not None else dist.unwrap(model)
         due = cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last)
-        if due and conditioner is not None and conditioner.needs_prompts:
-            if last:
-                log.info("samples: text-conditioned runs sample with python -m minivdit.sample (prompts)")
+        if validator is not None and cfg.validation.due(step, last):
+            validator(sampler, objective, step=step, run_dir=cfg.run_dir, logger=logger, precision=cfg.precision)
+            model.train()
+        elif due and conditioner is not None and conditioner.needs_prompts:
+            if last and validator is None:
+                log.info(
+                    "samples: give --validation.prompts to sample during training, or sample the checkpoint "
+                    "with python -m minivdit.sample --prompt"
+                )
         elif due:
             _sample_grid(
                 cfg, sampler, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
@@ -1146,7 +1261,7 @@ def _prepare_train(default: TrainConfig, args: list[str]) -> tuple[dict, tuple[s
         # Before the flags, so that they apply to the folder's architecture. A folder that is not there (the
         # recipe's /models/... default on a laptop, --help) is left to train(), which names it.
         overrides["model"] = pretrained_architecture(default.model, folder)
-    hide = ("eval",) if isinstance(default.model, CogVideoXConfig) else ("lora", "text", "i2v")
+    hide = ("eval",) if isinstance(default.model, CogVideoXConfig) else ("lora", "text", "i2v", "validation")
     return overrides, hide
 
 

@@ -67,7 +67,14 @@ def config(objective: str = "flow") -> TrainConfig:
             batch_size=3,
             num_workers=8,
         ),  # fmt: skip
-        align=AlignConfig(loss="align4gen", weight=0.5, block_index=9, projector_dim=2048, fusion="shared"),
+        align=AlignConfig(
+            loss="align4gen",
+            weight=0.5,
+            block_index=9,
+            projector_dim=2048,
+            projector_init="xavier",  # REPA's SiT.initialize_weights (Align4Gen releases no code)
+            fusion="shared",
+        ),
         teacher=TeacherConfig(dinov2="/weights/dinov2-base", sam2="/weights/sam2.1-hiera-base-plus"),
         optim=OptimConfig(lr=1e-4, weight_decay=0.0, grad_clip=0.1),
         ema=EMAConfig(decay=0.9999),

@@ -57,7 +57,7 @@ def config(objective: str = "ddpm") -> TrainConfig:
         ),  # fmt: skip
         optim=OptimConfig(lr=1e-4, weight_decay=0.0, grad_clip=0.1, clip_start_step=20_000),
         ema=EMAConfig(decay=0.9999),
-        log=LogConfig(every=50),
+        log=LogConfig(every=100),  # ffs_train.yaml: log_every 100 (the other datasets: 50)
         ckpt=CkptConfig(every=10_000, keep=3),
         sample=SampleEvalConfig(num=8, steps=250, cfg_scale=1.0),
         eval=EvalConfig(protocol="latte", every=50_000, steps=250),

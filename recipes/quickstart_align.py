@@ -54,7 +54,9 @@ def config() -> TrainConfig:
         max_steps=1500,
         sample_every=0,
         # Projector hidden width 512 rather than REPA's 2048: the DiT is 128 wide.
-        align=AlignConfig(loss="align4gen", weight=0.5, block_index=3, projector_dim=512),
+        align=AlignConfig(
+            loss="align4gen", weight=0.5, block_index=3, projector_dim=512, projector_init="xavier"
+        ),
         teacher=TeacherConfig(tiny_random=True),
     )
 

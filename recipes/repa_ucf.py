@@ -1,7 +1,8 @@
 """REPA on UCF-101, class-conditional: REPA's recipe (Yu et al. 2025, "Representation Alignment for
 Generation", ``sihyun-yu/REPA``) ported to the V-DiT: flow matching (SiT's linear path, velocity),
 DINOv2-B only, alignment of the output of block 8 (REPA's ``encoder_depth=8``, 1-indexed) through REPA's
-3-layer projector (2048 wide) with −cos, λ = 0.5 (``proj_coeff``).
+3-layer projector (2048 wide, xavier-uniform init as REPA's ``SiT.initialize_weights``) with −cos, λ = 0.5
+(``proj_coeff``).
 
 Targets the "V-DiT + Ours (DINOv2)" rows of Align4Gen Table 1 (REPA-style single-encoder alignment: cd-FVD
 225.32 at 400K, 194.70 at 1M) as the single-encoder baseline of ``align4gen_ucf.py``.
@@ -56,7 +57,9 @@ def config() -> TrainConfig:
             batch_size=3,
             num_workers=8,
         ),  # fmt: skip
-        align=AlignConfig(loss="repa", weight=0.5, block_index=8, projector_dim=2048),
+        align=AlignConfig(
+            loss="repa", weight=0.5, block_index=8, projector_dim=2048, projector_init="xavier"
+        ),  # REPA's SiT.initialize_weights: xavier-uniform projector weights, zero biases
         teacher=TeacherConfig(dinov2="/weights/dinov2-base"),
         optim=OptimConfig(lr=1e-4, weight_decay=0.0, grad_clip=1.0),
         ema=EMAConfig(decay=0.9999),

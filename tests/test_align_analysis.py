@@ -279,3 +279,32 @@ def test_analyze_encoders_end_to_end(tmp_path, monkeypatch, tiny_run):
     assert report["plots"] == ["iicr.png", "delta_freq.png", "pca_video0.png"]
     for png in report["plots"]:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_encoders_raw_features_by_default_l2_on_request(tmp_path, monkeypatch):
+    """Align4Gen's Eq. 8 takes the encoder output itself (F = E(x_0)): ``--features raw``, the default, feeds
+    Δfreq and IICR the teacher's raw tokens; ``--features l2`` normalises each token first."""
+    from minivdit.align.analysis import frame_vectors
+
+    teachers = pytest.importorskip("minivdit.align.teachers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dinov2 = teachers.make_tiny_teacher("dinov2", tmp_path / "dinov2")
+    tool = _tool()
+    argv = ["--num-videos", "3", "--frames", "2", "--size", "28", "--batch", "3", "--dinov2", str(dinov2)]
+    argv += ["--grid", "3", "3", "--ks", "2", "--pca-videos", "0", "--device", "cpu"]
+    argv += ["--layer", "prenorm"]  # token norms vary before the final LayerNorm (after it all are ≈ √D)
+    raw = tool.main(["--out", str(tmp_path / "raw"), *argv])
+    l2 = tool.main(["--out", str(tmp_path / "l2"), *argv, "--features", "l2"])
+    assert raw["settings"]["features"] == "raw" and l2["settings"]["features"] == "l2"
+    # the oracle: the same clips through the same teacher, the metrics on raw / normalised tokens
+    [(video, _)] = list(tool.iter_videos(tool.parse_args(["--out", "x", *argv]), []))
+    feats = tool.build_teachers(tool.parse_args(["--out", "x", *argv]), torch.device("cpu"))["dinov2"](video)
+    for report, tokens in ((raw, feats), (l2, torch.nn.functional.normalize(feats, dim=-1))):
+        maps = tokens.reshape(6, 3, 3, -1)  # [B·F', h, w, D]
+        # the same float64 FFT of the same float32 tokens, averaged in float32 as the tool does
+        dfreq = float(delta_freq(maps).float().mean())
+        assert report["delta_freq"]["dinov2"] == pytest.approx(dfreq, rel=1e-6)
+        # frame vectors pooled in float32 as the tool pools them, then the same seeded float64 k-means
+        expected = iicr_terms(frame_vectors(tokens.mean(2))[None], 2, seed=0)["iicr"]
+        assert report["iicr"]["dinov2"]["2"] == pytest.approx(expected, rel=1e-9)
+    assert raw["delta_freq"]["dinov2"] != pytest.approx(l2["delta_freq"]["dinov2"], rel=1e-3)

@@ -16,6 +16,7 @@ from minivdit.align.heads import (
     AlignHead,
     Projector,
     check_block_index,
+    conv_stride,
     gather_frames,
     match_frames,
     resample_grid,
@@ -57,6 +58,13 @@ def test_tubelet():
     assert match_frames("tubelet", 4, 5, stride=2) == [[], [0], [1], [2], [3]]
 
 
+def test_tubelet_repeat():
+    # VideoMAE (tubelet 2) on a per-frame VAE (Align4Gen Table 4): 16 frames -> 8 tubelets, each over 2 frames
+    assert match_frames("tubelet_repeat", 8, 16, stride=1) == [[j // 2] for j in range(16)]
+    # pixel frame 0 dropped first (drop_first_frame): 17 frames -> 8 tubelets over frames 1..16, frame 0 none
+    assert match_frames("tubelet_repeat", 8, 17, stride=1) == [[]] + [[j // 2] for j in range(16)]
+
+
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
@@ -65,6 +73,8 @@ def test_tubelet():
         (("group_mean", 17, 4), {}, r"'group_mean'.*13 for 4 DiT.*got 17 teacher"),
         (("tubelet", 24, 12), {}, r"'tubelet'.*22 for 12 DiT.*got 24 teacher"),
         (("tubelet", 9, 4), {"stride": 3}, "even temporal stride"),
+        (("tubelet_repeat", 8, 16), {"stride": 4}, r"temporal stride 1\), got stride 4.*'tubelet'"),
+        (("tubelet_repeat", 7, 16), {"stride": 1}, r"'tubelet_repeat'.*8 for 16 DiT.*got 7 teacher"),
         (("nearest", 4, 4), {}, "unknown frame_match"),
     ],
 )
@@ -197,6 +207,69 @@ def test_head_tubelet_drops_latent_zero():
     torch.testing.assert_close(head(hidden, feats), head(changed, feats))
 
 
+def test_head_tubelet_repeat_is_repa_on_repeated_tubelets():
+    head = _head(loss="repa", frame_match="tubelet_repeat", stride=1, grid_match="teacher_to_dit")
+    hidden, feats = _inputs(frames=4, teacher_frames=2)
+    target = resample_grid(feats.repeat_interleave(2, dim=1), TEACHER_GRID, DIT_GRID)  # tubelets 0,0,1,1
+    # same ops on the same values in the same order (a frame copy commutes with the per-frame resampling)
+    torch.testing.assert_close(head(hidden, feats), losses.repa(head.projectors[0](hidden), target))
+
+
+def test_head_normalises_after_averaging():
+    """Raw teacher tokens are averaged first, normalised last (VideoREPA's avg_pool1d, then the loss): a
+    frame with 100× larger tokens dominates its group's mean, which averaging unit tokens would not do."""
+    head = _head(loss="repa", frame_match="group_mean", grid_match="teacher_to_dit")
+    hidden, feats = _inputs(frames=2, teacher_frames=5)
+    feats[:, 2] *= 100.0
+    z = head.projectors[0](hidden)
+    raw_mean = torch.stack([feats[:, 0], feats[:, 1:5].mean(1)], 1)  # groups [0], [1, 2, 3, 4]
+    unit_mean = torch.stack([F.normalize(feats[:, 0], dim=-1), F.normalize(feats[:, 1:5], dim=-1).mean(1)], 1)
+    out = head(hidden, feats)
+    # the head runs the same fp32 ops (group mean, resampling, loss) on the same values: default tolerances
+    torch.testing.assert_close(out, losses.repa(z, resample_grid(raw_mean, TEACHER_GRID, DIT_GRID)))
+    assert not torch.allclose(out, losses.repa(z, resample_grid(unit_mean, TEACHER_GRID, DIT_GRID)))
+
+
+def _repa_init_oracle(head: AlignHead) -> None:
+    """The oracle: REPA's ``SiT.initialize_weights`` ``_basic_init`` (``sihyun-yu/REPA`` ``models/sit.py``
+    l.214-219), applied with ``Module.apply`` as REPA does."""
+
+    def _basic_init(module):
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.constant_(module.bias, 0)
+
+    head.apply(_basic_init)
+
+
+def test_projector_init_xavier_is_repas_and_torch_is_pytorchs():
+    assert AlignConfig().projector_init == "xavier"
+    ours, ref = _head(projector_init="xavier"), _head(projector_init="xavier")
+    torch.manual_seed(5)
+    ours.init_weights()
+    torch.manual_seed(5)
+    _repa_init_oracle(ref)
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same RNG draws in the same order: bit-identical
+    for lin in (ours.projectors[0][i] for i in (0, 2, 4)):
+        bound = (6 / (lin.in_features + lin.out_features)) ** 0.5  # xavier-uniform, gain 1
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+        assert not lin.bias.any()
+
+    torch_head = _head(projector_init="torch")
+    torch.manual_seed(5)
+    torch_head.init_weights()
+    torch.manual_seed(5)
+    for lin in (ref.projectors[0][i] for i in (0, 2, 4)):
+        lin.reset_parameters()  # nn.Linear's own init: kaiming-uniform (a = √5) weights, uniform biases
+    for (name, a), b in zip(torch_head.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(torch_head.projectors[0][i].bias.any() for i in (0, 2, 4))
+    with pytest.raises(ValueError, match="projector_init"):
+        AlignConfig(projector_init="zeros")  # type: ignore[arg-type]
+
+
 def test_head_fusion_shared_and_separate():
     dims = (6, 4)
     hidden, feats = _inputs(frames=2, teacher_frames=2, dt=sum(dims), teacher_grid=DIT_GRID)
@@ -272,3 +345,75 @@ def test_head_errors(hidden_shape, feats_shape, match):
 def test_head_constructor_errors():
     with pytest.raises(ValueError, match="teacher_dims"):
         _head(teacher_dims=())
+
+
+# ---- learned conv (VideoREPA's downsampler_cogvideo_output)
+
+
+def _videorepa_conv_oracle(head: AlignHead, hidden: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """The oracle: VideoREPA's DiT path for per-frame matching (``aHapBean/VideoREPA``
+    ``finetune/models/cogvideox_t2v_align/lora_trainer.py`` l.295-322: projector output reshaped to
+    ``[B, F, h, w, C]``, permuted to ``[B·F, C, h, w]``, ``downsampler_cogvideo_output``, back to tokens),
+    then the loss; written with reshape/permute, not the head's einops."""
+    (h, w), (th, tw) = head.dit_grid, head.teacher_grid
+    z = head.projectors[0](hidden)  # [B, F, h·w, C]
+    Bn, Fn, _, C = z.shape
+    x = z.reshape(Bn, Fn, h, w, C).permute(0, 1, 4, 2, 3).reshape(Bn * Fn, C, h, w)
+    x = head.downsamplers[0](x)  # [B·F, C, th, tw]
+    x = x.reshape(Bn, Fn, C, th * tw).permute(0, 1, 3, 2)  # [B, F, th·tw, C]
+    return losses.repa(x, feats)
+
+
+@pytest.mark.parametrize(
+    "dit_grid, teacher_grid, stride", [((6, 9), (2, 3), (3, 3)), ((4, 6), (2, 2), (2, 3))]
+)
+def test_learned_conv_shapes_gradients_and_oracle(dit_grid, teacher_grid, stride):
+    """VideoREPA's stride 3 (30×45 → 10×15, first case scaled down); strides may differ per axis."""
+    assert conv_stride((30, 45), (10, 15)) == (3, 3)
+    assert conv_stride(dit_grid, teacher_grid) == stride
+    head = AlignHead(
+        AlignConfig(projector_dim=HID, loss="repa", grid_match="learned_conv", projector_init="torch"),
+        hidden_dim=D,
+        teacher_dims=[6],
+        dit_grid=dit_grid,
+        teacher_grid=teacher_grid,
+    )
+    head.init_weights()
+    [conv] = head.downsamplers
+    assert (conv.in_channels, conv.out_channels) == (6, 6)  # on the projector's output, as VideoREPA (768)
+    assert conv.kernel_size == conv.stride == stride and conv.padding == (0, 0)
+    hidden, feats = _inputs(frames=3, teacher_frames=3, grid=dit_grid, teacher_grid=teacher_grid)
+    out = head(hidden, feats)
+    assert out.shape == (B,) and torch.isfinite(out).all()
+    # the same fp32 ops on the same values (a reshape/permute instead of einops): default fp32 tolerances
+    torch.testing.assert_close(out, _videorepa_conv_oracle(head, hidden, feats))
+    out.sum().backward()
+    for name, p in head.named_parameters():  # conv trained with the projector (VideoREPA trainer.py l.260)
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert {k for k in head.state_dict() if k.startswith("downsamplers")} == {
+        "downsamplers.0.weight",
+        "downsamplers.0.bias",
+    }
+
+
+def test_learned_conv_per_projector_and_error():
+    dims = (6, 4)
+    sep = AlignHead(
+        AlignConfig(projector_dim=HID, loss="drepa", grid_match="learned_conv", fusion="separate"),
+        hidden_dim=D,
+        teacher_dims=dims,
+        dit_grid=(4, 6),
+        teacher_grid=(2, 3),
+    )
+    assert [c.out_channels for c in sep.downsamplers] == [6, 4]
+    hidden, feats = _inputs(frames=2, teacher_frames=2, dt=10, grid=(4, 6), teacher_grid=(2, 3))
+    assert sep(hidden, feats).shape == (B,)
+    assert len(_head().downsamplers) == 0  # resampling heads keep their state-dict keys
+    with pytest.raises(ValueError, match=r"got DiT grid 4×6 and teacher grid 3×3: set --teacher.token-grid"):
+        AlignHead(
+            AlignConfig(projector_dim=HID, grid_match="learned_conv"),
+            hidden_dim=D,
+            teacher_dims=[6],
+            dit_grid=(4, 6),
+            teacher_grid=(3, 3),
+        )

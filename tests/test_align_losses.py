@@ -223,10 +223,42 @@ def test_crepa_hand_computed():
         assert crepa(h, y, d=d, tau=tau, mode=mode).item() == pytest.approx(-total / 3, rel=1e-12)
 
 
-def test_crepa_without_neighbours_is_repa():
-    h, y = _pair((2, 3, 4, 5), 5, grad=False)
-    assert torch.allclose(crepa(h, y, d=3), repa(h, y), rtol=1e-12)  # all neighbours outside the clip
+def test_crepa_single_frame_is_repa():
+    h, y = _pair((2, 1, 4, 5), 5, grad=False)
+    assert torch.allclose(crepa(h, y, d=3), repa(h, y), rtol=1e-12)  # d clamped to F − 1 = 0: no neighbour
     assert crepa_weights(3, d=1).tolist()[1] == [math.exp(-1), 1.0, math.exp(-1)]
+
+
+def simpletuner_crepa(h: Tensor, y: Tensor, d: int, tau: float) -> Tensor:
+    """Oracle, re-implemented minimally: SimpleTuner ``CrepaRegularizer.compute_loss``, exact (adjacent)
+    mode, frame-normalised, without λ and per sample (``bghira/SimpleTuner``
+    ``simpletuner/helpers/training/crepa.py`` l.495-539 at bc8e6ab; the clamp d = min(d, F − 1): l.504)."""
+    p, f = F.normalize(h, dim=-1), F.normalize(y, dim=-1)
+    total = (p * f).sum(-1).mean(-1)  # [B, F] self similarity
+    frames = total.shape[1]
+    d = min(d, frames - 1)
+    if d > 0:
+        w = math.exp(-d / tau)
+        total[:, :-d] += w * (p[:, :-d] * f[:, d:]).sum(-1).mean(-1)
+        total[:, d:] += w * (p[:, d:] * f[:, :-d]).sum(-1).mean(-1)
+    return -total.sum(1) / frames
+
+
+def test_crepa_clamps_d_to_frames_minus_one_as_simpletuner(caplog):
+    h, y = _pair((2, 4, 3, 5), 5, grad=False)
+    with caplog.at_level("WARNING", logger="minivdit"):
+        clamped = crepa(h, y, d=9, tau=2.0)
+        crepa(h, y, d=9, tau=2.0)
+    assert caplog.text.count("crepa: d=9 >= the clip's 4 DiT frames, clamped to d=3") == 1  # logged once
+    assert torch.equal(clamped, crepa(h, y, d=3, tau=2.0))  # the same weights, built from d = 3
+    assert not torch.allclose(clamped, repa(h, y))  # frames 0 and 3 are each other's neighbours
+    # fp64, two different sums of ≤ 12 O(1) products: 1e-12 relative is thousands of ulp of margin
+    torch.testing.assert_close(clamped, simpletuner_crepa(h, y, 9, 2.0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        crepa(h, y, d=2, tau=2.0), simpletuner_crepa(h, y, 2, 2.0), rtol=1e-12, atol=1e-12
+    )
+    # cumulative: every distance 1..F−1 either way, the clamp changes nothing
+    assert torch.equal(crepa(h, y, d=9, mode="cumulative"), crepa(h, y, d=3, mode="cumulative"))
 
 
 def test_crepa_gradients_reach_h():

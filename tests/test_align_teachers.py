@@ -1,11 +1,13 @@
 """Frozen teachers (minivdit/align/teachers.py) on tiny random transformers models saved to disk: token
-grids, per-encoder L2 normalisation, concatenation, frozen-ness, parity with the raw transformers models on
-manually preprocessed input, loading errors and frame counts.
+grids, raw (unnormalised) concatenation, frozen-ness, parity with the raw transformers models on manually
+preprocessed input, VideoMAE's position table against VideoREPA's 3-D interpolation, loading errors and frame
+counts.
 
 Run: ``python -m pytest -q tests/test_align_teachers.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -37,6 +39,7 @@ from minivdit.align.teachers import (
     VJEPA2Encoder,
     _RopeGrid,
     build_teacher,
+    interpolate_positions,
     make_tiny_teacher,
 )
 
@@ -80,15 +83,17 @@ def manual_pixels(video: torch.Tensor, size: tuple[int, int], mode: str) -> torc
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
-def test_grid_and_unit_norm(tiny, kind):
+def test_grid_and_raw_tokens(tiny, kind):
     enc = ENCODERS[kind](tiny[kind], grid=(2, 3))  # non-square grid
     teacher = Teacher([enc])
-    feats = teacher(clip(b=2, t=4))
+    video = clip(b=2, t=4)
+    feats = teacher(video)
     f_out = 2 if kind in VIDEO_KINDS else 4
     assert feats.shape == (2, f_out, 6, enc.dim)
     assert feats.dtype == torch.float32
     assert teacher.grid == (2, 3) and teacher.dims == (enc.dim,) and teacher.frames_out(4) == f_out
-    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2, f_out, 6))
+    # raw tokens, not normalised: the head normalises after its frame averaging (the same call: bit-identical)
+    assert torch.equal(feats, enc(video))
 
 
 def test_fusion_dinov2_sam2(tiny):
@@ -99,11 +104,7 @@ def test_fusion_dinov2_sam2(tiny):
     video = clip(t=3)
     feats = teacher(video)
     assert feats.shape == (1, 3, 6, 96)
-    d0 = teacher.dims[0]
-    torch.testing.assert_close(feats[..., :d0].norm(dim=-1), torch.ones(1, 3, 6))
-    torch.testing.assert_close(feats[..., d0:].norm(dim=-1), torch.ones(1, 3, 6))
-    parts = [F.normalize(e(video), dim=-1) for e in teacher.encoders]
-    torch.testing.assert_close(feats, torch.cat(parts, dim=-1))
+    assert torch.equal(feats, torch.cat([e(video) for e in teacher.encoders], dim=-1))  # raw, concatenated
 
 
 def test_config_and_build():
@@ -114,6 +115,49 @@ def test_config_and_build():
         TeacherConfig(sam2_stage=4)
     with pytest.raises(ValueError, match="unknown tiny teacher kind"):
         make_tiny_teacher("clip", "unused")
+
+
+def test_token_grid_is_independent_of_the_dit_grid(tiny):
+    """``TeacherConfig.token_grid``: the encoders run at token grid × their own patch (VideoREPA: V-JEPA 2 at
+    160×240 → 10×15 under a 30×45 DiT), whatever the DiT grid passed; None keeps the DiT's."""
+    video = clip(t=5, h=24, w=36)
+    cfg = TeacherConfig(vjepa2=str(tiny["vjepa2"]), drop_first_frame=True, token_grid=(1, 2))
+    teacher = build_teacher(cfg, grid=(3, 6))
+    [enc] = teacher.encoders
+    assert teacher.grid == (1, 2) and enc.input_size == (16, 32)  # tiny V-JEPA 2: patch 16
+    feats = teacher(video)
+    assert feats.shape == (1, 2, 2, 32)  # frames 1..4 → 2 tubelets, 1×2 tokens, width 32
+    # the encoder built on that grid directly: same weights, same ops on the same input, so bit-identical
+    direct = VJEPA2Encoder(tiny["vjepa2"], grid=(1, 2), drop_first_frame=True)
+    assert torch.equal(feats, direct(video))
+    assert build_teacher(dataclasses.replace(cfg, token_grid=None), grid=(3, 6)).grid == (3, 6)
+    fused = build_teacher(
+        TeacherConfig(dinov2=str(tiny["dinov2"]), sam2=str(tiny["sam2"]), token_grid=(2, 3)), grid=(4, 6)
+    )
+    assert fused.grid == (2, 3) and fused.encoders[0].input_size == (28, 42)  # each at its own patch (14)
+    assert fused(clip(t=2)).shape == (1, 2, 6, 32 + 64)
+    with pytest.raises(ValueError, match="token_grid"):
+        TeacherConfig(token_grid=(0, 3))
+
+
+def test_prenorm_per_encoder_in_a_fused_teacher(tiny):
+    """``prenorm`` names the encoders read before their final LayerNorm: a fused teacher mixes post-norm
+    DINOv2 with pre-norm DINOv3; a listed encoder that is not set (V-JEPA 2 here) is ignored."""
+    cfg = TeacherConfig(dinov2=str(tiny["dinov2"]), dinov3=str(tiny["dinov3"]), prenorm=("dinov3", "vjepa2"))
+    assert [cfg.layer_of(k) for k in ("dinov2", "dinov3", "vjepa2")] == ["last", "prenorm", "prenorm"]
+    assert TeacherConfig(layer="prenorm").layer_of("dinov2") == "prenorm"  # the global switch still applies
+    teacher = build_teacher(cfg, grid=(2, 2))
+    dinov2, dinov3 = teacher.encoders
+    assert isinstance(dinov3.model.norm, nn.Identity) and isinstance(dinov2.model.layernorm, nn.LayerNorm)
+    video = clip(t=2)
+    post = DINOv2Encoder(tiny["dinov2"], grid=(2, 2))(video)
+    pre = DINOv3Encoder(tiny["dinov3"], grid=(2, 2), layer="prenorm")(video)
+    # the same encoders on the same input, concatenated: bit-identical
+    assert torch.equal(teacher(video), torch.cat([post, pre], dim=-1))
+    assert not torch.equal(pre, DINOv3Encoder(tiny["dinov3"], grid=(2, 2))(video))
+    for bad in (("sam2",), ("dinov2", "dinov2")):  # SAM2 has no final norm; a name twice
+        with pytest.raises(ValueError, match="prenorm"):
+            TeacherConfig(prenorm=bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------- frozen
@@ -152,7 +196,7 @@ def test_dinov2_parity(tiny, kind, layer):
     tokens = out.last_hidden_state if layer == "last" else out.hidden_states[-1]
     ref = rearrange(tokens[:, prefix:], "(b t) n d -> b t n d", b=1)  # [1, 2, 6, 32]
     torch.testing.assert_close(enc(video), ref)
-    torch.testing.assert_close(Teacher([enc])(video), F.normalize(ref, dim=-1))
+    torch.testing.assert_close(Teacher([enc])(video), ref)
 
 
 def test_dinov3_parity(tiny):
@@ -221,18 +265,72 @@ def test_vjepa2_parity_and_positions(tiny):
     assert col.tolist() == [0, 1, 2] * 4
 
 
-def test_videomae_parity_other_length(tiny):
-    # 6 frames and a 2×3 grid, the config says 4 frames at 32×32: like loading with num_frames/image_size set
-    raw = VideoMAEModel.from_pretrained(
-        tiny["videomae"], local_files_only=True, num_frames=6, image_size=[32, 48]
-    ).eval()
+def videorepa_interpolate_pos_embed(table, native, size):
+    """Oracle, re-implemented minimally: VideoREPA's ``interpolate_pos_embed`` (``aHapBean/VideoREPA``
+    ``finetune/models/cogvideox_t2v_align/models/ssl/VideoMAE.py`` l.291-321 at 8002687): the native
+    [T0, h0, w0] table bicubic in space, then ``trilinear`` to (T, h, w). VideoREPA hard-codes T = 3·T0 and
+    a square native grid; both are parameters here."""
+    (T0, h0, w0), (T, h, w), D = native, size, table.shape[-1]
+    pe = table.reshape(-1, T0, h0, w0, D).reshape(-1, h0, w0, D).permute(0, 3, 1, 2)  # [T0, D, h0, w0]
+    pe = F.interpolate(pe, size=(h, w), mode="bicubic", align_corners=False)
+    pe = pe.permute(0, 2, 3, 1).reshape(-1, T0, h, w, D).permute(0, 4, 1, 2, 3)  # [1, D, T0, h, w]
+    pe = F.interpolate(pe, size=(T, h, w), mode="trilinear", align_corners=False)
+    return pe.permute(0, 2, 3, 4, 1).flatten(1, 3)  # [1, T·h·w, D]
+
+
+def test_videomae_native_grid_keeps_the_checkpoint_table(tiny):
+    # the tiny config: 4 frames at 32×32, patch 16, tubelet 2 -> native 2×2×2 tokens
+    raw = VideoMAEModel.from_pretrained(tiny["videomae"], local_files_only=True).eval()
+    enc = VideoMAEEncoder(tiny["videomae"], grid=(2, 2))
+    assert enc.native == (2, 2, 2)
+    assert enc.positions(2) is enc.native_table  # unchanged at the native length and grid, not recomputed
+    assert torch.equal(enc.native_table, raw.embeddings.position_embeddings)  # the table transformers builds
+    video = clip(t=4)
+    x = rearrange(manual_pixels(video, (32, 32), "bilinear"), "(b t) c h w -> b t c h w", b=1)
+    with torch.no_grad():
+        tokens = raw(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(enc(video), rearrange(tokens, "b (f n) d -> b f n d", n=4))
+
+
+def test_videomae_positions_interpolated_as_videorepa(tiny):
     enc = VideoMAEEncoder(tiny["videomae"], grid=(2, 3))
+    for frames in (3, 6, 1):  # longer than native (VideoREPA's case), longer still, shorter
+        ours = enc.positions(frames)
+        oracle = videorepa_interpolate_pos_embed(enc.native_table, (2, 2, 2), (frames, 2, 3))
+        assert ours.shape == oracle.shape == (1, frames * 6, 32)
+        # the same bicubic call; 1-D linear here vs trilinear there: each a 2-tap fp32 blend of values
+        # |x| ≲ 1.2, so the two differ by a few ulp(1) ≈ 1e-7; 1e-6 leaves margin
+        torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-6)
+    # the encoder runs transformers' VideoMAE with that table in place of the 1-D sinusoid of the flat grid
+    raw = VideoMAEModel.from_pretrained(tiny["videomae"], local_files_only=True, image_size=[32, 48]).eval()
+    raw.embeddings.position_embeddings = enc.positions(3)
     video = clip(t=6)
     x = rearrange(manual_pixels(video, (32, 48), "bilinear"), "(b t) c h w -> b t c h w", b=1)
     with torch.no_grad():
         tokens = raw(pixel_values=x).last_hidden_state
     torch.testing.assert_close(enc(video), rearrange(tokens, "b (f n) d -> b f n d", n=6))
     assert enc(clip(t=2)).shape == (1, 1, 6, 32)  # a shorter clip after a longer one
+    with pytest.raises(ValueError, match=r"not \[1, 8, D\] for the native 2x2x2 grid"):
+        interpolate_positions(torch.zeros(1, 9, 4), (2, 2, 2), (2, 2, 3))
+
+
+def test_videomae_teacher_aligns_a_per_frame_vae_dit(tiny):
+    """Align4Gen Table 4's VideoMAE arm: 16 frames through a 2-D VAE give 16 DiT frames but 8 tubelets;
+    ``tubelet_repeat`` repeats each tubelet over its two frames, ``per_frame`` cannot match them."""
+    from minivdit.align.heads import AlignConfig, AlignHead
+
+    teacher = build_teacher(TeacherConfig(videomae=str(tiny["videomae"])), grid=(2, 2))
+    feats = teacher(clip(t=4))  # [1, 2 tubelets, 4, 32]
+    hidden = torch.randn(1, 4, 4, 8)  # 4 DiT frames (per-frame VAE: temporal stride 1)
+
+    def head(frame_match):
+        cfg = AlignConfig(loss="align4gen", projector_dim=8, frame_match=frame_match)
+        kw = dict(hidden_dim=8, teacher_dims=teacher.dims, dit_grid=(2, 2), teacher_grid=teacher.grid)
+        return AlignHead(cfg, stride=1, **kw)
+
+    assert head("tubelet_repeat")(hidden, feats).shape == (1,)
+    with pytest.raises(ValueError, match="'per_frame'.*got 2 teacher frames and 4 DiT frames"):
+        head("per_frame")(hidden, feats)
 
 
 # ---------------------------------------------------------------------------------------------------- frames

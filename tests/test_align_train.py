@@ -158,6 +158,9 @@ def test_exact_resume_with_head(tiny_cfg, teachers, metrics):
     train(replace(half, max_steps=4, resume="auto"))
     ref = {r["step"]: (r["loss"], r["loss/align"]) for r in metrics(full)}
     assert {r["step"]: (r["loss"], r["loss/align"]) for r in metrics(half.run_dir)} == ref
+    for r in metrics(full):  # λ·L_align / L_diff of the logged means (§2.8): the same float operations
+        want = cfg.align.weight * r["loss/align"] / r["loss/diff"]
+        assert r["align_ratio"] == pytest.approx(want, rel=1e-12)
     last = Path("checkpoints") / f"step_{4:07d}"
     for name in ("model.safetensors", "ema.safetensors", "extra.safetensors"):
         a = safetensors.torch.load_file(str(full / last / name))

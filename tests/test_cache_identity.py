@@ -124,10 +124,21 @@ def test_old_cache_without_identity_is_accepted_with_a_warning(runs, caplog):
 def _feats_meta(teacher: TeacherConfig, *, identity: bool = True) -> dict:
     t = (
         dataclasses.asdict(teacher)
-        | {"grid": [2, 2]}
+        | {"grid": [2, 2], "features": "raw"}  # tools/cache_latents.py's stamp (teachers.FEATURES)
         | ({"identity": teacher_identity(teacher)} if identity else {})
     )
     return {"fields": {"label": {"member": "label.cls"}, "feats": FEATS}, "teacher": t}
+
+
+def test_feats_cached_normalised_are_refused():
+    """Caches written before teachers gave raw tokens hold per-token L2-normalised ones (no stamp): the head
+    now normalises after its frame averaging, so they would train another target. Refused, naming the fix."""
+    meta = _feats_meta(TeacherConfig())
+    assert S.cache_mismatches(meta, teacher=dataclasses.asdict(TeacherConfig())) == []
+    del meta["teacher"]["features"]
+    [problem] = S.cache_mismatches(meta, teacher=dataclasses.asdict(TeacherConfig()))
+    assert "feats were cached as L2-normalised tokens (no stamp)" in problem
+    assert "re-run tools/cache_latents.py" in problem
 
 
 def test_feats_of_another_teacher_with_the_same_folder_name_are_refused(tmp_path, caplog):

@@ -95,13 +95,25 @@ def test_cogvideox_recipes_from_the_command_line(name, tiny_cogvideox, tmp_path)
     )
     if name == "drepa_timelapse":
         args += ["--teacher.vjepa2", str(tiny_cogvideox["root"] / "vjepa2"), "--align.block-index", "1"]
-        args += ["--align.projector-dim", "32"]
+        args += ["--align.projector-dim", "32", "--teacher.token-grid", "1", "3"]  # divides the 2×3 DiT grid
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=0"]
         run_cmd([*launcher, str(RECIPES / f"{name}.py"), *args])
-    else:
+    else:  # with validation samples every step (issue 18 §2.12): two prompts, anyframe at frames 0 and 4
+        from PIL import Image
+        from tiny_cogvideox import H, W
+
+        Image.new("RGB", (W, H), (200, 40, 40)).save(image := tmp_path / "first.png")
+        args += ["--validation.prompts", "a red disc", "clouds drift", "--validation.images", str(image)]
+        args += shlex.split("--validation.frame-indices 0 4 --validation.every 1 --validation.steps 2")
         recipe(name, *args)
     run_dir = tmp_path / name
     assert steps(run_dir) == [1, 2]
+    if name == "cogvideox_i2v":
+        for step in (1, 2):
+            out = run_dir / "samples" / "validation" / f"step_{step:07d}"
+            assert {"0000.mp4", "0001.mp4", "contact.png", "samples.json"} <= {f.name for f in out.iterdir()}
+            record = json.loads((out / "samples.json").read_text())
+            assert (record["seeds"], record["frame_indices"], record["steps"]) == ([0, 1], [0, 4], 2)
     model = json.loads((run_dir / "config.json").read_text())["model"]
     theirs = json.loads((pipe / "transformer" / "config.json").read_text())
     assert (model["num_layers"], model["num_attention_heads"]) == (theirs["num_layers"], 2)

@@ -1,7 +1,8 @@
 """DDPM objective with the CogVideoX settings, against diffusers' CogVideoXDDIMScheduler and pipelines.
 
 Schedule tables (scaled_linear β, SNR shift, zero terminal SNR), trailing timesteps, 50-step DDIM
-trajectories, the v-prediction corruption and the official CogVideoX loss, the dynamic CFG formula of the
+trajectories, the CogVideoXDPMScheduler loop (``sampler="dpm"``) with the pipelines' generator, the
+v-prediction corruption and the official CogVideoX loss, the dynamic CFG formula of the
 pipelines, and the config validation.
 
 Run: ``OMP_NUM_THREADS=1 pytest -q tests/test_ddpm_cogvideox.py`` (CPU, about 10 s).
@@ -192,6 +193,7 @@ def _v_oracle(obj: DDPM, x_data: torch.Tensor):
         {"snr_shift_scale": 3.0},
         {"timestep_spacing": "dit"},  # DiT respacing, DDIM
         {"timestep_spacing": "dit", "sampler": "ddpm"},  # ancestral, fixed-large σ, from ᾱ = 0
+        {"sampler": "dpm"},  # stochastic, but its last step is x̂ (m1 = 0, m2 = −1, no noise)
     ],
 )
 def test_v_samplers_recover_point_mass(overrides):
@@ -226,6 +228,79 @@ def test_trailing_eta_and_clip():
     clipped = DDPM(DDPMConfig.cogvideox(clip_denoised=True))
     out = clipped.sample(_v_oracle(clipped, 3 * x), noise.double(), 10)
     assert out.abs().max() == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling: CogVideoXDPMScheduler, driven as the pipelines drive it
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _dpm_scheduler(shift: float, set_alpha_to_one: bool = True):
+    """CogVideoXDPMScheduler with the released config (CogVideo's cli_demo: ``from_config(pipe.scheduler
+    .config, timestep_spacing="trailing")``)."""
+    return diffusers.CogVideoXDPMScheduler.from_config(_scheduler(shift, set_alpha_to_one).config)
+
+
+def _diffusers_dpm_loop(sched, x: torch.Tensor, steps: int, generator) -> torch.Tensor:
+    """The oracle: the DPM branch of the denoising loop of diffusers' ``pipeline_cogvideox.py`` (and
+    ``pipeline_cogvideox_image2video.py``): ``old_pred_original_sample`` carried from step to step,
+    ``timesteps[i - 1]`` as ``timestep_back``, the pipeline's ``generator`` and ``eta`` passed to ``step``."""
+    sched.set_timesteps(steps)
+    timesteps, old = sched.timesteps, None
+    for i, t in enumerate(timesteps):
+        out = _stand_in(x, t.expand(x.shape[0]))
+        back = timesteps[i - 1] if i > 0 else None
+        x, old = sched.step(out, old, t, back, x, eta=0.0, generator=generator, return_dict=False)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("shift", "steps", "set_alpha_to_one", "dtype"),
+    [
+        (1.0, 50, True, torch.float32),  # 5B / 5B-I2V as released
+        (3.0, 50, True, torch.float32),  # 2B
+        (1.0, 7, False, torch.float64),  # T // steps jump ≠ spacing; the last step lands on ᾱ_0
+    ],
+)
+def test_dpm_loop_matches_diffusers(shift, steps, set_alpha_to_one, dtype):
+    """``DDPMConfig.cogvideox(sampler="dpm")`` against the pipelines' CogVideoXDPMScheduler loop, both fed
+    by one seeded generator that first draws the initial latents (``randn_tensor``, as ``prepare_latents``)
+    and then every step's noise: the same trajectory, and the generators end in the same state (the
+    scheduler's 2N − 2 draws: two per step, one on the first and the last)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    obj = DDPM(DDPMConfig.cogvideox(snr_shift_scale=shift, sampler="dpm", set_alpha_to_one=set_alpha_to_one))
+    g_ours, g_ref = _gen(7), _gen(7)
+    noise = torch.randn(SHAPE, generator=g_ours, dtype=dtype)
+    ours = obj.sample(_stand_in, noise, steps, g_ours)
+    start = randn_tensor(SHAPE, generator=g_ref, dtype=dtype)  # prepare_latents' draw
+    ref = _diffusers_dpm_loop(_dpm_scheduler(shift, set_alpha_to_one), start, steps, g_ref)
+    assert torch.equal(g_ours.get_state(), g_ref.get_state())
+    assert ours.dtype == dtype and ours.isfinite().all()
+    # The same elementwise ops in the same order on both sides, coefficients rounded from the same fp64
+    # 0-dim values: bit-identical as run. Should a kernel round one op differently, that is ≤ 1 ulp
+    # (6e-8 relative in fp32) per op, ~4 ops per step, and the update contracts (m1 ≤ 1): over 50 steps
+    # ≤ 50·4·6e-8 ≈ 1.2e-5 relative in fp32 (2.2e-14 in fp64).
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+    # it is stochastic: another generator state, another sample
+    assert not torch.equal(ours, obj.sample(_stand_in, noise, steps, _gen(8)))
+
+
+def test_dpm_generator_per_sample_is_one_pipeline_call_per_seed():
+    """A list of B generators draws row b of every step's noise from generator b, as ``randn_tensor`` with a
+    list (and as B pipeline calls, one seed each): row b equals the single-sample run on generator b."""
+    obj = DDPM(DDPMConfig.cogvideox(sampler="dpm"))
+    gens = [_gen(1), _gen(2)]
+    noise = torch.cat([torch.randn(1, *SHAPE[1:], generator=g) for g in gens])
+    both = obj.sample(_stand_in, noise, 10, gens)
+    for b, seed in enumerate((1, 2)):
+        g = _gen(seed)
+        alone = obj.sample(_stand_in, torch.randn(1, *SHAPE[1:], generator=g), 10, g)
+        # _stand_in is elementwise, so rows do not interact: the same ops on the same numbers, bit-identical
+        assert torch.equal(both[b : b + 1], alone)
+    with pytest.raises(ValueError, match="one per sample"):
+        obj.sample(_stand_in, noise, 10, [_gen(1)])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -392,6 +467,8 @@ def test_cogvideox_preset():
         (dict(beta_schedule="cosine"), "beta_schedule"),
         (dict(prediction="x"), "prediction"),
         (dict(timestep_spacing="leading"), "timestep_spacing"),
+        (dict(sampler="dpm", prediction="v", learn_sigma=False), "dpm.*trailing"),
+        (dict(sampler="euler"), "sampler"),
     ],
 )
 def test_config_validation(bad, match):
@@ -406,6 +483,10 @@ def test_cogvideox_overrides_are_validated():
         DDPMConfig.cogvideox(prediction="eps")
     with pytest.raises(ValueError, match="trailing"):
         DDPMConfig.cogvideox(sampler="ddpm")
+    assert DDPMConfig.cogvideox(sampler="dpm").sampler == "dpm"
+    for bad in (dict(eta=0.5), dict(clip_denoised=True)):
+        with pytest.raises(ValueError, match="dpm.*neither eta nor clip_denoised"):
+            DDPMConfig.cogvideox(sampler="dpm", **bad)
     # scaled_linear needs no 1000 / T room: β_end = 0.012 with T = 10 is fine (linear would scale it to 1.2)
     DDPMConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_timesteps=10)
     with pytest.raises(ValueError):

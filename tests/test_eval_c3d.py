@@ -114,16 +114,17 @@ def test_preprocess_channel_order_and_mean_crop(files):
     model = c3d.load(files, cfg=TINY)
     crop = torch.from_numpy(_mean2()[:, :, 8:120, 8:120])
     assert torch.equal(model.mean_bias, 128 - crop)  # the loader's own single float32 subtraction: exact
-    # pure red 112² frames (no resize): B and G are -1 → -128, R is +1 → +128, then + 128 − mean
+    # pure red 112² frames (no resize): on TGANv2's data scale (u − 128)/128, B and G are -1 → -128 and R is
+    # 127/128 → 127, then + 128 − mean: C3D sees the pixel values 0 and 255 (issue 18 §1.12)
     red = torch.zeros(1, 16, 3, 112, 112, dtype=torch.uint8)
     red[:, :, 0] = 255
     x = model.preprocess(red)[0]
     # float32 values up to 256, whose ulp is 3.1e-5: the model adds (128 − mean) in one rounding where these
     # sums take two, so they may differ by 2 half-ulp roundings; 1e-4 is about 3 ulp at 256.
-    torch.testing.assert_close(x, torch.stack([0 - crop[0], 0 - crop[1], 256 - crop[2]]), rtol=0, atol=1e-4)
-    # any 112² clip: BGR of (u / 127.5 − 1) · 128 + 128 − mean
+    torch.testing.assert_close(x, torch.stack([0 - crop[0], 0 - crop[1], 255 - crop[2]]), rtol=0, atol=1e-4)
+    # any 112² clip: BGR of u − mean (TGANv2: (u − 128)/128 · 128 + 128 = u, h5video.py:L70 and L67-73)
     video = _video((2, 16, 3, 112, 112))
-    expected = (video.flip(2).float() / 127.5 - 1) * 128 + 128 - crop.transpose(0, 1)  # [B, T, C, H, W]
+    expected = video.flip(2).float() - crop.transpose(0, 1)  # [B, T, C, H, W]
     torch.testing.assert_close(model.preprocess(video), expected.transpose(1, 2), rtol=0, atol=1e-4)
 
 

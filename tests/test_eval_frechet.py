@@ -174,3 +174,54 @@ def test_inception_score_variants():
     p0 = np.eye(k)[np.arange(64) % k]
     assert inception_score(p0, variant="tganv2") == pytest.approx((k, 0.0), rel=1e-9)
     assert np.isnan(inception_score(p0)[0])
+
+
+def _tganv2_is_oracle(probs: np.ndarray, n_loops: int, n_samples: int) -> tuple[float, float]:
+    """TGANv2's protocol written out: ``scripts/compute_inception_score.py:L55-66`` (``--n-loops`` draws of
+    ``--n-samples`` videos, one split each, ``numpy.mean`` / ``numpy.std``) around
+    ``tgan2/evaluations/inception_score.py:L57-64`` (``part = part + eps`` with eps 1e-20)."""
+    scores = []
+    for i in range(n_loops):
+        part = probs[i * n_samples : (i + 1) * n_samples] + 1e-20
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def test_tganv2_is_over_independent_draws_or_nan():
+    """Issue 18 §1.11: TGANv2's ± is over independent draws of 2,048 videos, never one split's 0."""
+    from minivdit.eval.frechet import tganv2_inception_score
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(6) * 0.4, size=15)
+    # float64, the oracle's operations in the oracle's order on the same rows: equal to round-off (1e-12)
+    mean, std, used = tganv2_inception_score(p, draws=3, draw_size=5)
+    assert used == 3 and std > 0
+    assert (mean, std) == pytest.approx(_tganv2_is_oracle(p, 3, 5), rel=1e-12)
+    # too few clips for the draws: the first draw's score, and no std (NaN, not the 0 of a single split)
+    mean, std, used = tganv2_inception_score(p[:14], draws=3, draw_size=5)
+    assert used == 1 and np.isnan(std)
+    assert mean == pytest.approx(_tganv2_is_oracle(p, 1, 5)[0], rel=1e-12)
+    assert np.isnan(tganv2_inception_score(p, draws=1, draw_size=15)[1])  # one draw has no spread
+    with pytest.raises(ValueError, match="draws 0"):
+        tganv2_inception_score(p, draws=0)
+
+
+def test_tganv2_draws_reach_the_metrics(caplog):
+    """The protocol fields (flags ``--is-draws`` / ``--is-draw-size`` of run, folders and training) drive
+    the IS of ``metric_values``."""
+    from types import SimpleNamespace
+
+    from minivdit.eval.evaluate import EvalConfig, metric_values
+
+    cfg = EvalConfig(protocol="align4gen-ucf", is_variant="tganv2", is_draws=3, is_draw_size=5)
+    protocol = cfg.resolved_protocol()
+    assert (protocol.is_variant, protocol.is_draws, protocol.is_draw_size) == ("tganv2", 3, 5)
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(6) * 0.4, size=15)
+    fake = SimpleNamespace(is_probs=[(5, p[5:]), (0, p[:5])])  # gathered out of order: sorted by index
+    out = metric_values(None, fake, ["is"], protocol)
+    assert (out["is"], out["is_std"]) == pytest.approx(_tganv2_is_oracle(p, 3, 5), rel=1e-12)
+    fake = SimpleNamespace(is_probs=[(0, p[:14])])
+    out = metric_values(None, fake, ["is"], protocol)
+    assert np.isnan(out["is_std"]) and "is_std NaN" in caplog.text and "15 generated clips" in caplog.text

@@ -3,6 +3,7 @@ synthetic detector, caching, bad input, and 2 gloo ranks giving the numbers of o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ from minivdit.data.video import list_frames, read_folder_frames
 from minivdit.eval import evaluate, protocols, synthetic
 from minivdit.eval.__main__ import main as eval_main
 from minivdit.eval.evaluate import EvalConfig, evaluate_folders
-from minivdit.eval.protocols import get_protocol, proportional_counts, select_real
+from minivdit.eval.protocols import Protocol, get_protocol, proportional_counts, select_real
 
 
 def test_proportional_counts_and_subsets():
@@ -457,3 +458,258 @@ def test_training_evaluates_every_n_steps_and_skips_missing_weights(tiny_cfg, me
     written = json.loads((run_dir / "eval" / "step_0000002" / "metrics.json").read_text())
     assert written["syn_fvd"] == rows[-1]["eval/syn_fvd"] and written["protocol"]["step"] == 2
     assert "fvd" not in written and written["protocol"]["metrics"] == ["syn_fvd", "syn_acc"]
+
+
+# ------------------------------------------------------------------------- issue 18 §1: protocol plumbing
+
+
+def test_real_subset_spares_continue_each_rule():
+    """§1.4: the videos that replace a bad one continue the subset's own order (sorted for ``first``, a
+    seeded random order for ``random``, the same class for ``class_proportional``); the subset itself is
+    the one drawn before spares existed."""
+    labels = np.repeat(np.arange(3), [5, 7, 8])  # 20 videos
+    first = protocols.real_subset(get_protocol("stylegan-v", num_real=6), labels, 3)
+    assert first.chosen.tolist() == list(range(6)) and first.spares[0].tolist() == list(range(6, 20))
+    rand = protocols.real_subset(get_protocol("latte", num_real=6), labels, 3)
+    before = np.sort(np.random.default_rng([0, 1]).choice(20, 6, replace=False))  # the pre-spares rule
+    assert np.array_equal(rand.chosen, before)
+    assert sorted(rand.chosen.tolist() + rand.spares[0].tolist()) == list(range(20))
+    assert rand.spares[0].tolist() != sorted(rand.spares[0].tolist())  # 14! orders: sorted by chance ~1e-11
+    prop = protocols.real_subset(get_protocol("align4gen-ucf", num_real=10), labels, 3)
+    assert np.array_equal(prop.group, labels[prop.chosen]) and prop.counts.sum() == 10
+    for c in range(3):
+        members = np.flatnonzero(labels == c).tolist()
+        assert sorted(prop.spares[c].tolist() + prop.chosen[prop.group == c].tolist()) == members
+
+
+def _bad_real_folder(root):
+    """Eight 12-frame mp4s, ``clip001`` only 7 (4 frames at stride 2 fit in 7, but StyleGAN-V's threshold
+    is 4 × 2 = 8) and ``clip002`` cut in half (truncated: it cannot be read)."""
+    clips = _synthetic_uint8(8, frames=12, size=16)  # [N, F, H, W, 3]
+    root.mkdir(parents=True)
+    for i, clip in enumerate(clips):
+        media.write_mp4(root / f"clip{i:03d}.mp4", clip[:7] if i == 1 else clip)
+    bad = root / "clip002.mp4"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    return root
+
+
+def test_bad_real_videos_short_left_out_corrupt_replaced(tmp_path):
+    """§1.4: a video shorter than frames × stride leaves the split before the subset is drawn (StyleGAN-V
+    ``discard_short_videos``); a truncated one is replaced by the next video of the subset's order, so
+    the count holds; ``strict`` makes it an error; without spares left the count drops."""
+    from minivdit.data.video import ClipSpec, sample_clip
+
+    root = _bad_real_folder(tmp_path / "real")
+    protocol = get_protocol("stylegan-v", num_real=4, real_stride=2)
+    real = evaluate.real_from_folder(str(root), protocol, 4, 16)
+    assert real.short == [str(root / "clip001.mp4")] and real.count == 4
+    seen = []
+
+    class Spy:
+        def features(self, video):
+            seen.extend(video)
+            return torch.zeros(video.shape[0], 2, dtype=torch.float64)
+
+    measure = evaluate.Measure({"i3d": (Spy(), None)}, ("fvd",), generated=False)
+    evaluate.measure_real(real, measure, batch_size=3, show=False)
+    assert measure.clips == 4 and [p for p, _ in real.corrupt] == [str(root / "clip002.mp4")]
+    # The first 4 videos long enough are 0, 2, 3, 4 (clip002's length cannot be read: kept, then replaced by
+    # the next in sorted order, clip005). Each window is seeded by its video's index alone, so the oracle is
+    # the same reader on the same generator: bit-identical by construction.
+    spec = ClipSpec(num_frames=4, frame_interval=2, image_size=16, flip=False)
+    want = [
+        evaluate.to_uint8(
+            sample_clip(str(root / f"clip{i:03d}.mp4"), spec, np.random.default_rng([0, 2, i]))[None]
+        )[0]
+        for i in (0, 3, 4, 5)
+    ]
+    assert len(seen) == 4 and all(torch.equal(a, b) for a, b in zip(seen, want, strict=True))
+    strict = evaluate.real_from_folder(str(root), protocol, 4, 16)
+    with pytest.raises(ValueError, match="clip002.mp4.*--strict"):
+        evaluate.measure_real(strict, evaluate.Measure({"i3d": (Spy(), None)}, ("fvd",), generated=False),
+                              3, False, strict=True)  # fmt: skip
+    with pytest.raises(ValueError, match="shorter than frames × stride.*--strict"):
+        evaluate.check_short(strict, True)
+    every = evaluate.real_from_folder(str(root), get_protocol("stylegan-v", num_real=7, real_stride=2), 4, 16)
+    spent = evaluate.Measure({"i3d": (Spy(), None)}, ("fvd",), generated=False)
+    evaluate.measure_real(every, spent, batch_size=8, show=False)
+    assert spent.clips == every.count == 6  # all 7 long-enough videos chosen: no spare for clip002
+
+
+def test_bad_real_video_replacement_is_the_same_on_two_ranks(tmp_path, monkeypatch):
+    """§1.4 under torchrun: each rank reads its own chunks, the failures are gathered, every rank puts the
+    same spare in the same slot, and the two ranks together read the clips one process reads. Two threads
+    stand in for the ranks: ``_rank_world`` and ``_gather_all`` are the only rank-aware calls."""
+    import threading
+
+    from minivdit.data.video import ClipSpec, sample_clip
+
+    root = _bad_real_folder(tmp_path / "real")
+    protocol = get_protocol("stylegan-v", num_real=4, real_stride=2)
+    local, barrier, posted = threading.local(), threading.Barrier(2, timeout=60), [None, None]
+
+    def gather(items):  # all_gather_object between the two threads
+        posted[local.rank] = list(items)
+        barrier.wait()
+        out = sorted(posted[0] + posted[1])
+        barrier.wait()
+        return out
+
+    monkeypatch.setattr(evaluate, "_rank_world", lambda: (local.rank, 2))
+    monkeypatch.setattr(evaluate, "_gather_all", gather)
+    seen, reals, errors = {0: [], 1: []}, {}, []
+
+    def rank(r):
+        local.rank = r
+        try:
+            reals[r] = evaluate.real_from_folder(str(root), protocol, 4, 16)
+
+            class Spy:
+                def features(self, video):
+                    seen[r].extend(video)
+                    return torch.zeros(video.shape[0], 2, dtype=torch.float64)
+
+            measure = evaluate.Measure({"i3d": (Spy(), None)}, ("fvd",), generated=False)
+            evaluate.measure_real(reals[r], measure, batch_size=1, show=False)
+        except Exception as e:  # noqa: BLE001 - reported below, a thread's exception is otherwise lost
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    # slots index the 7 long-enough videos (clip001 is short): clip002 (1) is replaced by clip005 (4)
+    assert reals[0].slots.tolist() == reals[1].slots.tolist() == [0, 4, 2, 3]
+    assert reals[0].corrupt == reals[1].corrupt and len(reals[0].corrupt) == 1
+    spec = ClipSpec(num_frames=4, frame_interval=2, image_size=16, flip=False)
+    want = [
+        evaluate.to_uint8(
+            sample_clip(str(root / f"clip{i:03d}.mp4"), spec, np.random.default_rng([0, 2, i]))[None]
+        )[0]
+        for i in (0, 3, 4, 5)
+    ]
+    got = seen[0] + seen[1]  # bit-identical by construction (the same reader and generators as above)
+    assert len(got) == 4 and all(sum(torch.equal(g, w) for g in got) == 1 for w in want)
+
+
+def test_real_stats_cache_holds_the_clip_count_and_keys_resize_and_version(tmp_path, monkeypatch):
+    """§1.5: ``num_real_used`` is the clip count stored with the cached statistics, not a detector's item
+    count (a detector over frames counts frames); minivdit's version and the resize mode key the cache."""
+    _write_clips(tmp_path / "real", _synthetic_uint8(6, frames=4, size=16), as_png=True)
+
+    class PerClip:
+        def features(self, video):  # [B, F, 3, H, W] -> [B, F]
+            return video.double().mean((2, 3, 4))
+
+    class PerFrame:
+        def features(self, video):  # -> [B·F, 3], as Inception over every frame
+            return video.double().mean((3, 4)).flatten(0, 1)
+
+    detectors = {"i3d": (PerClip(), "a"), "inception": (PerFrame(), "b")}
+    cfg = EvalConfig(protocol="stylegan-v", cache_dir=str(tmp_path / "cache"), batch_size=4)
+    protocol = get_protocol("stylegan-v", num_real=6)
+
+    def stats():
+        real = evaluate.real_from_folder(str(tmp_path / "real"), protocol, 4, 16)
+        return real, evaluate.real_stats_cached(real, detectors, ("fid", "fvd"), cfg, False, 4, 16)
+
+    _, measured = stats()
+    assert measured.clips == 6 and measured.stats["inception"].count == 24
+
+    def no_real(*a, **k):
+        raise AssertionError("the real statistics should come from the cache")
+
+    monkeypatch.setattr(evaluate, "measure_real", no_real)
+    _, cached = stats()
+    assert cached.clips == 6 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    monkeypatch.undo()
+    real = evaluate.real_from_folder(str(tmp_path / "real"), protocol, 4, 16)
+    real.resize = "crop_resize"
+    evaluate.real_stats_cached(real, detectors, ("fid", "fvd"), cfg, False, 4, 16)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4  # another resize mode: other files
+    monkeypatch.setattr(protocols, "minivdit_version", lambda: "0.0.0+other")
+    stats()
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 6  # another version: other files
+
+
+def _frame_folder_clips(root, n, frames, h, w, seed=0):
+    """``n`` PNG frame folders ``root/clipNNN/frame_k.png``; frame k of clip i is random noise (seeded by
+    ``(seed, i, k)``) plus the flat level ``10·k`` in the green channel, so a clip's frame numbers can be read
+    back from the untouched pixels (PNG is lossless)."""
+    from PIL import Image
+
+    for i in range(n):
+        (root / f"clip{i:03d}").mkdir(parents=True)
+        for k in range(frames):
+            a = np.random.default_rng([seed, i, k]).integers(0, 256, (h, w, 3), dtype=np.uint8)
+            a[..., 1] = 10 * k
+            Image.fromarray(a).save(root / f"clip{i:03d}" / f"frame_{k}.png")
+    return root
+
+
+def test_real_windows_take_the_runs_stride_split_and_resize(tmp_path):
+    """§1.1: align4gen-* take the run's ``frame_interval`` as the real stride (and an override wins);
+    §1.3: latte (and stylegan-v) take the run's split; §1.9: Sky real frames are cropped then resized, as Sky
+    trains, not centre-cropped after a resize."""
+    from test_data_real import write_video  # tests/ is on sys.path
+
+    from minivdit.data.video import ClipSpec, list_frames, sample_clip
+
+    folder = _frame_folder_clips(tmp_path / "folder", 2, 12, 8, 8)
+    data = {"dataset": "folder", "root": str(folder), "frame_interval": 3, "num_frames": 4, "image_size": 8}
+    real = evaluate.real_from_dataset(data, get_protocol("align4gen-ffs", num_real=2), 4, 8, None)
+    assert real.protocol.real_stride == 3 and real.protocol.real_split == "train"
+    assert np.diff(real.clip(0)[:, 1, 0, 0].numpy().astype(int)).tolist() == [30, 30, 30]  # frames k, k+3, …
+    one = evaluate.real_from_dataset(
+        data, get_protocol("align4gen-ffs", num_real=2, real_stride=1), 4, 8, None
+    )
+    assert one.protocol.real_stride == 1
+    assert np.diff(one.clip(0)[:, 1, 0, 0].numpy().astype(int)).tolist() == [10, 10, 10]
+
+    ucf = tmp_path / "ucf"
+    (ucf / "ucfTrainTestlist").mkdir(parents=True)
+    (ucf / "ucfTrainTestlist" / "classInd.txt").write_text("1 Aa\n2 Bb\n")
+    for kind, g in (("train", 1), ("test", 2)):
+        names = [f"{c}/v_{c}_g{g:02d}_c01.avi" for c in ("Aa", "Bb")]
+        for n in names:
+            write_video(ucf / "UCF-101" / n, 6, "mpeg4", w=16, h=16)
+        (ucf / "ucfTrainTestlist" / f"{kind}list01.txt").write_text("".join(f"{n} 1\n" for n in names))
+    ucf_data = {"dataset": "ucf101", "root": str(ucf), "num_frames": 2, "image_size": 8, "split": "all"}
+    for name, split, videos in (("latte", "all", 4), ("stylegan-v", "all", 4), ("align4gen-ucf", "test", 2)):
+        r = evaluate.real_from_dataset(ucf_data, get_protocol(name), 2, 8, None)
+        assert r.protocol.real_split == split and len(r.identity["files"]) == videos, name
+    latte_train = evaluate.real_from_dataset(ucf_data | {"split": "train"}, get_protocol("latte"), 2, 8, None)
+    assert latte_train.protocol.real_split == "train" and len(latte_train.identity["files"]) == 2
+
+    sky = _frame_folder_clips(tmp_path / "sky" / "sky_train" / "video0", 2, 6, 16, 24)
+    sky_data = {"dataset": "sky", "root": str(tmp_path / "sky"), "frame_interval": 1, "image_size": 8}
+    r = evaluate.real_from_dataset(sky_data, get_protocol("align4gen-sky", num_real=2), 3, 8, None)
+    assert r.resize == "crop_resize"
+    src = list_frames(sky / "clip000")
+    rng = np.random.default_rng([0, 2, 0])  # the window of video 0
+    crop = ClipSpec(num_frames=3, frame_interval=1, image_size=8, resize="crop_resize", flip=False)
+    want = evaluate.to_uint8(sample_clip(src, crop, rng)[None])[0]
+    assert torch.equal(r.clip(0), want)  # the same reader, generator and spec: bit-identical
+    short_side = dataclasses.replace(crop, resize="short_side_crop")
+    other = evaluate.to_uint8(sample_clip(src, short_side, np.random.default_rng([0, 2, 0]))[None])[0]
+    assert not torch.equal(r.clip(0), other)  # the two framings differ on these 16×24 frames
+
+
+def test_every_protocol_field_is_an_override():
+    """§1.13 and §1.10: every protocol field but its name and metrics is an ``EvalConfig`` field (so a flag
+    of ``run``, ``folders`` and training), applied by one function; align4gen-ucf's class-proportional label
+    rule can be swapped for StyleGAN-V's or Latte's."""
+    names = {f.name for f in dataclasses.fields(Protocol)} - {"name", "metrics"}
+    assert set(evaluate.protocol_overrides(EvalConfig())) == names
+    assert all(v is None for v in evaluate.protocol_overrides(EvalConfig()).values())  # the protocol's own
+    assert get_protocol("align4gen-ucf").label_rule == "class_proportional"
+    cfg = EvalConfig(protocol="align4gen-ucf", num_frames=8, real_stride=2, label_rule="uniform", num_gen=5)
+    p = cfg.resolved_protocol()
+    assert (p.num_frames, p.real_stride, p.label_rule, p.num_fake) == (8, 2, "uniform", 5)
+    assert EvalConfig(protocol="align4gen-ucf", label_rule="real_items").resolved_protocol().needs_real_labels
+    with pytest.raises(ValueError, match="real_stride"):
+        EvalConfig(real_stride=0)

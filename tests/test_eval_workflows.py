@@ -221,3 +221,29 @@ def test_each_subcommand_lists_only_the_flags_it_uses(capsys):
     assert {"--real", "--fake", "--real-stats", "--num-fake", "--resolution"} <= folders
     assert not {"--every", "--real-stats", "--real", "--fake"} & run
     assert generation | {"--ckpt", "--use-ema", "--num-gen"} <= run
+    # issue 18 §1.13: the protocol's fields are the same flags in both (one EvalConfig, one resolver);
+    # the split of a run's dataset and the generated clips' label rule only mean something in run
+    shared = {"--num-frames", "--resolution", "--num-real", "--real-subset", "--real-stride", "--seed"}
+    shared |= {"--ddof", "--is-variant"}
+    assert shared <= folders and shared <= run
+    assert {"--real-split", "--label-rule"} <= run and not {"--real-split", "--label-rule"} & folders
+
+
+def test_run_and_folders_take_the_protocol_overrides(run, tmp_path):
+    """Issue 18 §1.1, §1.10, §1.13 through the commands users type: ``run --num-frames`` (it had none),
+    ``--real-stride`` and ``--label-rule`` land in the record; ``folders`` under an align4gen protocol asks
+    for ``--real-stride`` (the run's frame interval, which a folder does not know) and records it."""
+    p = eval_main(
+        ["run", "--ckpt", str(run), "--num-frames", "3", "--real-stride", "2", "--label-rule", "uniform",
+         "--out", str(tmp_path / "run.json")]
+    )["protocol"]  # fmt: skip
+    assert p["num_frames_used"] == 3 and p["real_stride"] == 2 and p["label_rule"] == "uniform"
+    assert p["num_real_used"] == p["num_fake_used"] == 6 and p["real_bad"] == {"short": 0, "corrupt": 0}
+    real, fake = _frame_folders(tmp_path / "real", 6), _frame_folders(tmp_path / "fake", 6, seed=1)
+    args = ["folders", "--protocol", "align4gen-sky", "--real", str(real), "--fake", str(fake),
+            "--metrics", "syn_fvd", "--num-frames", "2", "--resolution", str(SIZE), "--num-real", "6",
+            "--num-fake", "6", "--out", str(tmp_path / "folders.json")]  # fmt: skip
+    with pytest.raises(ValueError, match="give --real-stride N"):
+        eval_main(args)
+    p = eval_main(args + ["--real-stride", "2"])["protocol"]  # 2 frames at stride 2 of the 4
+    assert p["real_stride"] == 2 and p["num_frames_used"] == 2 and p["name"] == "align4gen-sky"

@@ -270,3 +270,27 @@ def test_bad_inputs_raise():
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"I2VConfig.{field}"):
         I2VConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def test_conditioner_encodes_under_the_video_latents_autocast(vae):
+    """``Conditioner(autocast_dtype=bf16)`` (what ``build_conditioner`` passes in bf16 runs, where
+    ``train_step`` encodes the video latents under bf16 autocast) encodes the condition under that autocast:
+    bit for bit ``image_condition`` inside ``torch.autocast`` with the generator in the same state (the
+    conditioner's first draw is the caption keep mask), and not the fp32 result."""
+    from minivdit.conditioning import Conditioner
+
+    cfg = I2VConfig(mode="anyframe", dropout=0.0)
+    video = _video(2, 5)
+    batch = SimpleNamespace(label=torch.zeros(2, dtype=torch.long), text=None, text_mask=None, video=video)
+    cpu = torch.device("cpu")
+    got = Conditioner(i2v=cfg, vae=vae, autocast_dtype=torch.bfloat16)(batch, _gen(3), cpu).image_latents
+    g = _gen(3)
+    torch.rand(2, generator=g)  # the caption keep mask, drawn first whether or not there is text
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _ = image_condition(video, vae, cfg, g)
+    assert torch.equal(got, want)
+    fp32 = Conditioner(i2v=cfg, vae=vae)(batch, _gen(3), cpu).image_latents
+    assert not torch.equal(got, fp32)

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 import tyro
+from einops import rearrange
+from oracles import load_file as load_source
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_cogvideox import (  # tests/ is on sys.path (pytest's rootdir insertion)
@@ -42,9 +44,10 @@ from tiny_cogvideox import (  # tests/ is on sys.path (pytest's rootdir insertio
     transformer_kwargs,
 )
 
-from minivdit.conditioning.i2v import inference_condition
+from minivdit.conditioning.i2v import I2VConfig, inference_condition
 from minivdit.conditioning.text import T5TextEncoder, TextEncoderConfig
-from minivdit.models.cogvideox import CogVideoXConfig
+from minivdit.models import cogvideox as cogvideox_module
+from minivdit.models.cogvideox import PRESETS, CogVideoXConfig, pad_frames
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
 from minivdit.models.lora import LoRAConfig
@@ -146,7 +149,7 @@ def _run_pipeline(pipe, tiny, i2v: bool, **kw) -> torch.Tensor:
     args = dict(prompt=PROMPT, height=H, width=W, num_frames=FRAMES, num_inference_steps=STEPS)
     args |= dict(guidance_scale=6.0, output_type="latent", max_sequence_length=TEXT_LEN)
     with torch.no_grad():
-        return pipe(**image, **args, **kw).frames
+        return pipe(**image, **(args | kw)).frames
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -250,7 +253,56 @@ def test_noise_parity_with_diffusers_pipeline(tiny, dynamic, monkeypatch):
     assert _rel(unguided, ref) > 1e-3  # the comparison can see a guidance error
 
 
+@pytest.mark.parametrize("variant", ["pipe", "t2v"])
+def test_dpm_seed_parity_with_diffusers_pipeline(tiny, variant, monkeypatch):
+    """``--sampler dpm --dynamic-cfg`` (CogVideo's recommendation for 5B and 5B-I2V), parsed as typed,
+    against the pipeline with ``CogVideoXDPMScheduler`` and the same seed: the scheduler's step noise
+    continues the generator that drew the condition and the initial noise, on both sides. PARITY holds as
+    for DDIM: the step noise is the same numbers, so only the forward's rounding propagates (3 steps)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, i2v = tiny[variant], variant != "t2v"
+    pipe = _pipeline(folder, i2v)
+    pipe.scheduler = diffusers.CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
+    ref = _run_pipeline(pipe, tiny, i2v, use_dynamic_cfg=True, generator=torch.Generator().manual_seed(3))
+    args = ["--pretrained", str(folder), "--prompt", PROMPT, "--steps", str(STEPS), "--cfg-scale", "6"]
+    args += ["--seed", "3", "--device", "cpu", "--text-dtype", "float32", "--sampler", "dpm", "--dynamic-cfg"]
+    args += ["--image", str(tiny["image"])] if i2v else []
+    ours, _, record = sample_cogvideox(tyro.cli(SampleConfig, args=args))
+    assert record["sampler"] == "dpm"
+    ERRORS[f"seed/{variant}/dpm-dynamic"] = err = _rel(ours, ref)
+    assert err <= PARITY
+
+
 # ---------------------------------------------------------------------------------------------- runs
+
+
+@pytest.mark.parametrize("how", ["negative", "zeros"])
+def test_negative_prompt_and_zero_null_text_match_the_pipeline(tiny, how, monkeypatch):
+    """``--negative-prompt`` is the pipelines' ``negative_prompt``; ``--text-null zeros`` (SAT's unconditional
+    text, ``force_uc_zero_embeddings``) is the pipeline given all-zero ``negative_prompt_embeds``. Typed as a
+    user types them; PARITY as above. Without them the sample differs (the null text matters here)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tiny["t2v"]
+    pipe = _pipeline(folder, False)
+    if how == "negative":
+        flags, kw = ["--negative-prompt", "ice melts"], dict(negative_prompt="ice melts")
+    else:  # the pipeline takes negative_prompt_embeds only with prompt_embeds
+        no_cfg = dict(do_classifier_free_guidance=False, max_sequence_length=TEXT_LEN)
+        embeds, _ = pipe.encode_prompt(PROMPT, **no_cfg)
+        flags = ["--text-null", "zeros"]
+        kw = dict(prompt=None, prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds))
+    ref = _run_pipeline(pipe, tiny, False, generator=torch.Generator().manual_seed(3), **kw)
+    args = ["--pretrained", str(folder), "--prompt", PROMPT, "--steps", str(STEPS), "--cfg-scale", "6"]
+    args += ["--seed", "3", "--device", "cpu", "--text-dtype", "float32", *flags]
+    ours, _, record = sample_cogvideox(tyro.cli(SampleConfig, args=args))
+    ERRORS[f"null/{how}"] = err = _rel(ours, ref)
+    assert err <= PARITY
+    assert record["text_null"] == ("zeros" if how == "zeros" else "empty")
+    assert record["negative_prompts"] == (["ice melts"] if how == "negative" else [])
+    plain, _, _ = sample_cogvideox(_cfg(pretrained=str(folder)))
+    assert _rel(plain, ref) > 1e-3
+    with pytest.raises(ValueError, match="2 --negative-prompt for 1 --prompt"):
+        sample_cogvideox(_cfg(pretrained=str(folder), negative_prompt=("a", "b")))
 
 
 def _zero_adapters(ckpt: Path, dst: Path) -> Path:
@@ -267,7 +319,11 @@ def _zero_adapters(ckpt: Path, dst: Path) -> Path:
 
 def test_lora_run_differs_from_the_base_only_through_the_adapters(tiny, runs, tmp_path):
     image = str(tiny["image"])
-    base, _, _ = sample_cogvideox(_cfg(pretrained=str(tiny["pipe"]), image=image))
+    # the base with the run's unconditional text and sampler (the recipe's --text.null zeros and DPM;
+    # --pretrained's: T5("") and DDIM)
+    base, _, _ = sample_cogvideox(
+        _cfg(pretrained=str(tiny["pipe"]), image=image, text_null="zeros", sampler="dpm")
+    )
     ema, _, record = sample_cogvideox(_cfg(ckpt=str(runs["lora"]), image=image))
     raw, _, _ = sample_cogvideox(_cfg(ckpt=str(runs["lora"]), image=image, use_ema=False))
     assert record["ckpt"].endswith("step_0000001") and record["use_ema"] is True
@@ -340,10 +396,84 @@ def test_bad_input(tiny, runs, tmp_path, make_tiny_cfg):
         (dict(), "--prompt"),
         (dict(prompt=(), image=image), "--image"),
         (dict(prompt=(), size=(32, 48)), "--size"),
+        (dict(prompt=(), sampler="dpm"), "--sampler"),
     ):
         with pytest.raises(ValueError, match=f"{flag}.* is for CogVideoX; this run is a V-DiT"):
             sample(_cfg(ckpt=str(vdit), out=out, **kw))
     assert not Path(out).exists()
+
+
+# ---------------------------------------------------------------------------------------------- CogVideoX 1.5
+
+
+def test_pad_frames_as_cogvideo_15_trainer():
+    """``pad_frames`` against CogVideo's 1.5 trainer (``finetune/models/cogvideox_i2v/lora_trainer.py:
+    compute_loss``, inherited by ``cogvideox1dot5_i2v``), re-stated below as the oracle in its [B, C, F, H, W]
+    layout: 81 frames → 21 latents, scaled down to 3. Copies and concatenations only: exact."""
+    cfg = PRESETS["CogVideoX1.5-5B-I2V"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 2, 2, generator=g)  # [B, F' = 3 (odd), C, h, w]
+    img = torch.randn(2, 1, 4, 2, 2, generator=g)
+    first = torch.cat([img, torch.zeros(2, 2, 4, 2, 2)], dim=1)  # [img, 0, 0]: conditioning.i2v mode "first"
+    # the oracle: ncopy = F % p_t copies of latent 0 in front; image latents + (F_padded − 1) zeros
+    latent = x.permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
+    ncopy = latent.shape[2] % 2
+    latent = torch.cat([latent[:, :, :1].repeat(1, 1, ncopy, 1, 1), latent], dim=2).permute(0, 2, 1, 3, 4)
+    want_img = torch.cat([img, img.new_zeros(2, latent.shape[1] - 1, 4, 2, 2)], dim=1)
+    padded, cond = pad_frames(cfg, x, Cond(image_latents=first))
+    assert padded.shape[1] == 4 and torch.equal(padded, latent) and torch.equal(cond.image_latents, want_img)
+    # a whole-clip condition (anyframe, i > 0) is shifted with the video latents, frame for frame
+    clip = torch.randn(2, 3, 4, 2, 2, generator=g)
+    _, cond = pad_frames(cfg, x, Cond(image_latents=clip))
+    assert torch.equal(cond.image_latents, torch.cat([clip[:, :1], clip], dim=1))
+    # nothing to do: an even count, a 1.0 model, a V-DiT (no CogVideoX config)
+    for c, f in ((cfg, 4), (PRESETS["CogVideoX-5B-I2V"], 3), (None, 3)):
+        y = torch.randn(1, f, 4, 2, 2, generator=g)
+        assert pad_frames(c, y, Cond())[0] is y
+    with pytest.raises(ValueError, match="latent frames of the video latents"):
+        pad_frames(cfg, x, Cond(image_latents=clip[:, :2]))
+
+
+def test_cogvideox15_odd_latent_count_trains_padded(tiny, tmp_path, monkeypatch):
+    """A 1.5-I2V run on 9-frame clips (3 latents: odd, as 81 → 21) trains instead of raising in the forward:
+    ``train_step`` pads the video latents to 4 and the image latents to ``[img, 0, 0, 0]``."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen, real = [], cogvideox_module.pad_frames
+
+    def spy(cfg, x_data, cond):
+        out = real(cfg, x_data, cond)
+        seen.append((x_data.shape[1], out[0], out[1].image_latents))
+        return out
+
+    monkeypatch.setattr(cogvideox_module, "pad_frames", spy)
+    folders = {"pipe": tiny["i2v-1.5"], "data": tiny["data"]}
+    first = I2VConfig(mode="first", dropout=0.0)  # CogVideoX-I2V's condition (the recipe's is anyframe)
+    train(tiny_config("cogvideox_i2v", folders, tmp_path, run_name="v15", max_steps=1, i2v=first))
+    frames, x_data, image = seen[0]
+    assert frames == 3 and x_data.shape[1] == 4 and torch.equal(x_data[:, 0], x_data[:, 1])
+    assert image.shape[1] == 4 and not image[:, 1:].any() and image[:, 0].any()
+
+
+def test_cogvideox_vae_moments_are_what_encode_samples(tiny):
+    """``tools/cache_latents.py``'s scaled moments of the CogVideoX VAE (issue 18 §2.6): the mean is
+    ``encode``'s posterior mean, and mean + exp(logvar / 2)·ε is ``encode``'s posterior sample for the same ε
+    (drawn in diffusers' [B, C, F', h, w] layout, as ``encode`` draws it)."""
+    from minivdit.models.vae.cogvideox import CogVideoXVAE
+
+    tool = load_source("tool_cache_latents", Path(__file__).parents[1] / "tools" / "cache_latents.py")
+    folder = tiny["pipe"] / "vae"
+    video = torch.rand(1, FRAMES, 3, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        vae = CogVideoXVAE.from_pretrained(folder, sample_posterior=False).eval()
+        mean, logvar = tool.scaled_moments(vae, video)  # [1, 3, C, h, w] each
+        assert torch.equal(mean, vae.encode(video))  # (μ − 0)·s and μ·s: the same product, bit for bit
+        drawn = CogVideoXVAE.from_pretrained(folder).eval().encode(video, torch.Generator().manual_seed(1))
+    B, F_lat, C, h, w = mean.shape
+    eps = torch.randn(B, C, F_lat, h, w, generator=torch.Generator().manual_seed(1))
+    ours = mean + torch.exp(0.5 * logvar) * rearrange(eps, "b c f h w -> b f c h w")
+    # s·(μ + e^(lv/2)·ε) against s·μ + e^((lv + 2 log s)/2)·ε: the same value through other fp32 roundings
+    # (the exp of a shifted argument, log s rounded, one product moved): a few ulp, ≲ 1e-6 relative per term
+    torch.testing.assert_close(ours, drawn, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- pieces

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -306,11 +307,13 @@ def test_cached_run_matches_uncached_first_step_loss(models, tmp_path, make_tiny
             batch_size=3,  # not the training batch: batching must not matter
             samples_per_shard=5,
             device="cpu",
+            posterior="mean",  # the uncached run encodes the mean (sample_posterior=False)
         )
     )
     meta = S.read_meta(out)
     assert meta["fields"]["latents"]["shape"] == [2, 4, 2, 2] and "video" not in meta["fields"]
     assert meta["teacher"]["names"] == ["dinov2", "sam2"] and meta["teacher"]["grid"] == [2, 2]
+    assert meta["teacher"]["features"] == "raw"  # raw tokens, normalised by the head after averaging
     assert meta["vae"]["kind"] == "causal3d" and meta["vae"]["sample_posterior"] is False
     cfg = make_tiny_cfg(
         tmp_path,
@@ -356,6 +359,99 @@ def test_cached_run_matches_uncached_first_step_loss(models, tmp_path, make_tiny
     torch.testing.assert_close(loss_cached, loss_pixels, rtol=1e-5, atol=1e-6)
     for k in ("loss/diff", "loss/align"):
         torch.testing.assert_close(m_cached[k], m_pixels[k], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- posterior
+
+
+@pytest.fixture(scope="module")
+def moments_dir(models, tmp_path_factory) -> Path:
+    """6 clips (5 × 16²) cached as the tiny causal VAE's posterior moments (the default), 4 per shard."""
+    tool = load_tool("cache_latents")
+    data = DataConfig(num_frames=5, image_size=16, num_classes=4, synthetic_size=6, batch_size=2)
+    vae = VAEConfig(kind="causal3d", path=models["vae"], sample_posterior=False)
+    out = tmp_path_factory.mktemp("moments") / "cache"
+    cfg = tool.CacheConfig(data=data, out=str(out), vae=vae, samples_per_shard=4, batch_size=3, device="cpu")
+    return tool.cache_latents(cfg)
+
+
+def test_cached_moments_are_the_vaes_posterior(models, moments_dir):
+    """The stored moments are those of the scaled latents ``encode`` returns: its mean (sample=False) and,
+    for the same ε, its posterior draw; the stamp says so and the log-variance has the latents' spec."""
+    tool = load_tool("cache_latents")
+    meta = S.read_meta(moments_dir)
+    assert meta["latent_posterior"] == "moments" and meta["vae"]["sample_posterior"] is False
+    assert meta["fields"]["latents_logvar"] == meta["fields"]["latents"] | {"member": "latents_logvar.npy"}
+    vae = build_vae(VAEConfig(kind="causal3d", path=models["vae"]))
+    video = torch.rand(2, 5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = tool.scaled_moments(vae, video)
+        torch.testing.assert_close(mean, vae.encode(video, sample=False), rtol=0, atol=0)  # the same ops
+        drawn = vae.encode(video, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+    # (μ + e^(lv/2)·ε − shift)·s against (μ − shift)·s + e^((lv + 2 log s)/2)·ε: a few fp32 roundings apart
+    torch.testing.assert_close(mean + torch.exp(0.5 * logvar) * eps, drawn, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_moments_are_sampled_per_visit_seeded_and_resume_exact(moments_dir):
+    ds = S.ShardDataset(moments_dir)
+    assert ds.latent_posterior == "moments" and "latents_logvar" in ds.fields
+    logvar = S.ShardDataset(moments_dir, fields=["latents_logvar"]).get(1)["latents_logvar"]
+    mean = ds.get(1)["latents"]  # no rng: the posterior mean
+    assert "latents_logvar" not in ds.get(1) and logvar.shape == mean.shape
+    a, b, c = (ds.get(1, np.random.default_rng(s))["latents"] for s in (5, 5, 6))
+    eps = torch.from_numpy(np.random.default_rng(5).standard_normal(tuple(mean.shape), dtype=np.float32))
+    assert torch.equal(a, mean + torch.exp(0.5 * logvar) * eps)  # the same three fp32 ops: bit for bit
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+    # streamed with webdataset: a draw of (seed, key), whichever worker reads the sample
+    def stream(seed):
+        return {s["key"]: s for s in S.iter_shards(moments_dir, rank=0, world=1, buffer=0, seed=seed)}
+
+    s3, again, s4 = (stream(seed)[ds.key(1)] for seed in (3, 3, 4))
+    assert "latents_logvar" not in s3 and not torch.equal(s3["latents"], mean)
+    assert torch.equal(s3["latents"], again["latents"]) and not torch.equal(s3["latents"], s4["latents"])
+    # through the loader: a fresh sample at every visit (epoch 1 sees other latents than epoch 0), and a
+    # resumed loader draws what the uninterrupted one draws
+    cfg = DataConfig(dataset="shards", root=str(moments_dir), num_frames=5, image_size=16, batch_size=2)
+    loader = build_loader(cfg)  # 6 clips: 3 batches per epoch
+    epochs = [[next(loader).latents for _ in range(3)] for _ in range(2)]
+    assert not {digest(r) for x in epochs[0] for r in x} & {digest(r) for x in epochs[1] for r in x}
+    loader = build_loader(cfg)
+    for _ in range(2):
+        next(loader)
+    resumed = build_loader(dataclasses.replace(cfg, num_workers=2))
+    resumed.load_state_dict(loader.state_dict())
+    for want in epochs[0][2:] + epochs[1]:
+        assert torch.equal(next(resumed).latents, want)
+
+
+def test_old_mean_only_cache_is_read_as_documented(moments_dir, tmp_path, caplog):
+    """A cache without the ``latent_posterior`` stamp (before moments were cached) serves its latents as they
+    are (the mean here), with one warning naming the rebuild command; an unknown stamp or moments without
+    their log-variance are refused, naming it too."""
+    old = tmp_path / "old"
+    shutil.copytree(moments_dir, old)
+    meta = S.read_meta(old)
+    del meta["latent_posterior"], meta["fields"]["latents_logvar"]
+    (old / S.META).write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="minivdit"):
+        ds = S.ShardDataset(old)
+    assert ds.latent_posterior == "mean" and "tools/cache_latents.py" in caplog.text
+    assert "re-sample the posterior at every step" in caplog.text
+    mean = S.ShardDataset(moments_dir).get(2)["latents"]
+    assert torch.equal(ds.get(2, np.random.default_rng(0))["latents"], mean)  # no draw: the stored latents
+    for stamp, fields, match in (
+        ("posterior-v3", meta["fields"], "latent_posterior='posterior-v3', not one of"),
+        ("moments", meta["fields"], "no latents_logvar"),
+    ):
+        (old / S.META).write_text(json.dumps(meta | {"latent_posterior": stamp, "fields": fields}))
+        with pytest.raises(ValueError, match=match) as e:
+            S.ShardDataset(old)
+        assert "tools/cache_latents.py" in str(e.value)
+    tool = load_tool("cache_latents")
+    with pytest.raises(ValueError, match="--posterior sample"):
+        tool.CacheConfig(out=str(tmp_path / "x"), vae=VAEConfig(kind="sd", path="v", sample_posterior=True))
 
 
 # ---------------------------------------------------------------------------------------------- CLIs

@@ -119,6 +119,34 @@ def test_empty_prompt_is_the_cached_null_context(encoder):
     assert torch.equal(dropped.context[0], context[0]) and torch.equal(dropped.context[1], empty)
 
 
+def test_null_text_zeros_or_empty_in_dropout_and_cache(t5, encoder):
+    """``TextEncoderConfig.null``: "empty" is T5(""), "zeros" an all-zero context of its shape (SAT's
+    ``ucg_rate``); the conditioner's caption dropout and the cached-text path (``null_context``) use it."""
+    from minivdit.conditioning import Conditioner
+    from minivdit.conditioning.text import null_context
+
+    zeros = T5TextEncoder(TextEncoderConfig(path=str(t5), dtype="float32", null="zeros"))
+    assert torch.equal(encoder.null()["context"], encoder.empty())  # the default: "empty"
+    assert zeros.null()["context"].shape == (226, 32) and not zeros.null()["context"].any()
+    assert torch.equal(zeros.empty(), encoder.empty())  # what tools/cache_text.py caches stays T5("")
+    cached = encoder.empty().to(torch.bfloat16)
+    z, m = null_context("zeros", cached, None)
+    assert z.dtype == torch.bfloat16 and not z.any() and m is None
+    assert null_context("empty", cached, None)[0] is cached
+    with pytest.raises(ValueError, match="null"):
+        TextEncoderConfig(null="none")
+
+    batch = SimpleNamespace(label=torch.zeros(6, dtype=torch.long), text=None, text_mask=None, video=None)
+    batch.caption = PROMPTS[:2] * 3
+    cond = Conditioner(text_encoder=zeros, text_dropout=0.5)(
+        batch, torch.Generator().manual_seed(1), torch.device("cpu")
+    )
+    keep = torch.rand(6, generator=torch.Generator().manual_seed(1)) >= 0.5  # the conditioner's first draw
+    assert 0 < keep.sum() < 6
+    encoded = zeros.encode(batch.caption)[0]
+    assert not cond.context[~keep].any() and torch.equal(cond.context[keep], encoded[keep])
+
+
 def test_use_mask_passes_and_returns_the_mask(t5):
     enc = T5TextEncoder(TextEncoderConfig(path=str(t5), dtype="float32", use_mask=True, max_length=16))
     context, mask = enc.encode(PROMPTS)

@@ -426,6 +426,106 @@ def test_lr_schedule_warmup_constant_decay():
         OptimConfig(decay_steps=-1)
 
 
+def oracle_sat_annealing_lr(start_lr: float, warmup_iter: float, end_iter: int, n: int) -> float:
+    """ORACLE: SwissArmyTransformer ``sat/training/learning_rates.py: AnnealingLR.get_lr`` (commit 63dc23a,
+    l.46-58) with ``decay_style="linear"`` and no auto warm-up (``--mode pretrain`` from iteration 0), at its
+    iteration counter ``n`` (1 for the first update: ``__init__`` calls ``step(last_iter + 1)``)."""
+    if warmup_iter > 0 and n <= warmup_iter:
+        return float(start_lr) * n / warmup_iter
+    return start_lr * ((end_iter - (n - warmup_iter)) / end_iter)
+
+
+def test_lr_schedule_is_sats_warmup_and_linear_decay():
+    """``warmup_fraction`` 0.01 + ``schedule="linear"``: SAT's curve at every step (the same float operations
+    in the same order: equal), from lr·1/W up to lr at W, then down to lr·W/max_steps at the last step."""
+    from minivdit.train import OptimConfig, lr_at
+
+    for max_steps, lr in ((1000, 1e-5), (10_000, 2e-4), (150, 1.0)):
+        cfg = OptimConfig(lr=lr, warmup_fraction=0.01, schedule="linear")
+        W = 0.01 * max_steps  # SAT: args.warmup * num_iters, a float (1.5 for 150 steps)
+        got = [lr_at(s, cfg, max_steps) for s in range(max_steps)]
+        assert got == [oracle_sat_annealing_lr(lr, W, max_steps, s + 1) for s in range(max_steps)]
+        assert got[-1] == pytest.approx(lr * W / max_steps)  # 0.01·lr at the last step
+        assert max(got) == pytest.approx(lr, rel=1 / W)  # lr at n = W, or within one step of it
+    # CogVideo finetune/ and VideoREPA: 100 warm-up steps, then constant
+    cfg = OptimConfig(lr=1.0, warmup_steps=100)
+    assert [lr_at(s, cfg, 1000) for s in (0, 49, 99, 100, 999)] == [0.01, 0.5, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="not both"):
+        OptimConfig(warmup_steps=100, warmup_fraction=0.01)
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="cosine")
+    with pytest.raises(ValueError, match="need max_steps"):
+        lr_at(0, OptimConfig(schedule="linear"))
+
+
+def test_exact_resume_with_lr_schedule(tiny_cfg, metrics):
+    """The lr is a function of the checkpointed step: resumed from its step-2 checkpoint, a 4-step run logs
+    the straight run's lr and loss and ends on the same weights, bitwise (the same kernels on the same shapes
+    in one process)."""
+    optim = OptimConfig(lr=1e-3, warmup_fraction=0.5, schedule="linear")
+    full = train(tiny_cfg(run_name="full", max_steps=4, optim=optim, ckpt={"every": 2, "keep": 0}))
+    resumed = train(
+        tiny_cfg(
+            run_name="resumed", max_steps=4, optim=optim, resume=str(full / "checkpoints" / "step_0000002")
+        )
+    )
+    ref = [(r["step"], r["lr"], r["loss"]) for r in metrics(full)]
+    # W = 2: warm-up 1/2, 2/2, then SAT's decay (4 − (n − 2))/4 for n = 3, 4
+    assert [r[1] for r in ref] == pytest.approx([5e-4, 1e-3, 7.5e-4, 5e-4], rel=1e-12)
+    assert [(r["step"], r["lr"], r["loss"]) for r in metrics(resumed)] == ref[2:]
+    last = "checkpoints/step_0000004/model.safetensors"
+    _assert_same_weights(_weights(full / last), _weights(resumed / last))
+
+
+def test_global_batch_sets_grad_accum(tiny_cfg):
+    from minivdit.train import with_global_batch
+
+    cfg = tiny_cfg(global_batch=16, data={"batch_size": 2})
+    assert with_global_batch(cfg, 8).grad_accum == 1 and with_global_batch(cfg, 2).grad_accum == 4
+    assert with_global_batch(tiny_cfg(grad_accum=3), 4).grad_accum == 3  # no global_batch: as given
+    with pytest.raises(ValueError, match="not a multiple of data.batch_size 2 × 3 ranks"):
+        with_global_batch(cfg, 3)
+    with pytest.raises(ValueError, match="global_batch=5"):
+        tiny_cfg(global_batch=5, data={"batch_size": 2})
+
+
+def test_grad_accum_2_of_batch_2_is_batch_4(tiny_cfg):
+    """Two accumulated micro-batches of 2 give the gradient of one batch of 4 (the loop's
+    ``(loss / grad_accum).backward()``; the loader hands the same 4 clips either way). The objective's noise
+    and t are made functions of each sample, so both runs see the same per-sample terms; what remains is the
+    float32 summation order of the per-sample terms (batch means taken as one sum of 4 or two sums of 2): a
+    few ulp (1.2e-7) of the summed magnitudes, so rtol 1e-5 with atol 1e-6·max|g| (~8 ulp of the largest
+    entry) for entries that cancel."""
+    cfg = tiny_cfg(model={"class_dropout_prob": 0.0})
+    objective = build_objective(cfg.objective)
+    real_corrupt = objective.corrupt
+
+    def per_sample_corrupt(x, generator=None, t=None):  # noise and t from each sample alone
+        noised = real_corrupt(x, t=torch.sigmoid(x.flatten(1).mean(1) * 7.0))
+        noise = torch.sin(13.0 * x + 1.0)
+        return replace(noised, noise=noise, x_t=objective.path(x, noise, noised.t), target=noise - x)
+
+    objective.corrupt = per_sample_corrupt
+    grads = []
+    for batch_size, accum in ((4, 1), (2, 2)):
+        model, _ = build_models(cfg, SOLO)
+        with torch.no_grad():  # off the zero init (adaLN, final layer), so every weight gets a gradient
+            torch.manual_seed(1)
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+        loader = build_loader(replace(cfg.data, batch_size=batch_size))
+        for _ in range(accum):
+            loss, _ = train_step(
+                next(loader), model=model, objective=objective, num_classes=4, precision="fp32", device=CPU
+            )
+            (loss / accum).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    big, accumulated = grads
+    assert all(g.abs().max() > 0 for g in big.values())
+    for n, g in big.items():
+        torch.testing.assert_close(accumulated[n], g, rtol=1e-5, atol=1e-6 * g.abs().max().item(), msg=n)
+
+
 def test_parallel_compile_is_announced_before_the_silent_first_step(tiny_cfg, monkeypatch, caplog):
     """``--parallel.compile``: one log line before the first step, which compiles every block in silence
     (~30 s on a CPU). ``nn.Module.compile`` is stubbed: the line is what is tested, not the compile."""

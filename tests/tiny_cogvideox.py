@@ -40,6 +40,7 @@ TINY_TRANSFORMER = dict(
     max_text_seq_length=8,
 )
 FRAMES, H, W = 9, 32, 48  # pixels -> latents 3 x 4 x 6 -> tokens 3 x 2 x 3
+TINY_TEACHER_GRID = (1, 3)  # a teacher token grid dividing the 2 x 3 DiT grid: a learned conv of stride 2 x 1
 
 
 def transformer_kwargs(*, i2v: bool = True, version: str = "1.0") -> dict:
@@ -140,6 +141,7 @@ def tiny_config(recipe: str, tiny: dict[str, Path], out: Path, **overrides):
             batch_size=2,
         ),
         max_steps=2,
+        global_batch=None,  # the recipe's 16 would accumulate 8 micro-batches of 2 on one CPU process
         precision="fp32",
         parallel=dataclasses.replace(cfg.parallel, compile=False),
         log=LogConfig(every=1, tensorboard=False),
@@ -148,4 +150,6 @@ def tiny_config(recipe: str, tiny: dict[str, Path], out: Path, **overrides):
     if cfg.align is not None:
         changes["align"] = dataclasses.replace(cfg.align, block_index=1, projector_dim=32)
         changes["teacher"] = dataclasses.replace(cfg.teacher, vjepa2=str(tiny["vjepa2"]))
+        if cfg.teacher.token_grid is not None:  # the 2×3 DiT grid cannot hold the recipe's 10×15 teacher grid
+            changes["teacher"] = dataclasses.replace(changes["teacher"], token_grid=TINY_TEACHER_GRID)
     return dataclasses.replace(cfg, **(changes | overrides))

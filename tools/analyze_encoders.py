@@ -16,8 +16,11 @@ synthetic dataset (``minivdit/data/synthetic.py``) is used. Undecodable files ar
 Features: every configured encoder (``--dinov2 DIR`` ... as in ``minivdit.align.teachers.TeacherConfig``,
 with ``--sam2-stage``, ``--layer`` and ``--drop-first-frame``) runs as its own one-encoder ``Teacher`` at
 ``--grid``, so image encoders (F' = T) and video encoders (F' = T / tubelet) can be compared in one run (a
-fused ``Teacher`` requires equal F'). The features are what a fused teacher concatenates: each encoder's
-tokens L2-normalised per token. Video encoders need T to be a multiple of the tubelet (or 4k + 1 with
+fused ``Teacher`` requires equal F'). ``--features raw`` (default) analyses each encoder's raw output, as
+Align4Gen's analysis does (seeds/004 §3, Eq. 8: ``F = E(x_0)``, the encoder output, and Eqs. 5-7 cluster
+"features extracted" by the encoder): use it for the paper's Figs. 1 and 3. ``--features l2`` L2-normalises
+every token first (of the DiT tap too), which removes the per-token scale (the cosine losses see only
+directions) and changes IICR and Δfreq. Video encoders need T to be a multiple of the tubelet (or 4k + 1 with
 ``--drop-first-frame``); their PCA rows show one map per tubelet. ``--ckpt`` adds a trained
 V-DiT: the run's EMA weights (``--no-ema``: raw), loaded as ``python -m minivdit.sample`` does, fed the clip
 resampled to the run's frame count and size, encoded by the run's VAE when it has one, noised to ``x_t`` at
@@ -244,8 +247,8 @@ class DiTTap:
 class Accumulator:
     """Per-encoder running state: pooled frame vectors for IICR, per-frame Δfreq, tokens for PCA."""
 
-    def __init__(self, grid: tuple[int, int], pool: str, pca_videos: int):
-        self.grid, self.pool, self.pca_videos = grid, pool, pca_videos
+    def __init__(self, grid: tuple[int, int], pool: str, pca_videos: int, features: str = "raw"):
+        self.grid, self.pool, self.pca_videos, self.features = grid, pool, pca_videos, features
         self.vectors: list[Tensor] = []  # [B, F', D] or [B, F', N, D]
         self.dfreq: list[Tensor] = []  # [B·F']
         self.pca: list[Tensor] = []  # [F', h, w, D] per video
@@ -258,6 +261,8 @@ class Accumulator:
         if h * w != N:
             raise ValueError(f"features have {N} tokens per frame, expected {h}x{w} = {h * w}")
         feats = feats.float().cpu()
+        if self.features == "l2":  # per token, before pooling and the FFT
+            feats = F.normalize(feats, dim=-1)
         self.dim, self.frames = D, Fp
         self.vectors.append(feats.mean(2) if self.pool == "mean" else feats)
         maps = feats.reshape(B * Fp, h, w, D)  # [B·F', h, w, D]
@@ -347,9 +352,9 @@ def analyze(args: argparse.Namespace) -> dict:
         raise ValueError("nothing to analyse: give at least one encoder (--dinov2 DIR, ...) or --ckpt RUN")
     accs: dict[str, Accumulator] = {}
     for name, teacher in teachers.items():
-        accs[name] = Accumulator(tuple(teacher.grid), args.pool, args.pca_videos)
+        accs[name] = Accumulator(tuple(teacher.grid), args.pool, args.pca_videos, args.features)
     if dit is not None:
-        accs[dit.name] = Accumulator(dit.grid, args.pool, args.pca_videos)
+        accs[dit.name] = Accumulator(dit.grid, args.pool, args.pca_videos, args.features)
 
     skipped: list[str] = []
     inputs: list[np.ndarray] = []  # uint8 [T, H, W, 3] of the PCA videos
@@ -361,7 +366,7 @@ def analyze(args: argparse.Namespace) -> dict:
                 inputs.append(((v.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
             with autocast(device, args.precision):
                 for name, teacher in teachers.items():
-                    accs[name].add(teacher(video.to(device)))  # [B, F', N, D], unit norm per token
+                    accs[name].add(teacher(video.to(device)))  # [B, F', N, D], raw tokens
                 if dit is not None:
                     accs[dit.name].add(dit(video, label))  # [B, F, N, D]
             log.info(f"features of {videos} videos")
@@ -433,6 +438,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     met = ap.add_argument_group("metrics (minivdit/align/analysis.py)")
     met.add_argument(
         "--ks", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64], help="k-means cluster counts"
+    )
+    met.add_argument(
+        "--features",
+        choices=["raw", "l2"],
+        default="raw",
+        help="tokens analysed: raw encoder output (Align4Gen Eq. 8; the paper's figures) or L2-normalised",
     )
     met.add_argument("--pool", choices=["mean", "tokens"], default="mean", help="per-frame vector for IICR")
     met.add_argument("--normalize", choices=["none", "l2"], default="none", help="IICR vector normalisation")

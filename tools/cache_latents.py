@@ -16,8 +16,11 @@
 What is stored (``minivdit/data/shards.py`` documents the format): ``latents.npy`` ``[F', C, h, w]``, exactly
 what ``train_step`` would feed the DiT (``vae.encode``: scaled and shifted by the VAE), in
 ``--latents-dtype`` (float32 by default); ``feats.npy`` ``[F', h·w, ΣD]``, exactly ``Teacher.forward`` (each
-encoder L2-normalised per token, concatenated dinov2, dinov3, sam2, vjepa2, videomae) on the token grid
-``--grid`` (default: image size / VAE compression / ``--patch-size``, the DiT's grid), in ``--feats-dtype``
+encoder's raw tokens, concatenated dinov2, dinov3, sam2, vjepa2, videomae; the align head normalises them
+after its frame averaging; meta.json says ``"features": "raw"``, older caches of normalised tokens are
+refused) on the token grid
+``--teacher.token-grid`` when set (VideoREPA's 10×15 for 480×720 clips), else ``--grid`` (default: image
+size / VAE compression / ``--patch-size``, the DiT's grid), in ``--feats-dtype``
 (bfloat16 by default); ``label.cls``; ``caption.txt`` when the dataset has captions; with ``--keep-video``
 also the clip (``video.npy`` uint8, or ``--video-format mp4``). meta.json records the VAE and teacher configs,
 the VAE's compression and the teacher's names, widths and grid, and the content identity of the VAE and of
@@ -26,10 +29,16 @@ safetensors headers and sampled blocks; the same VAE named ``runs/x`` or ``runs/
 A run on the cache recomputes them from its ``--vae.path`` / ``--teacher.*`` and refuses the cache when they
 differ (``minivdit.data.shards.cache_mismatches``), naming both folders.
 
-Deterministic encoding by default: ``--vae.sample-posterior`` is False here, so latents are the posterior
-mean (REPA caches the moments and samples each step; Latte samples each step). With
-``--vae.sample-posterior`` one posterior sample per clip is drawn (seeded by shard and batch) and frozen
-into the cache: every epoch then sees the same sample.
+The VAE posterior (``--posterior``). "moments" (default): ``latents.npy`` holds the mean and
+``latents_logvar.npy`` the log-variance of the *scaled* latents (``scaled_moments``: s·(μ − shift) and
+logvar + 2·log s), and the loader draws a fresh posterior sample from them at every visit, seeded by the
+loader's ``(seed, epoch, index)`` so resume stays exact (``minivdit/data/shards.py``, "Latent posterior"):
+what diffusers' and finetrainers' cached training does (``DiagonalGaussianDistribution(moments).sample()``
+each step; REPA caches the moments too). The sample equals ``vae.encode``'s up to float rounding (the scale
+is applied to the moments instead of to the draw). "mean": the posterior mean only, the same latents every
+epoch. "sample": one posterior sample per clip (seeded by shard and batch), frozen into the cache.
+meta.json's ``latent_posterior`` records which; the latents' dtype (``--latents-dtype``) is the log-variance's
+too.
 
 Sizes (the tool logs the bytes per sample of each field before it starts): SD-VAE latents of a 16×256² clip
 are 16·4·32·32 fp32 = 256 KiB; DINOv2-B (768) + SAM2.1-B+ stage 2 (448) features on the 16×16 grid are
@@ -52,7 +61,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -62,7 +71,7 @@ import tyro
 from torch.utils.data import DataLoader
 
 from minivdit import dist
-from minivdit.align.teachers import TeacherConfig, build_teacher, teacher_identity
+from minivdit.align.teachers import FEATURES, TeacherConfig, build_teacher, teacher_identity
 from minivdit.data import DataConfig, build_dataset
 from minivdit.data.shards import (
     FLOAT_DTYPES,
@@ -98,7 +107,8 @@ class CacheConfig:
     """Teacher folders whose features are cached (``--teacher.dinov2 DIR --teacher.sam2 DIR``); none set:
     no features."""
     grid: tuple[int, int] | None = None
-    """Teacher token grid (h, w) = the DiT's; default (image size / VAE compression / ``--patch-size``)²."""
+    """DiT token grid (h, w), the teacher's unless ``--teacher.token-grid`` is set; default image size / VAE
+    compression / ``--patch-size``."""
     patch_size: int = 2
     """DiT patch size, only to derive the default ``--grid`` (Latte / Align4Gen: 2)."""
     latents_dtype: FloatName = "float32"
@@ -123,8 +133,16 @@ class CacheConfig:
     """Only the first N clips of the dataset."""
     overwrite: bool = False
     """Replace shards of different settings already in ``--out``."""
+    posterior: Literal["moments", "mean", "sample"] = "moments"
+    """What of the VAE posterior is cached (module docstring): its moments, sampled by the loader at every
+    visit (diffusers, finetrainers); the mean; or one frozen sample."""
 
     def __post_init__(self):
+        if self.vae.sample_posterior and self.posterior != "sample":
+            raise ValueError(
+                f"--vae.sample-posterior with --posterior {self.posterior}: a frozen posterior sample is "
+                f"--posterior sample (the default, moments, samples at every visit instead)"
+            )
         if self.batch_size < 1 or self.samples_per_shard < 1 or self.repeats < 1 or self.patch_size < 1:
             raise ValueError("batch_size, samples_per_shard, repeats and patch_size must be >= 1")
         if self.vae.kind == "none" and not self.teacher.enabled:
@@ -155,9 +173,10 @@ def cache_latents(cfg: CacheConfig) -> Path:
     size = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     first = PlannedSamples(dataset, [0], size, cfg.data.seed)[0][1]
     F, _, H, W = first["video"].shape
-    vae = build_vae(cfg.vae)
+    vae_cfg = replace(cfg.vae, sample_posterior=cfg.posterior == "sample")  # encode() draws only for "sample"
+    vae = build_vae(vae_cfg)
     # the content identity, not the path: what a run compares to refuse latents of another VAE
-    identity = vae_identity(cfg.vae) if vae is not None else None
+    identity = vae_identity(vae_cfg) if vae is not None else None
     fields: dict[str, dict] = {"label": {"member": "label.cls"}}
     meta_vae = meta_teacher = None
     s = 1
@@ -168,7 +187,9 @@ def cache_latents(cfg: CacheConfig) -> Path:
             raise ValueError(f"clips of {H}x{W} px are not divisible by the VAE's {s}x compression")
         shape = [vae.latent_frames(F), vae.latent_channels, H // s, W // s]
         fields["latents"] = {"member": "latents.npy", "dtype": cfg.latents_dtype, "shape": shape}
-        meta_vae = asdict(cfg.vae) | {
+        if cfg.posterior == "moments":
+            fields["latents_logvar"] = fields["latents"] | {"member": "latents_logvar.npy"}
+        meta_vae = asdict(vae_cfg) | {
             "latent_channels": vae.latent_channels,
             "spatial_compression": s,
             "temporal_compression": getattr(vae, "temporal_compression", 1),
@@ -178,6 +199,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
     if cfg.teacher.enabled:
         grid = cfg.grid or (H // s // cfg.patch_size, W // s // cfg.patch_size)
         teacher = build_teacher(cfg.teacher, grid=tuple(grid)).to(device)
+        grid = teacher.grid  # --teacher.token-grid when set: runs compare it (shards.cache_mismatches)
         shape = [teacher.frames_out(F), grid[0] * grid[1], sum(teacher.dims)]
         fields["feats"] = {"member": "feats.npy", "dtype": cfg.feats_dtype, "shape": shape}
         meta_teacher = asdict(cfg.teacher) | {
@@ -185,6 +207,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
             "dims": list(teacher.dims),
             "grid": list(grid),
             "identity": teacher_identity(cfg.teacher),
+            "features": FEATURES,  # raw tokens; runs refuse normalised ones (shards.cache_mismatches)
         }
     if cfg.keep_video:
         fields["video"] = video_field((F, 3, H, W), cfg.video_format)
@@ -197,6 +220,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
         repeats=cfg.repeats,
         **describe_source(cfg.data, dataset),
         vae=meta_vae,
+        **({"latent_posterior": cfg.posterior} if vae is not None else {}),
         teacher=meta_teacher,
         precision=cfg.precision,
         made_by="tools/cache_latents.py",
@@ -235,12 +259,35 @@ def _encode(loader, *, vae, teacher, device, cfg: CacheConfig, shard: int) -> It
         extra: dict[str, torch.Tensor] = {}
         with torch.no_grad(), dist.autocast(device, cfg.precision):
             if vae is not None:
-                torch.manual_seed(_seed(cfg.data.seed, shard, b))  # only --vae.sample-posterior draws
-                extra["latents"] = vae.encode(video).float().cpu()  # [B, F', C, h, w]
+                if cfg.posterior == "moments":
+                    mean, logvar = scaled_moments(vae, video)  # [B, F', C, h, w] each
+                    extra["latents"], extra["latents_logvar"] = mean.float().cpu(), logvar.float().cpu()
+                else:
+                    torch.manual_seed(_seed(cfg.data.seed, shard, b))  # only --posterior sample draws
+                    extra["latents"] = vae.encode(video).float().cpu()  # [B, F', C, h, w]
             if teacher is not None:
-                extra["feats"] = teacher(video).float().cpu()  # [B, F', N', ΣD]
+                extra["feats"] = feats = teacher(video).float().cpu()  # [B, F', N', ΣD], raw tokens
+                if cfg.feats_dtype == "float16" and feats.abs().max() > torch.finfo(torch.float16).max:
+                    raise ValueError(
+                        f"teacher features reach |x| = {float(feats.abs().max()):.4g}, beyond float16's "
+                        f"{torch.finfo(torch.float16).max:.0f} (raw, unnormalised tokens): use --feats-dtype "
+                        f"bfloat16 or float32"
+                    )
         for i, (key, sample) in enumerate(items):
             yield key, {**sample, **{k: v[i] for k, v in extra.items()}}
+
+
+def scaled_moments(vae, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior of the latents ``vae.encode(video)`` returns, i.e. of s·(z − shift) with z ~ N(μ, σ²):
+    mean s·(μ − shift) and log-variance logvar + 2·log|s|, each ``[B, F', C, h, w]``. The constants are the
+    VAE's own (its config's ``scaling_factor`` and ``shift_factor``, the values its ``encode`` applies), read
+    here because every VAE applies them inside ``encode`` only."""
+    if not hasattr(vae, "encode_moments"):
+        raise ValueError(f"{type(vae).__name__} gives no posterior moments: cache with --posterior mean")
+    mean, logvar = vae.encode_moments(video)  # raw, [B, F', C, h, w] each
+    cfg = getattr(vae, "cfg", None) or vae.config
+    scale, shift = float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0)
+    return (mean - shift) * scale, logvar + 2.0 * math.log(abs(scale))
 
 
 def main(args: list[str] | None = None) -> Path:

@@ -19,11 +19,16 @@ Below ĥ, ŷ are the normalised tokens and cos(a, b) = ⟨â, b̂⟩.
 
   K(f) = {f − d, f + d} (``mode="exact"``, SimpleTuner's corrected reading, its issue #2123) or
   {f ± 1, …, f ± d} (``"cumulative"``); neighbours outside [0, F) contribute nothing, and the sum over f is
-  divided by F (SimpleTuner's ``per_video_sum / num_frames``). The paper's code is unreleased, so d, τ and the
-  frame normalisation follow SimpleTuner's ``CrepaRegularizer`` (d = 1, τ = 1). Patch tokens only: SimpleTuner
-  feeds a torch.hub DINOv2's ``forward()`` output, which is the CLS vector, and then interpolates the DiT
-  tokens down to that single token, so its "patch-level" loss silently becomes middle-token-vs-CLS
-  (``reference/anchors-modules.md`` §4.1). Here both inputs must be [B, F, N, D] with the same N.
+  divided by F (SimpleTuner's ``per_video_sum / num_frames``). A d ≥ F is clamped to F − 1 (logged once per
+  (d, F)), as SimpleTuner's ``d = min(self.distance, num_frames - 1)`` (``bghira/SimpleTuner``
+  ``simpletuner/helpers/training/crepa.py`` l.504 at bc8e6ab): in ``exact`` mode the first and last frames
+  are then each other's neighbours, where an unclamped d would leave no neighbour at all (CREPA = REPA);
+  ``cumulative`` is unchanged by the clamp. With F = 1 only the frame's own term remains. The paper's code
+  is unreleased, so d, τ and the frame normalisation follow SimpleTuner's ``CrepaRegularizer`` (d = 1,
+  τ = 1). Patch tokens only: SimpleTuner feeds a torch.hub DINOv2's ``forward()`` output, which is the CLS
+  vector, and then interpolates the DiT tokens down to that single token, so its "patch-level" loss silently
+  becomes middle-token-vs-CLS (``reference/anchors-modules.md`` §4.1). Here both inputs must be [B, F, N, D]
+  with the same N.
 
 ``trd`` (VideoREPA token-relation distillation, Zhang et al. 2025; ``aHapBean/VideoREPA``
 ``finetune/models/cogvideox_t2v_align/lora_trainer.py::compute_loss``):
@@ -71,11 +76,14 @@ Notable deviations from the references:
 - per-sample values (the references reduce over the batch; their value is the mean of ours, as every sample
   has the same token count);
 - dREPA with F = 1 gives temporal = 0 instead of nan; TRD "temporal" with F = 1 raises;
-- CREPA's frame matching (SimpleTuner picks one pixel frame per latent) lives in ``heads.match_frames``.
+- CREPA's frame matching (SimpleTuner picks one pixel frame per latent) lives in ``heads.match_frames``;
+- CREPA's d ≥ F clamp is logged (SimpleTuner clamps silently).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Literal
@@ -85,6 +93,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger("minivdit")
 
 
 def _check(h: Tensor, y: Tensor, *, same_dim: bool) -> None:
@@ -129,21 +139,36 @@ def repa(h: Tensor, y: Tensor) -> Tensor:
         return -cos.mean(dim=(1, 2))
 
 
+@functools.cache
+def _log_clamped_d(d: int, num_frames: int) -> None:
+    """Once per (d, F): the clamp of ``crepa_weights`` changes what the user asked for."""
+    log.warning(
+        f"crepa: d={d} >= the clip's {num_frames} DiT frames, clamped to d={max(num_frames - 1, 0)} as "
+        f"SimpleTuner does (crepa.py: d = min(distance, num_frames - 1))"
+    )
+
+
 def crepa_weights(
     num_frames: int, *, d: int = 1, tau: float = 1.0, mode: Literal["exact", "cumulative"] = "exact"
 ) -> Tensor:
     """[F, F] (fp64) weights W[f, k] of sim(y^k, h^f) in CREPA: 1 on the diagonal, e^{−|k−f|/τ} for k ∈ K(f)
-    inside the clip, 0 elsewhere."""
+    inside the clip, 0 elsewhere. d ≥ F is clamped to F − 1 (module docstring)."""
     if d < 1:
         raise ValueError(f"crepa distance d must be >= 1, got {d}")
     if tau <= 0:
         raise ValueError(f"crepa tau must be > 0, got {tau}")
     if mode not in ("exact", "cumulative"):
         raise ValueError(f"crepa mode must be 'exact' or 'cumulative', got {mode!r}")
+    eye = torch.eye(num_frames, dtype=torch.float64)
+    if d >= num_frames:
+        _log_clamped_d(d, num_frames)
+        d = num_frames - 1
+        if d < 1:  # a single frame: its own term only (SimpleTuner's ``if d > 0`` skips the neighbours)
+            return eye
     idx = torch.arange(num_frames, dtype=torch.float64)
     dist = (idx[:, None] - idx[None, :]).abs()  # [F, F]
     near = (dist == d) if mode == "exact" else (dist >= 1) & (dist <= d)
-    return torch.where(near, torch.exp(-dist / tau), 0.0) + torch.eye(num_frames, dtype=torch.float64)
+    return torch.where(near, torch.exp(-dist / tau), 0.0) + eye
 
 
 def crepa(

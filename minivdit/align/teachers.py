@@ -1,10 +1,17 @@
 """Frozen vision encoders ("teachers") for representation alignment, loaded from local Hugging Face folders.
 
-A teacher maps a clean video ``[B, T, 3, H, W]`` in ``[-1, 1]`` to features ``[B, F', h·w, ΣD]`` on the DiT's
-token grid ``(h, w)``: every encoder resizes and normalises the video itself, drops its non-patch tokens,
-returns ``[B, F', h·w, D]``, and ``Teacher`` L2-normalises each encoder's tokens along channels before
-concatenating them (Align4Gen, seeds/004 Appendix B / Algorithm 1: ``F = [F1/‖F1‖; F2/‖F2‖]``). The
-concatenation order is fixed: dinov2, dinov3, sam2, vjepa2, videomae.
+A teacher maps a clean video ``[B, T, 3, H, W]`` in ``[-1, 1]`` to features ``[B, F', h·w, ΣD]`` on a token
+grid ``(h, w)``: the DiT's, or ``TeacherConfig.token_grid`` (VideoREPA's video teachers see 160×240 pixels, a
+10×15 grid, against CogVideoX's 30×45; the align head matches the grids). Every encoder resizes and normalises
+the video itself, drops its non-patch tokens,
+returns ``[B, F', h·w, D]``, and ``Teacher`` concatenates the encoders' **raw** tokens in a fixed order:
+dinov2, dinov3, sam2, vjepa2, videomae. Normalisation comes last, in the align head, after the frame
+averaging and grid resampling (VideoREPA ``finetune/models/cogvideox_t2v_align/lora_trainer.py`` averages
+the raw DINOv2 tokens with ``avg_pool1d`` at l.233 and normalises at l.318-319): the head L2-normalises each
+encoder's part before a fused projector (Align4Gen, seeds/004 Appendix B / Algorithm 1:
+``F = [F1/‖F1‖; F2/‖F2‖]``), and every loss normalises its inputs. Cached features
+(``tools/cache_latents.py``) are these raw tokens, stamped ``"features": FEATURES`` in meta.json; caches of
+normalised tokens (written before) are refused.
 
 References: REPA ``utils.load_encoders`` / ``preprocess_raw_image`` (reference/anchors-latte-repa.md §2.3),
 VideoREPA ``lora_trainer.compute_loss`` (anchors-modules.md §4.2), and the transformers 5.x classes and
@@ -47,8 +54,11 @@ tubelets). Matching ``F'`` to the latent frames is the align head's job.
 
 Notable deviations from running the transformers models as published:
 - resolution: each encoder runs at ``grid × patch`` (not the processors' 224/256/1024 crops), so that its
-  token grid is the DiT's; DINOv2 interpolates its position table (bicubic, in transformers), DINOv3 and
-  V-JEPA 2 use RoPE, VideoMAE is loaded with ``image_size = grid × patch`` (its sinusoid table is fixed).
+  token grid is the DiT's, or ``token_grid`` when set (one grid for all encoders: each gets its own pixel
+  size, e.g. DINOv2 at 420×630 and V-JEPA 2 at 480×720 for 30×45); DINOv2 interpolates its position table
+  (bicubic, in transformers), DINOv3 and V-JEPA 2 use RoPE, VideoMAE interpolates its checkpoint's sinusoid
+  table in 3-D (below). V-JEPA 2 at 480×720 (30×45 per tubelet) is far beyond its 256² training grid (16×16);
+  VideoREPA's 160×240 (``token_grid=(10, 15)``) is within it in area.
 - SAM2: only the Hiera trunk runs, and only up to the chosen stage (later blocks are deleted; transformers'
   last stage also mis-batches maps smaller than its window). The trunk tiles its window position embedding,
   so the stride-4 map must be a multiple of ``window_size_per_stage[0]`` (8 in the released models: inputs
@@ -58,12 +68,23 @@ Notable deviations from running the transformers models as published:
   ``crop_size / patch`` grid. Each encoder attention module gets ``_RopeGrid(h, w)`` instead, which uses the
   actual ``h × w`` grid as the original ``RoPEAttention`` does when given ``H_patches``/``W_patches``
   (identical for a square grid of side ``crop_size / patch``).
-- VideoMAE: the sinusoid table is 1-D over the flattened ``(t, h, w)`` index, so its rows do not depend on its
-  length; the table for the actual ``T`` is a prefix of one long table, set before each call (equal to loading
-  with ``num_frames = T``).
-- ``layer="prenorm"`` replaces the final LayerNorm by ``Identity`` (VideoREPA's V-JEPA 2 "norm → Identity");
-  for DINOv2/v3 this equals ``hidden_states[-1]``. SAM2 has no final norm; VideoMAE with
-  ``use_mean_pooling=True`` has none on its tokens.
+- VideoMAE: the checkpoint was trained with a 1-D sinusoid over the flattened ``(t, h, w)`` index of its
+  native ``T0 × h0 × w0`` grid (``num_frames / tubelet × (image_size / patch)²``: 8 × 14 × 14 for
+  videomae-base), i.e. position ``t·h0·w0 + i·w0 + j``. As VideoREPA (``aHapBean/VideoREPA``
+  ``finetune/models/cogvideox_t2v_align/models/ssl/VideoMAE.py`` l.291-321, ``interpolate_pos_embed``), that
+  native table is reshaped to ``[T0, h0, w0, D]``, resized bicubically in space to the grid (``align_corners=
+  False``, no antialias) and linearly in time to the clip's tubelet count, so a token keeps the position code
+  of the place it was trained for (loading with ``image_size = grid × patch`` instead takes the 1-D sinusoid
+  over the flattened actual grid: another code for every row but the first). At the native grid and length
+  the table is the checkpoint's, unchanged. A clip of fewer tubelets than ``T0`` gets the native table
+  compressed in time (VideoREPA's rule; its 48-frame clips stretch 8 → 24).
+- ``layer="prenorm"`` (all encoders) or ``prenorm=(names…)`` (those listed) replaces the final LayerNorm by
+  ``Identity`` (VideoREPA's V-JEPA 2 "norm → Identity", ``lora_trainer.py`` l.69-74); for DINOv2/v3 this
+  equals ``hidden_states[-1]``. SAM2 has no final norm; VideoMAE with ``use_mean_pooling=True`` has none on
+  its tokens.
+- pixels are resized with each processor's filter, antialiased; VideoREPA shrinks 480×720 → 160×240 for its
+  video teachers with plain bicubic (``F.interpolate(mode='bicubic')``, no antialias, ``lora_trainer.py``
+  l.190), after the ImageNet normalisation.
 - weights are loaded in fp32 whatever dtype the folder stores; the caller's autocast picks the compute dtype.
 - SAM2.1 on the Hub: the transformers-format folder may say ``model_type`` ``sam2`` or ``sam2_video``; both
   load with their own full class [unverified which one the released folders use]. A folder holding only the
@@ -104,7 +125,12 @@ def _hf(name: str):
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ORDER = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")  # concatenation order of Teacher features
+PrenormName = Literal["dinov2", "dinov3", "vjepa2", "videomae"]  # the encoders with a final LayerNorm
 CONFIG_NAME = "config.json"
+FEATURES = "raw"
+"""What ``Teacher.forward`` returns, stamped into cached features' meta.json (``teacher.features``): each
+encoder's unnormalised tokens. ``minivdit.data.shards.cache_mismatches`` refuses feats stamped otherwise or
+not at all (those were L2-normalised per token before the head's frame averaging)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +153,17 @@ class TeacherConfig:
     """0-indexed Hiera stage whose map is used: stride 4·2^stage pixels (stage 2 = stride 16)."""
     layer: Literal["last", "prenorm"] = "last"
     """ViT tokens: 'last' = last_hidden_state (after the final LayerNorm), 'prenorm' = the last block's output
-    before it (VideoREPA's V-JEPA 2 setting). No effect on SAM2."""
+    before it (VideoREPA's V-JEPA 2 setting). No effect on SAM2. Per encoder: ``prenorm``."""
+    prenorm: tuple[PrenormName, ...] = ()
+    """Encoders taken before their final LayerNorm whatever ``layer`` says (``--teacher.prenorm vjepa2``), so
+    a fused teacher can mix: pre-norm V-JEPA 2 (VideoREPA's "norm → Identity") with post-norm DINOv2 (its
+    ``x_norm_patchtokens``). A name whose folder is not set is ignored, so a recipe's teacher can be swapped
+    on the command line without clearing this."""
+    token_grid: tuple[int, int] | None = None
+    """Teacher token grid (h, w); each encoder runs at ``token_grid × its patch`` pixels (SAM2: × its stride)
+    and the align head matches it to the DiT's grid (``AlignConfig.grid_match``). None: the DiT's grid, i.e.
+    every encoder at DiT grid × patch. VideoREPA runs its video teachers at 160×240 for 480×720 clips:
+    ``(10, 15)`` for V-JEPA 2 / VideoMAE (patch 16) against CogVideoX's 30×45 grid."""
     drop_first_frame: bool = False
     """Video encoders only: drop pixel frame 0 first (VideoREPA), so 4k+1 frames give 2k tubelets."""
     frame_chunk: int = 64
@@ -146,11 +182,19 @@ class TeacherConfig:
         for name in ORDER:
             if getattr(self, name) == "":
                 raise ValueError(f"{name}: empty path (use None to disable the encoder)")
+        if self.token_grid is not None and min(self.token_grid) < 1:
+            raise ValueError(f"token_grid must be two positive ints (h, w), got {self.token_grid}")
+        if len(set(self.prenorm)) != len(self.prenorm):
+            raise ValueError(f"prenorm lists an encoder twice: {self.prenorm}")
 
     @property
     def enabled(self) -> bool:
         """Whether any encoder path is set."""
         return any(getattr(self, name) for name in ORDER)
+
+    def layer_of(self, name: str) -> Literal["last", "prenorm"]:
+        """The layer encoder ``name`` is read at: 'prenorm' when ``layer`` says so or ``prenorm`` lists it."""
+        return "prenorm" if self.layer == "prenorm" or name in self.prenorm else "last"
 
 
 def teacher_identity(cfg: TeacherConfig) -> dict[str, dict]:
@@ -493,8 +537,34 @@ class VJEPA2Encoder(FrozenEncoder):
         return rearrange(out, "b (f n) d -> b f n d", n=n)  # [b, F', h·w, D]
 
 
+def interpolate_positions(table: Tensor, native: tuple[int, int, int], size: tuple[int, int, int]) -> Tensor:
+    """A position table ``[1, T0·h0·w0, D]`` over the native ``(T0, h0, w0)`` token grid (row-major) →
+    ``[1, T·h·w, D]`` for ``size = (T, h, w)``: bicubic in space (``align_corners=False``, no antialias),
+    then linear in time (``align_corners=False``), as VideoREPA's ``interpolate_pos_embed`` (module
+    docstring). Returns ``table`` itself when ``size == native``; computed in the table's dtype."""
+    (T0, h0, w0), (T, h, w) = native, size
+    if table.ndim != 3 or table.shape[:2] != (1, T0 * h0 * w0):
+        raise ValueError(
+            f"position table of shape {tuple(table.shape)} is not [1, {T0 * h0 * w0}, D] for the native "
+            f"{T0}x{h0}x{w0} grid"
+        )
+    if min(size) < 1:
+        raise ValueError(f"target grid must be positive, got {size}")
+    if (T, h, w) == (T0, h0, w0):
+        return table
+    x = rearrange(table, "1 (t h w) d -> t d h w", t=T0, h=h0, w=w0)
+    if (h, w) != (h0, w0):
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)  # [T0, D, h, w]
+    if T != T0:
+        x = rearrange(x, "t d h w -> 1 (d h w) t")
+        x = F.interpolate(x, size=T, mode="linear", align_corners=False)  # [1, D·h·w, T]
+        x = rearrange(x, "1 (d h w) t -> t d h w", h=h, w=w)
+    return rearrange(x, "t d h w -> 1 (t h w) d")  # [1, T·h·w, D]
+
+
 class VideoMAEEncoder(FrozenEncoder):
-    """VideoMAE (Tong et al., 2022) video encoder: tubelets of 2 frames, fixed 1-D sinusoid positions."""
+    """VideoMAE (Tong et al., 2022) video encoder: tubelets of 2 frames, the checkpoint's fixed sinusoid
+    positions interpolated in 3-D to the actual grid and length (module docstring)."""
 
     name = "videomae"
     resample = "bilinear"
@@ -516,10 +586,14 @@ class VideoMAEEncoder(FrozenEncoder):
     ):
         grid = _check_grid(grid)
         folder, raw = _read_config(path, self.name)
-        p = raw.get("patch_size", 16)  # 16: VideoMAEConfig's default when config.json omits it
+        # VideoMAEConfig's defaults where config.json omits a key (transformers 5.x)
+        p, tubelet = raw.get("patch_size", 16), raw.get("tubelet_size", 2)
+        trained = _pair(raw.get("image_size", 224))
+        native = (raw.get("num_frames", 16) // tubelet, trained[0] // p, trained[1] // p)
         size = (grid[0] * p, grid[1] * p)
-        # image_size fixes the patch-embedding check and the sinusoid table length (anchors-modules §6)
-        model = _load(folder, raw, self.ARCHS, self.name, image_size=list(size))
+        # image_size fixes the patch-embedding check (anchors-modules §6); num_frames = one tubelet only keeps
+        # the 1-D table transformers builds at init small: _encode replaces it before every call
+        model = _load(folder, raw, self.ARCHS, self.name, image_size=list(size), num_frames=tubelet)
         cfg = model.config
         if layer == "prenorm" and model.layernorm is not None:
             model.layernorm = nn.Identity()
@@ -532,18 +606,27 @@ class VideoMAEEncoder(FrozenEncoder):
             drop_first_frame=drop_first_frame,
             frame_chunk=frame_chunk,
         )
-        self._table = model.embeddings.position_embeddings  # [1, L, D], a plain tensor in transformers
+        from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+        self.native = native  # (T0, h0, w0) the checkpoint was trained on
+        # the checkpoint's own table (the function VideoMAE and transformers build it with), [1, T0·h0·w0, D]
+        self.native_table = get_sinusoid_encoding_table(math.prod(native), cfg.hidden_size)
+        self._tables: dict[tuple[int, torch.device], Tensor] = {}  # (F', device) -> [1, F'·h·w, D]
+
+    def positions(self, frames: int, device: torch.device | str = "cpu") -> Tensor:
+        """The position table ``[1, frames·h·w, D]`` for ``frames`` tubelets on ``grid`` (fp32, on
+        ``device``): the native table interpolated by :func:`interpolate_positions`, cached."""
+        key = (frames, torch.device(device))
+        if key not in self._tables:  # a plain tensor: .to(device) on the module would not move it
+            table = interpolate_positions(self.native_table, self.native, (frames, *self.grid))
+            self._tables[key] = table.to(key[1])
+        return self._tables[key]
 
     def _encode(self, x: Tensor) -> Tensor:
         n = self.grid[0] * self.grid[1]
-        length = x.shape[1] // self.tubelet * n
-        if self._table.shape[1] < length:  # rows do not depend on the length: grow once, slice always
-            from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
-
-            self._table = get_sinusoid_encoding_table(length, self.dim)
-        if self._table.device != x.device:  # a plain tensor: .to(device) on the module does not move it
-            self._table = self._table.to(x.device)
-        self.model.embeddings.position_embeddings = self._table[:, :length]
+        frames = x.shape[1] // self.tubelet
+        length = frames * n
+        self.model.embeddings.position_embeddings = self.positions(frames, x.device)
         out = self.model(pixel_values=x).last_hidden_state  # [b, F'·h·w, D]
         self._check_tokens(out, length)
         return rearrange(out, "b (f n) d -> b f n d", n=n)  # [b, F', h·w, D]
@@ -554,8 +637,9 @@ class VideoMAEEncoder(FrozenEncoder):
 
 class Teacher(nn.Module):
     """Frozen encoders run on the same clean video: ``[B, T, 3, H, W]`` in [-1, 1] → ``[B, F', h·w, ΣD]``
-    in fp32, each encoder's tokens L2-normalised along channels, then concatenated in the given order
-    (``build_teacher`` uses dinov2, dinov3, sam2, vjepa2, videomae). The caller wraps it in autocast."""
+    in fp32, each encoder's raw (unnormalised) tokens concatenated in the given order (``build_teacher`` uses
+    dinov2, dinov3, sam2, vjepa2, videomae); the align head normalises after averaging (module docstring).
+    The caller wraps it in autocast."""
 
     def __init__(self, encoders: Sequence[FrozenEncoder]):
         super().__init__()
@@ -598,27 +682,27 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def forward(self, video: Tensor) -> Tensor:
-        """video [B, T, 3, H, W] in [-1, 1] → feats [B, F', h·w, ΣD] (fp32, unit norm per encoder)."""
+        """video [B, T, 3, H, W] in [-1, 1] → feats [B, F', h·w, ΣD] (fp32, raw tokens of each encoder)."""
         _check_video(video)
         self.frames_out(video.shape[1])
         with torch.no_grad():
             feats = [e(video) for e in self.encoders]  # each [B, F', h·w, D_e]
-            with torch.autocast(device_type=video.device.type, enabled=False):
-                return torch.cat([F.normalize(f.float(), dim=-1) for f in feats], dim=-1)  # [B, F', h·w, ΣD]
+            return torch.cat([f.float() for f in feats], dim=-1)  # [B, F', h·w, ΣD]
 
 
 def build_teacher(cfg: TeacherConfig, *, grid: tuple[int, int]) -> Teacher | None:
-    """The teacher of ``cfg`` on the DiT token grid ``grid`` = (h, w), or None when no encoder is set."""
+    """The teacher of ``cfg`` on ``cfg.token_grid``, or on the DiT token grid ``grid`` = (h, w) when that is
+    None; None when no encoder is set. Each encoder is read at ``cfg.layer_of(name)``."""
     if not cfg.enabled:
         return None
-    common = dict(grid=grid, frame_chunk=cfg.frame_chunk)
-    video = dict(common, layer=cfg.layer, drop_first_frame=cfg.drop_first_frame)
+    common = dict(grid=cfg.token_grid or grid, frame_chunk=cfg.frame_chunk)
+    video = dict(common, drop_first_frame=cfg.drop_first_frame)
     build = {
-        "dinov2": lambda p: DINOv2Encoder(p, layer=cfg.layer, **common),
-        "dinov3": lambda p: DINOv3Encoder(p, layer=cfg.layer, **common),
+        "dinov2": lambda p: DINOv2Encoder(p, layer=cfg.layer_of("dinov2"), **common),
+        "dinov3": lambda p: DINOv3Encoder(p, layer=cfg.layer_of("dinov3"), **common),
         "sam2": lambda p: SAM2Encoder(p, stage=cfg.sam2_stage, **common),
-        "vjepa2": lambda p: VJEPA2Encoder(p, **video),
-        "videomae": lambda p: VideoMAEEncoder(p, **video),
+        "vjepa2": lambda p: VJEPA2Encoder(p, layer=cfg.layer_of("vjepa2"), **video),
+        "videomae": lambda p: VideoMAEEncoder(p, layer=cfg.layer_of("videomae"), **video),
     }
     return Teacher([build[name](getattr(cfg, name)) for name in ORDER if getattr(cfg, name)])
 

@@ -45,9 +45,17 @@ class Conditioner:
     ``Batch.caption``) with caption dropout, and the image-to-video condition.
 
     ``text_encoder``: a frozen encoder (``text.T5TextEncoder``) for online encoding, or None when the batches
-    carry cached text. ``text_null``: the empty-prompt tokens ``[L, Dt]`` (and mask) that replace a dropped
-    caption; taken from the encoder when not given. ``text_dropout``: per-sample caption dropout in training
-    (CogVideoX SAT ``ucg_rate`` 0.1). ``i2v`` + ``vae``: the image condition (``i2v.image_condition``)."""
+    carry cached text. ``text_null``: the null text ``[L, Dt]`` (and mask) that replaces a dropped caption
+    (``TextEncoderConfig.null``: the empty prompt's tokens or zeros, ``text.null_context``); taken from the
+    encoder's ``null()`` when not given. ``text_dropout``: per-sample caption dropout in training
+    (CogVideoX SAT ``ucg_rate`` 0.1). ``i2v`` + ``vae``: the image condition (``i2v.image_condition``),
+    encoded under ``autocast_dtype`` (the autocast the trainer encodes the video latents under:
+    ``torch.bfloat16`` in bf16 runs, None for none), so condition and video latents come out of the same VAE
+    numerics.
+
+    Every draw comes from ``generator`` on its own device: the trainer hands a generator on the training
+    device, so anyframe's fill noise (``[B', F, 3, H, W]``, ~200 MB per 49×480×720 sample) is drawn where it
+    is used instead of on the CPU and copied."""
 
     def __init__(
         self,
@@ -58,6 +66,7 @@ class Conditioner:
         text_dropout: float = 0.0,
         i2v: I2VConfig | None = None,
         vae=None,
+        autocast_dtype: torch.dtype | None = None,
     ):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text dropout must be in [0, 1), got {text_dropout}")
@@ -65,9 +74,10 @@ class Conditioner:
             raise ValueError("--i2v.mode needs the frozen VAE (--vae.kind, --vae.path)")
         self.num_classes, self.text_encoder, self.text_dropout = num_classes, text_encoder, text_dropout
         self.i2v = i2v if i2v is not None and i2v.enabled else None
-        self.vae = vae
+        self.vae, self.autocast_dtype = vae, autocast_dtype
         if text_null is None and text_encoder is not None:
-            text_null = (text_encoder.empty(), text_encoder.empty_mask())
+            null = text_encoder.null()  # TextEncoderConfig.null: T5("") or zeros (SAT)
+            text_null = (null["context"], null["context_mask"])
         self.text_null = text_null
 
     @property
@@ -82,19 +92,23 @@ class Conditioner:
                 raise ValueError("online text encoding needs captions in the batch (a captioned dataset)")
             context, mask = self.text_encoder.encode(list(batch.caption))  # [B, L, Dt], [B, L] | None
             cond = Cond(label=cond.label, context=context.float(), context_mask=mask)
-        keep = torch.rand(batch.label.shape[0], generator=generator) >= self.text_dropout  # drawn always
+        B = batch.label.shape[0]
+        keep = torch.rand(B, generator=generator, device=generator.device) >= self.text_dropout  # always
         cond = cond.to(device)
         if cond.context is not None and self.text_dropout > 0:
             if self.text_null is None:
                 raise ValueError("caption dropout needs the empty-prompt tokens (cache them, or --text.path)")
             null, null_mask = self.text_null
+            null_mask = null_mask.to(device) if null_mask is not None else None
             cond = cond.drop(keep.to(device), context=null.to(device).float(), context_mask=null_mask)
         if self.i2v is not None:
             from minivdit.conditioning.i2v import image_condition
 
             if batch.video is None:
                 raise ValueError("--i2v.mode needs the pixel clips in the batch, not only latents")
-            latents, _ = image_condition(batch.video.to(device), self.vae, self.i2v, generator)
+            on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
+                latents, _ = image_condition(batch.video.to(device), self.vae, self.i2v, generator)
             cond = Cond(
                 label=cond.label, context=cond.context, context_mask=cond.context_mask, image_latents=latents
             )

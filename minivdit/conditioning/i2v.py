@@ -38,7 +38,8 @@ Mode "anyframe" (dREPA blog, ``seeds/000_*.txt`` "Anyframe Conditioning"; refere
   depends on whether i = 0 would tell the model something it does not see at inference (where no noise is
   added for any i). ``anyframe_noise_aug=False`` leaves frames i > 0 clean (the blog read literally).
 
-RNG order (all draws from ``generator``, on ``generator.device``, fp32; nothing else touches a global RNG):
+RNG order (all draws from ``generator``, on ``generator.device``, fp32; nothing else touches a global RNG; the
+trainer's generator lives on the training device, so the fill noise of step 6 is drawn where it is used):
   1. ``randn(B)`` → log σ = noise_log_mean + noise_log_std · n  (``randn(1)`` with ``noise_per="batch"``);
   2. ``randn(B, 1, 3, H, W)`` → ε (the pixel noise of the condition frame, whichever frame that is);
   3. ``rand(B)`` → keep = u ≥ dropout  (``rand(1)`` with ``dropout_per="batch"``);
@@ -66,8 +67,9 @@ Deviations and choices (from the sources above):
   released 1.5-I2V pipeline feeds it (CogVideo's 1.5 finetune trainer multiplies by the factor instead; its
   own validation pipeline then divides). The condition latents, anyframe clips included, are scaled by
   (1/s²) after ``encode`` (which returns s·z): equal to diffusers' (1/s)·z up to float rounding.
-- Padding the latent frames to a multiple of 1.5's ``patch_size_t`` (the pipeline repeats the first image
-  latent; the 1.5 trainer zero-pads) is the caller's, as for the video latents (``models/cogvideox.py``).
+- Padding the latent frames to a multiple of 1.5's ``patch_size_t`` is the caller's, as for the video
+  latents (``models.cogvideox.pad_frames``, called by ``train_step``: ``[img, 0, …]`` at the padded length,
+  as CogVideo's 1.5 trainer and the pipeline). SAT's z is a third reading of the scale: see that module.
 - The returned ``frame_index`` keeps the drawn index of a dropped sample (its latents are zeros).
 
 Classifier-free guidance: the CogVideoX-I2V pipelines keep the image latents in the unconditional branch

@@ -13,9 +13,11 @@ CogVideoX pipelines' ``_get_t5_prompt_embeds`` (``pipeline_cogvideox.py``, ``...
 ``use_mask=True`` is for other models (Wan-style): the attention mask goes to T5, the pad positions of the
 output are zeros (as the Wan pipelines' trim-and-zero-pad), and the mask is returned (True = real token).
 
-The empty prompt ``""`` (``</s>`` then pads) is the null context of classifier-free guidance and of caption
-dropout (CogVideoX SAT ``ucg_rate`` 0.1; the pipelines' default negative prompt): ``empty()`` ``[L, D]``,
-computed once and kept. ``null()`` gives it as keyword arguments of ``Cond.drop`` / ``Cond.null``.
+The null text of classifier-free guidance and of caption dropout is ``TextEncoderConfig.null``: the empty
+prompt ``""`` (``</s>`` then pads; the diffusers pipelines' default negative prompt), ``empty()`` ``[L, D]``,
+computed once and kept; or zeros of that shape, as CogVideoX's SAT trainer and sampler (``ucg_rate`` 0.1
+zeroes the T5 output; ``force_uc_zero_embeddings=["txt"]``), which trained the released weights. ``null()``
+gives it as keyword arguments of ``Cond.drop`` / ``Cond.null``; ``null_context`` makes it from cached tokens.
 
 Folders (never downloaded, never ``trust_remote_code``): ``path`` is a CogVideoX diffusers folder holding
 ``text_encoder/`` (``T5EncoderModel``) and ``tokenizer/``, or a single T5 folder holding both;
@@ -55,6 +57,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 ARCHS = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
 """``config.json`` ``model_type`` -> the encoder-only class loaded from it (T5 v1.1 for CogVideoX, UMT5 for
 Wan)."""
+NULL_KINDS = ("zeros", "empty")
+"""``TextEncoderConfig.null``: an all-zero context (CogVideoX SAT) or the empty prompt's (diffusers)."""
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -94,8 +98,15 @@ class TextEncoderConfig:
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Weights and output dtype of the encoder (CogVideoX's trainers run T5 in bf16; fp16 overflows T5)."""
     dropout: float = 0.1
-    """Caption dropout in training: the probability that a sample's text becomes the empty prompt's
-    (CogVideoX SAT ``ucg_rate`` 0.1; finetrainers' examples use 0.05). Applies to cached text too."""
+    """Caption dropout in training: the probability that a sample's text becomes the null text (``null``;
+    CogVideoX SAT ``ucg_rate`` 0.1; finetrainers' examples use 0.05). Applies to cached text too."""
+    null: Literal["zeros", "empty"] = "empty"
+    """The null text, used for caption dropout in training and for the unconditional branch of CFG at
+    sampling (cached text included). "empty": T5("") (the diffusers pipelines' default negative prompt,
+    diffusers' and CogVideo's ``finetune/`` trainers, finetrainers). "zeros": an all-zero context ``[L, D]``:
+    SAT's ``ucg_rate`` multiplies the T5 output by 0 (``sat/sgm/modules/encoders/modules.py``,
+    ``get_single_embedding``) and SAT samples with ``force_uc_zero_embeddings=["txt"]``
+    (``sat/sample_video.py``), which is how the released CogVideoX weights were trained."""
 
     def __post_init__(self):
         check_types(self)
@@ -108,6 +119,8 @@ class TextEncoderConfig:
                 raise ValueError(f"TextEncoderConfig.{name}: empty path (use None)")
         if self.dtype not in DTYPES:
             raise ValueError(f"TextEncoderConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.null not in NULL_KINDS:
+            raise ValueError(f"TextEncoderConfig.null must be one of {NULL_KINDS}, got {self.null!r}")
 
     @property
     def enabled(self) -> bool:
@@ -308,7 +321,8 @@ class T5TextEncoder(nn.Module):
         return context.to(self.device), None if mask is None else mask.to(self.device)
 
     def empty(self) -> Tensor:
-        """The empty prompt's tokens ``[L, D]``: the null context of CFG and caption dropout (cached)."""
+        """The empty prompt's tokens ``[L, D]`` (computed once): the null text with ``null="empty"``, and what
+        ``tools/cache_text.py`` caches as the null whatever ``null`` says."""
         return self._null_pair()[0]
 
     def empty_mask(self) -> Tensor | None:
@@ -316,9 +330,20 @@ class T5TextEncoder(nn.Module):
         return self._null_pair()[1]
 
     def null(self) -> dict[str, Tensor | None]:
-        """``{"context": empty(), "context_mask": empty_mask()}``: ``cond.drop(keep, **encoder.null())``."""
-        context, mask = self._null_pair()
+        """The null text of ``cfg.null`` (:func:`null_context` of the empty prompt) as ``{"context": [L, D],
+        "context_mask": [L] | None}``: ``cond.drop(keep, **encoder.null())``."""
+        context, mask = null_context(self.cfg.null, *self._null_pair())
         return {"context": context, "context_mask": mask}
+
+
+def null_context(kind: str, empty: Tensor, empty_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The null text ``(context [L, D], mask [L] | None)`` of ``TextEncoderConfig.null`` from the empty
+    prompt's tokens (online, or cached by ``tools/cache_text.py``): "empty" returns them, "zeros" zeros of
+    their shape and dtype (SAT). The mask is the empty prompt's either way (with ``use_mask`` the model then
+    attends to one zero token, ``</s>``'s; CogVideoX has no mask)."""
+    if kind not in NULL_KINDS:
+        raise ValueError(f"null text must be one of {NULL_KINDS}, got {kind!r}")
+    return (torch.zeros_like(empty) if kind == "zeros" else empty), empty_mask
 
 
 def build_text_encoder(cfg: TextEncoderConfig) -> T5TextEncoder | None:
@@ -389,6 +414,7 @@ __all__ = [
     "TextEncoderConfig",
     "build_text_encoder",
     "make_tiny_t5",
+    "null_context",
     "resolve_folders",
     "text_identity",
 ]

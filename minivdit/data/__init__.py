@@ -81,8 +81,21 @@ class DataConfig:
     (``--data.image-size 480 720``, CogVideoX). Real videos are resized to cover it, then centre-cropped.
     A square pair ``S S`` is stored as the int ``S``; ``frame_size`` is always ``(H, W)``."""
     frame_interval: int = 3
-    """Stride between sampled frames when decoding real videos; unused by "synthetic", whose clips always span
-    the whole motion."""
+    """Stride between sampled frames when decoding real videos with ``frame_sampling`` "interval"; unused by
+    "synthetic", whose clips always span the whole motion."""
+    frame_sampling: Literal["interval", "fps", "even"] = "interval"
+    """How real videos' frames are picked (``minivdit/data/video.py``): "interval": ``frame_interval`` apart
+    from a random start, the video must be long enough (Latte); "fps": resampled to ``fps`` frames per second
+    of the video's own rate, padded with the last frame when the video is too short (CogVideoX SAT, 8 fps);
+    "even": ``num_frames`` spread evenly over the whole video, padded likewise (CogVideo's ``finetune/``)."""
+    fps: tuple[float, ...] = (8.0,)
+    """"fps" sampling: the target frame rate (SAT: 8). Several values (``--data.fps 8 4 2``) list every video
+    once per rate: the dREPA blog's subclips at several time intervals."""
+    skip_frames: int = 0
+    """Frames left out at both ends of every real video (SAT: 3, "avoiding transitions")."""
+    random_start: bool = True
+    """"fps" sampling: a start uniform over the frames left after the clip; False: at ``skip_frames``, the
+    same clip every epoch (SAT's ``SFTDataset``). "interval" always draws its start."""
     num_classes: int = 8
     """Number of classes of "synthetic" (at most 10); real datasets define their own."""
     batch_size: int = 8
@@ -143,6 +156,14 @@ class DataConfig:
                 raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.frame_sampling not in ("interval", "fps", "even"):
+            raise ValueError(
+                f"DataConfig.frame_sampling must be interval, fps or even, got {self.frame_sampling!r}"
+            )
+        if not self.fps or not all(math.isfinite(r) and r > 0 for r in self.fps):
+            raise ValueError(f"DataConfig.fps must be one or more positive rates, got {self.fps!r}")
+        if self.skip_frames < 0:
+            raise ValueError(f"DataConfig.skip_frames must be >= 0, got {self.skip_frames}")
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
         if self.split not in ("train", "test", "all"):
@@ -158,8 +179,8 @@ class DataConfig:
             )
         if self.dataset == "synthetic" and not isinstance(self.image_size, int):
             raise ValueError(
-                f"DataConfig.image_size must be one side (square frames) for the synthetic dataset, "
-                f"got {self.image_size}"
+                f"DataConfig.image_size={self.image_size!r}: the synthetic dataset needs one side (square "
+                f"frames)"
             )
 
     @property
@@ -198,6 +219,10 @@ def _clip_spec(cfg: DataConfig, resize: str, flip: bool):
         image_size=cfg.image_size,
         resize=cfg.resize or resize,
         flip=flip if cfg.flip is None else cfg.flip,
+        sampling=cfg.frame_sampling,
+        fps=cfg.fps,
+        skip_frames=cfg.skip_frames,
+        random_start=cfg.random_start,
     )
 
 

@@ -21,9 +21,12 @@ video.mp4      or the clip re-encoded (H.264 yuv420p at ``crf``, MPEG-4 part 2 w
                are padded by edge repetition and cropped back on read
 label.cls      the class index as ASCII decimal (0 for unconditional datasets)
 caption.txt    UTF-8 caption (only when the source dataset gives captions)
-latents.npy    ``[F', C, h, w]`` already scaled by the VAE, ``float32`` / ``float16`` / ``bfloat16``
-feats.npy      ``[F', N', ΣD]`` teacher features (``Teacher.forward``), ``bfloat16`` / ``float16`` /
-               ``float32``
+latents.npy    ``[F', C, h, w]`` already scaled by the VAE, ``float32`` / ``float16`` / ``bfloat16``: the
+               posterior mean of the scaled latents (or one frozen draw: meta.json's ``latent_posterior``)
+latents_logvar.npy  ``[F', C, h, w]`` log-variance of the scaled latents' posterior (raw logvar + 2·log s),
+               with ``latent_posterior: "moments"``: ``get`` then draws a fresh sample (below)
+feats.npy      ``[F', N', ΣD]`` teacher features (``Teacher.forward``: raw tokens, meta.json's
+               ``teacher.features`` says ``"raw"``), ``bfloat16`` / ``float16`` / ``float32``
 text.npy       ``[L, Dt]`` text-encoder tokens of the caption (``tools/cache_text.py``), ``bfloat16`` by
                default; the loader serves them as ``"text"`` and ``collate`` fills ``Batch.text``
 text_mask.npy  ``[L]`` bool, True = real token; only for encoders run with a mask (not CogVideoX's T5)
@@ -45,6 +48,19 @@ hashes: ``minivdit.align.teachers.teacher_identity``), or null; a run refuses ca
 ``max_length``, ``use_mask``, dtype) plus ``null``, the folder file holding the empty-prompt tokens
 (``text_null.npy`` ``[L, Dt]``, and ``text_null_mask.npy``), read with :meth:`ShardDataset.text_null`.
 A run refuses text cached by another encoder: :func:`text_cache_mismatch`.
+
+Latent posterior (``latent_posterior`` in meta.json, :func:`latent_posterior`). ``"moments"``
+(``tools/cache_latents.py``'s default): ``latents.npy`` holds the mean and ``latents_logvar.npy`` the
+log-variance of the scaled latents, and ``get(index, rng)`` returns ``latents = mean + exp(logvar / 2)·ε``
+with ε ~ N(0, I) drawn from ``rng``: the loader's generator of ``(seed, epoch, index)`` (``minivdit.data``),
+so every visit of a clip sees a fresh posterior sample, as diffusers' and finetrainers' cached-moment training
+does (``DiagonalGaussianDistribution(moments).sample()`` each step), and a resumed run draws the same samples
+as an uninterrupted one, whatever the worker count. ``get(index)`` without an rng returns the mean.
+``"mean"`` / ``"sample"``: the latents are the posterior mean, or one posterior draw frozen at caching time,
+used as they are every epoch (a deterministic encoder; REPA's and Latte's per-step sampling is lost).
+Caches written before the stamp are read as ``"sample"`` when their ``vae.sample_posterior`` is true, else
+``"mean"``, with one warning naming the rebuild command; an unknown stamp, or ``"moments"`` without its
+log-variance, is refused.
 
 Adding members. :func:`extend_shards` adds members to every sample of a finished folder in place (each shard
 rewritten to ``.tmp`` and renamed; resumable, since a shard already holding the members is skipped):
@@ -76,6 +92,7 @@ import logging
 import math
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -93,9 +110,14 @@ META, INDEX = "meta.json", "index.json"
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 MEMBERS = {"video": ("video.npy", "video.mp4"), "label": ("label.cls",), "caption": ("caption.txt",)}
 MEMBERS |= {"latents": ("latents.npy",), "feats": ("feats.npy",)}
+MEMBERS |= {"latents_logvar": ("latents_logvar.npy",)}
 MEMBERS |= {"text": ("text.npy",), "text_mask": ("text_mask.npy",)}
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPTIONAL_FIELDS = ("video", "caption", "latents", "feats", "text", "text_mask")
+OPTIONAL_FIELDS = ("video", "caption", "latents", "latents_logvar", "feats", "text", "text_mask")
+LATENT_POSTERIORS = ("moments", "mean", "sample")
+"""meta.json's ``latent_posterior`` (module docstring)."""
+REBUILD_LATENTS = "python tools/cache_latents.py <the same --data.* / --vae.* flags> --out DIR --overwrite"
+"""The command that re-caches latents as moments (named in the warnings and errors about old caches)."""
 # DataConfig fields that change how clips are batched, not what they are: ignored when comparing settings.
 LOADER_FIELDS = ("batch_size", "num_workers", "drop_last", "shard_fields", "_type")
 
@@ -766,10 +788,10 @@ def load_index(
 
 class ShardDataset:
     """Map-style dataset over a shard folder (module docstring): ``get(index, rng)`` reads sample ``index``
-    (shards in name order, samples in tar order) by seeking to its members; ``rng`` is unused (shards hold
-    final clips). Returns ``{"video"?, "label", "caption"?, "latents"?, "feats"?, "text"?, "text_mask"?,
-    "key"}`` for the stored fields, or only those of ``fields`` (label is always read; ``text`` brings
-    ``text_mask`` along)."""
+    (shards in name order, samples in tar order) by seeking to its members; ``rng`` only draws the posterior
+    sample of cached moments (shards hold final clips). Returns ``{"video"?, "label", "caption"?,
+    "latents"?, "feats"?, "text"?, "text_mask"?, "key"}`` for the stored fields, or only those of ``fields``
+    (label is always read; ``text`` brings ``text_mask`` along, ``latents`` its ``latents_logvar``)."""
 
     def __init__(
         self, root: str | Path, *, fields: Sequence[str] | None = None, allow_incomplete: bool = False
@@ -786,6 +808,10 @@ class ShardDataset:
         wanted = [f for f in OPTIONAL_FIELDS if f in stored] if not fields else list(fields)
         if "text" in wanted and "text_mask" in stored and "text_mask" not in wanted:
             wanted.append("text_mask")  # tokens without their mask would be attended as if all were real
+        self.latent_posterior = latent_posterior(self.meta, self.root)
+        """How the cached latents are served (module docstring): "moments", "mean", "sample", or None."""
+        if "latents" in wanted and "latents_logvar" in stored and "latents_logvar" not in wanted:
+            wanted.append("latents_logvar")  # the mean alone would silently drop the posterior's spread
         bad = [f for f in wanted if f not in stored and f != "label"]
         if bad:
             raise ValueError(
@@ -875,11 +901,55 @@ class ShardDataset:
         return f"{self._paths[self._shard[index]]}:{self._keys[index]}.{member}"
 
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
+        """Sample ``index``; with cached moments ``latents`` is a posterior draw from ``rng`` (the mean when
+        ``rng`` is None) and ``latents_logvar`` is not returned (module docstring)."""
         raw = self.read_members(index)
         sample = {"key": self._keys[index]}
         for name, spec in self._specs.items():
             sample[name] = decode_member(name, raw[spec["member"]], spec, self._where(index, spec["member"]))
-        return sample
+        return _draw_posterior(sample, rng)
+
+
+def _draw_posterior(sample: dict, rng: np.random.Generator | None) -> dict:
+    """Cached moments → ``latents = mean + exp(logvar / 2)·ε``, ε ~ N(0, I) from ``rng`` (the mean when
+    ``rng`` is None); ``latents_logvar`` is consumed. Other samples pass through."""
+    if "latents" in sample and "latents_logvar" in sample:
+        logvar = sample.pop("latents_logvar").float()  # [F', C, h, w]
+        if rng is not None:
+            eps = torch.from_numpy(rng.standard_normal(tuple(logvar.shape), dtype=np.float32))
+            sample["latents"] = sample["latents"] + torch.exp(0.5 * logvar) * eps  # [F', C, h, w]
+    return sample
+
+
+def latent_posterior(meta: Mapping, root: str | Path = "") -> str | None:
+    """How the latents of ``meta`` were cached: "moments", "mean" or "sample" (module docstring), None when
+    the shards hold no latents. An unstamped (older) cache is read as "sample" or "mean" from its
+    ``vae.sample_posterior``, with a warning naming the rebuild command; an unknown stamp, or "moments"
+    without ``latents_logvar``, is a ValueError naming it."""
+    fields = meta.get("fields", {})
+    if "latents" not in fields:
+        return None
+    stamp = meta.get("latent_posterior")
+    if stamp is None:
+        frozen = bool((meta.get("vae") or {}).get("sample_posterior"))
+        what = "one posterior sample frozen at caching time" if frozen else "the posterior mean"
+        log.warning(
+            f"{root}: the cached latents are {what} (cached before minivdit stored the posterior's moments): "
+            f"every epoch trains on the same latents, while diffusers and finetrainers re-sample the "
+            f"posterior at every step; to cache the moments: {REBUILD_LATENTS}"
+        )
+        return "sample" if frozen else "mean"
+    if stamp not in LATENT_POSTERIORS:
+        raise ValueError(
+            f"{root}: meta.json latent_posterior={stamp!r}, not one of {LATENT_POSTERIORS} that this "
+            f"minivdit reads: re-cache the latents with {REBUILD_LATENTS}"
+        )
+    if stamp == "moments" and "latents_logvar" not in fields:
+        raise ValueError(
+            f"{root}: meta.json says latent_posterior='moments' but the shards store no latents_logvar: "
+            f"re-cache the latents with {REBUILD_LATENTS}"
+        )
+    return stamp
 
 
 def _hw(size) -> tuple[int, int]:
@@ -970,8 +1040,9 @@ def write_text_null(
 
 TEACHER_FOLDERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")
 """``TeacherConfig`` fields naming encoder folders (``minivdit.align.teachers.ORDER``)."""
-TEACHER_SETTINGS = ("sam2_stage", "layer", "drop_first_frame")
-"""``TeacherConfig`` fields that change the features of the same encoders."""
+TEACHER_SETTINGS = ("sam2_stage", "layer", "prenorm", "drop_first_frame")
+"""``TeacherConfig`` fields that change the features of the same encoders (``token_grid`` too: compared as
+the grid the feats were cached on, below). A field a cache predates counts as its default."""
 
 
 def cache_mismatches(
@@ -991,10 +1062,13 @@ def cache_mismatches(
     its config and weights, computed here from the run's ``kind``/``path``) against the one
     ``tools/cache_latents.py`` stamped into meta.json; which teacher encoders are set, each one's content
     identity (``minivdit.align.teachers.teacher_identity``), ``TEACHER_SETTINGS``, the grid, and the text
-    encoder (:func:`text_cache_mismatch`). Folder names and paths are not compared: folders move between
-    machines, one VAE has two spellings (``runs/x``, ``runs/x/vae``), and different VAEs share a name
-    (every ``recipes/vae_causal3d.py`` run exports to ``vae/``). Caches written before the identities were
-    stamped are accepted with a logged warning that only the kind (and which encoders) could be checked."""
+    encoder (:func:`text_cache_mismatch`). The grid compared is the run's teacher grid: its
+    ``teacher.token_grid``, or the DiT's ``grid`` when that is None; feats cached on another grid than the
+    DiT's are fine when the run's teacher asks for that grid. Folder names and paths are not compared:
+    folders move between machines, one VAE has two spellings (``runs/x``, ``runs/x/vae``), and different
+    VAEs share a name (every ``recipes/vae_causal3d.py`` run exports to ``vae/``). Caches written before the
+    identities were stamped are accepted with a logged warning that only the kind (and which encoders) could
+    be checked."""
     out = []
     text_problem = text_cache_mismatch(meta, text)
     if text_problem:
@@ -1005,8 +1079,19 @@ def cache_mismatches(
     if teacher is not None and "feats" in fields:
         have = meta.get("teacher") or {}
         out += _teacher_mismatches(have, teacher)
-        if grid is not None and have.get("grid") is not None and list(have["grid"]) != list(grid):
-            out.append(f"feats were cached on a {have['grid']} token grid, the model's is {list(grid)}")
+        want = teacher.get("token_grid") or grid  # the run's teacher grid (TeacherConfig.token_grid)
+        if want is not None and have.get("grid") is not None and list(have["grid"]) != list(want):
+            whose = (
+                "--teacher.token-grid"
+                if teacher.get("token_grid")
+                else "the DiT's, as --teacher.token-grid is unset"
+            )
+            out.append(
+                f"feats were cached on a {list(have['grid'])} token grid, the run's teacher grid is "
+                f"{list(want)} ({whose}): set --teacher.token-grid {' '.join(map(str, have['grid']))} to "
+                f"train on these feats (the align head then matches the grids, --align.grid-match), or "
+                f"re-run tools/cache_latents.py on the run's grid"
+            )
     return out
 
 
@@ -1046,10 +1131,17 @@ def _vae_mismatches(have: Mapping, vae: Mapping) -> list[str]:
 
 
 def _teacher_mismatches(have: Mapping, teacher: Mapping) -> list[str]:
-    from minivdit.align.teachers import TeacherConfig, teacher_identity
+    from minivdit.align.teachers import FEATURES, TeacherConfig, teacher_identity
     from minivdit.identity import identity_diff
 
     out = []
+    if have.get("features") != FEATURES:  # unstamped: L2-normalised per token, before the head's averaging
+        cached = repr(have["features"]) if have.get("features") else "L2-normalised tokens (no stamp)"
+        out.append(
+            f"feats were cached as {cached}, the run's teacher gives {FEATURES!r} tokens that the head "
+            f"normalises after its frame averaging and grid resampling (minivdit.align.teachers): re-run "
+            f"tools/cache_latents.py (a new --out, or --overwrite) to cache them again"
+        )
     both = [k for k in TEACHER_FOLDERS if have.get(k) and teacher.get(k)]
     for k in TEACHER_FOLDERS:
         if bool(have.get(k)) != bool(teacher.get(k)):
@@ -1074,10 +1166,17 @@ def _teacher_mismatches(have: Mapping, teacher: Mapping) -> list[str]:
                     f"{mine[k]['folder']}; re-run tools/cache_latents.py with --teacher.{k} {teacher[k]}, "
                     f"or point --teacher.{k} at the encoder that made the cache ({cached[k].get('folder')})"
                 )
+    defaults = dataclasses.asdict(TeacherConfig())
     for k in TEACHER_SETTINGS:
-        if have.get(k) != teacher.get(k):
-            out.append(f"feats were cached with teacher.{k}={have.get(k)!r}, the run has {teacher.get(k)!r}")
+        cached, mine = _setting(have.get(k, defaults[k])), _setting(teacher.get(k, defaults[k]))
+        if cached != mine:
+            out.append(f"feats were cached with teacher.{k}={cached!r}, the run has {mine!r}")
     return out
+
+
+def _setting(value):
+    """A setting as JSON gives it back: tuples (``prenorm``) as lists, so a cache and a run compare."""
+    return [_setting(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -1087,14 +1186,16 @@ def _split_by(src: Iterator, *, rank: int, world: int):
     yield from (x for i, x in enumerate(src) if i % world == rank)
 
 
-def _decode_wds(raw: dict, *, specs: dict[str, dict]) -> dict:
+def _decode_wds(raw: dict, *, specs: dict[str, dict], seed: int) -> dict:
     where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
     sample = {"key": raw["__key__"]}
     for name, spec in specs.items():
         if spec["member"] not in raw:
             raise ValueError(f"{where}.{spec['member']}: missing member")
         sample[name] = decode_member(name, raw[spec["member"]], spec, f"{where}.{spec['member']}")
-    return sample
+    # cached moments: the posterior draw is a function of (seed, key), whichever worker reads the sample
+    rng = np.random.default_rng([seed, zlib.crc32(raw["__key__"].encode())])
+    return _draw_posterior(sample, rng)
 
 
 def iter_shards(
@@ -1123,13 +1224,17 @@ def iter_shards(
     per epoch with ``seed=base + epoch`` to reshuffle. No sample is read twice in a pass, but ranks may get
     different sample counts (fewer shards than ``world × workers`` leave some workers idle), there is no
     exact resume position, and the order depends on the number of workers: use ``ShardDataset``
-    (``--data.dataset shards``) for training runs that resume."""
+    (``--data.dataset shards``) for training runs that resume. Cached moments are sampled with a generator
+    of ``(seed, key)``: a fresh draw per epoch when ``seed`` changes with it."""
     import webdataset as wds
 
     root = Path(root)
     meta = read_meta(root)
     stored = meta["fields"]
     wanted = [f for f in OPTIONAL_FIELDS if f in stored] if not fields else list(fields)
+    latent_posterior(meta, root)  # refuses an unknown stamp, warns about an unstamped cache
+    if "latents" in wanted and "latents_logvar" in stored and "latents_logvar" not in wanted:
+        wanted.append("latents_logvar")
     specs = {f: stored[f] for f in ["label"] + [f for f in OPTIONAL_FIELDS if f in wanted]}
     if urls is None:
         urls = [str(root / s["name"]) for s in meta["shards"] if (root / s["name"]).is_file()]
@@ -1152,7 +1257,7 @@ def iter_shards(
     )
     if buffer > 0:
         dataset = dataset.shuffle(buffer, seed=seed)
-    return dataset.map(partial(_decode_wds, specs=specs))
+    return dataset.map(partial(_decode_wds, specs=specs, seed=seed))
 
 
 __all__ = [

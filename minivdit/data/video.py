@@ -1,9 +1,30 @@
 """Decoding and clip sampling shared by the real datasets (UCF-101, SkyTimelapse, FaceForensics, folders).
 
 A *source* is a video file (any container PyAV opens) or a frame folder (``FrameFolder``: image files sorted
-by the last number in their names). ``sample_clip(source, spec, rng)`` draws a random temporal window of
-``spec.span = (F - 1) · frame_interval + 1`` frames from ``rng``, reads only the ``F`` frames it needs and
-returns ``[F, 3, H, W]`` float32 in ``[-1, 1]`` (``spec.image_size``: a square side or ``(H, W)``).
+by the last number in their names). ``sample_clip(source, spec, rng)`` picks ``F`` frame indices
+(``clip_indices``), reads only those frames and returns ``[F, 3, H, W]`` float32 in ``[-1, 1]``
+(``spec.image_size``: a square side or ``(H, W)``). ``spec.sampling`` says how the indices are picked:
+
+- "interval" (Latte): ``F`` frames ``frame_interval`` apart from a start uniform over the video, which must
+  hold the span ``(F - 1) · frame_interval + 1`` (shorter sources are skipped);
+- "fps" (CogVideoX SAT, ``sat/data_video.py``): the clip resampled to ``spec.fps`` frames per second of the
+  video's own rate. As SAT's ``load_video`` (its pretraining loader), the clip spans
+  ``m = ⌊F · native_fps / fps⌋`` native frames and frame ``k`` is ``start + ⌊k·m/F⌋`` (exact integer
+  arithmetic: SAT's float ``np.arange`` can round an exact integer down by one). The start is
+  ``skip_frames`` (SAT's ``SFTDataset``: ``skip_frms_num`` 3) or, with ``random_start``, uniform over the room
+  left (``load_video``). A video with fewer frames than the clip spans is padded with its last frame (SAT's
+  ``pad_last_frame``). Deviations from SAT's fine-tuning ``SFTDataset``: it steps by the integer
+  ``⌊m/F⌋`` frames (10 fps from a 30 fps video, 8.3 from 25), and a video shorter than the clip's span is
+  spaced evenly instead of padded. Frame folders have no rate: ``BadVideo``;
+- "even" (CogVideo ``finetune/datasets/utils.py``, ``preprocess_video_with_resize``): ``F`` frames spaced
+  evenly over the whole video (after ``skip_frames`` at each end), ``⌊N/F⌋`` apart from the first, as there;
+  a video of fewer than ``F`` frames gives all of them, padded with the last.
+
+``skip_frames`` frames are left out at both ends in every mode (SAT: "avoiding transitions"); padding repeats
+the last frame that is not skipped. Several ``spec.fps`` values list every source once per rate
+(``ClipDataset``: index ``i`` is source ``i // K`` at rate ``i % K``): the dREPA blog's subclips "at three
+different time intervals as data augmentation" (seeds/000, "Dataset Curation"; the blog does not give the
+intervals).
 
 Decoding only what is needed (Latte decodes the whole file for every sample):
 
@@ -31,6 +52,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import re
 from collections import OrderedDict
@@ -54,6 +76,8 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 DATASETS_HELP = "see README, section Datasets"
 
 Resize = Literal["short_side_crop", "crop_resize"]
+Sampling = Literal["interval", "fps", "even"]
+SAMPLINGS = ("interval", "fps", "even")
 
 
 class BadVideo(ValueError):
@@ -382,19 +406,35 @@ def num_frames(source: Source) -> int:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How clips are cut from a source."""
+    """How clips are cut from a source (the module docstring: the sampling modes)."""
 
     num_frames: int = 16
     frame_interval: int = 3
+    """"interval" sampling: the stride between frames."""
     image_size: int | tuple[int, int] = 256
     """Side of square frames, or ``(H, W)``."""
     resize: Resize = "short_side_crop"
     flip: bool = True
+    sampling: Sampling = "interval"
+    """"interval", "fps" or "even" (module docstring)."""
+    fps: tuple[float, ...] = (8.0,)
+    """"fps" sampling: the frame rate(s) clips are resampled to; several list every source once per rate."""
+    skip_frames: int = 0
+    """Frames left out at each end of a source (SAT: 3)."""
+    random_start: bool = True
+    """"interval" and "fps": a start uniform over the room left; False: start at ``skip_frames`` (SAT's
+    ``SFTDataset``). "interval" always draws it (Latte)."""
 
     def __post_init__(self):
         for name in ("num_frames", "frame_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClipSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"ClipSpec.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if not self.fps or not all(math.isfinite(r) and r > 0 for r in self.fps):
+            raise ValueError(f"ClipSpec.fps must be one or more positive rates, got {self.fps!r}")
+        if self.skip_frames < 0:
+            raise ValueError(f"ClipSpec.skip_frames must be >= 0, got {self.skip_frames}")
         frame_size(self.image_size)
         if self.resize not in ("short_side_crop", "crop_resize"):
             raise ValueError(
@@ -409,30 +449,76 @@ class ClipSpec:
         3 or 4 for 16 × 3); its Sky loader and this one use the exact stride."""
         return (self.num_frames - 1) * self.frame_interval + 1
 
+    @property
+    def variants(self) -> int:
+        """Clips listed per source: one per rate of ``fps`` ("fps" sampling), else 1."""
+        return len(self.fps) if self.sampling == "fps" else 1
 
-def clip_indices(total: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
-    """``F`` frame indices ``start + k · interval`` with ``start`` uniform in ``[0, total - span]``."""
-    if total < spec.span:
-        raise ValueError(f"clip_indices: {total} frames < span {spec.span}")
-    start = int(rng.integers(0, total - spec.span + 1))
-    return start + spec.frame_interval * np.arange(spec.num_frames)
+    @property
+    def min_frames(self) -> int:
+        """Frames a source needs: the span and both skips ("interval"), else one frame after the skips (the
+        rest is padded)."""
+        return 2 * self.skip_frames + (self.span if self.sampling == "interval" else 1)
+
+    def needs(self) -> str:
+        """What ``min_frames`` is made of, in words."""
+        what = f"{self.num_frames} frames at interval {self.frame_interval}"
+        what = what if self.sampling == "interval" else "one frame"
+        return what + (f" after skipping {self.skip_frames} at each end" if self.skip_frames else "")
+
+    def why_short(self, total: int) -> str:
+        """Why a source of ``total`` frames (< ``min_frames``) gives no clip."""
+        return f"too short: {total} frames < {self.min_frames} needed for {self.needs()}"
 
 
-def sample_clip(source: Source, spec: ClipSpec, rng: np.random.Generator) -> Tensor:
-    """A random clip of ``source`` as float32 ``[F, 3, H, W]`` in ``[-1, 1]`` (window, then flip, from
-    ``rng``). ``BadVideo`` if the source is unreadable or shorter than ``spec.span`` frames."""
+def clip_indices(
+    total: int,
+    spec: ClipSpec,
+    rng: np.random.Generator,
+    *,
+    native_fps: float | None = None,
+    fps: float | None = None,
+) -> np.ndarray:
+    """``F`` frame indices (non-decreasing; padding repeats the last) of a source of ``total`` frames under
+    ``spec.sampling`` (module docstring). "fps" needs the source's ``native_fps`` and the target ``fps``
+    (default ``spec.fps[0]``). The start is drawn from ``rng`` when the mode draws one."""
+    F, skip = spec.num_frames, spec.skip_frames
+    if total < spec.min_frames:
+        raise ValueError(f"clip_indices: {spec.why_short(total)}")
+    end = total - skip  # one past the last usable frame
+    if spec.sampling == "interval":
+        start = int(rng.integers(skip, end - spec.span + 1))
+        return start + spec.frame_interval * np.arange(F)
+    if spec.sampling == "even":  # CogVideo finetune/: range(0, N, N // F)[:F], padded with the last frame
+        n = end - skip
+        return skip + (np.arange(F) * (n // F) if n >= F else np.minimum(np.arange(F), n - 1))
+    if native_fps is None or not native_fps > 0:
+        raise ValueError(f"clip_indices: 'fps' sampling needs the source's frame rate, got {native_fps}")
+    rate = spec.fps[0] if fps is None else fps
+    m = math.floor(F * native_fps / rate)  # native frames the clip spans (SAT: end - start)
+    room = max(0, end - skip - m)
+    start = skip + (int(rng.integers(0, room + 1)) if spec.random_start else 0)
+    idx = start + (np.arange(F) * m) // F  # SAT: np.arange(start, end, (end - start) / F).astype(int)
+    return np.minimum(idx, end - 1)  # past the end: the last frame again (SAT's pad_last_frame)
+
+
+def sample_clip(source: Source, spec: ClipSpec, rng: np.random.Generator, *, variant: int = 0) -> Tensor:
+    """A clip of ``source`` as float32 ``[F, 3, H, W]`` in ``[-1, 1]`` (indices, then flip, from ``rng``);
+    ``variant`` picks the rate of ``spec.fps`` ("fps" sampling). ``BadVideo`` if the source is unreadable,
+    shorter than ``spec.min_frames``, or has no frame rate for "fps" sampling."""
+    path = source_path(source)
     total = num_frames(source)
-    if total < spec.span:
-        raise BadVideo(
-            source_path(source),
-            f"too short: {total} frames < {spec.span} needed for {spec.num_frames} frames at interval "
-            f"{spec.frame_interval}",
-        )
-    idx = clip_indices(total, spec, rng)
-    if isinstance(source, FrameFolder):
-        frames = read_folder_frames(source, idx)
-    else:
-        frames = read_frames(source, idx)
+    if total < spec.min_frames:
+        raise BadVideo(path, spec.why_short(total))
+    native = None
+    if spec.sampling == "fps":
+        native = None if isinstance(source, FrameFolder) else probe(source).fps
+        if not native:
+            raise BadVideo(path, "no frame rate (a frame folder, or none in its container): 'fps' sampling")
+    idx = clip_indices(total, spec, rng, native_fps=native, fps=spec.fps[variant])
+    read, expand = np.unique(idx, return_inverse=True)  # the readers take each frame once, increasing
+    reader = read_folder_frames if isinstance(source, FrameFolder) else read_frames
+    frames = reader(source, read)[expand]  # [F, H, W, 3], repeated frames copied
     return to_clip(frames, spec.image_size, spec.resize, bool(spec.flip and rng.random() < 0.5))
 
 
@@ -499,14 +585,15 @@ def scan(root: str, skip: Collection[str] = ()) -> list[Source]:
 
 
 def drop_short(sources: Sequence[Source], spec: ClipSpec, name: str) -> tuple[list[int], list[str]]:
-    """Indices of the sources to keep, and the paths of the frame folders shorter than ``spec.span``
+    """Indices of the sources to keep, and the paths of the frame folders shorter than ``spec.min_frames``
     (dropped, counted, warned). Videos are only probed when loaded; a short one is skipped there."""
-    keep = [i for i, s in enumerate(sources) if not (isinstance(s, FrameFolder) and len(s) < spec.span)]
-    short = [s.path for s in sources if isinstance(s, FrameFolder) and len(s) < spec.span]
+    need = spec.min_frames
+    keep = [i for i, s in enumerate(sources) if not (isinstance(s, FrameFolder) and len(s) < need)]
+    short = [s.path for s in sources if isinstance(s, FrameFolder) and len(s) < need]
     if short:
         msg = (
-            f"{name}: {len(short)} of {len(sources)} frame folders have fewer than {spec.span} frames "
-            f"({spec.num_frames} frames at interval {spec.frame_interval}) and are skipped"
+            f"{name}: {len(short)} of {len(sources)} frame folders have fewer than {need} frames "
+            f"({spec.needs()}) and are skipped"
         )
         if not keep:
             raise ValueError(f"{msg}: no clip left, e.g. {short[:3]} ({DATASETS_HELP})")
@@ -530,7 +617,9 @@ def report_missing(name: str, total: int, problems: dict[str, tuple[str, list[st
 class ClipDataset:
     """Sources with labels (and optional captions) → clips, with bad-input skipping.
 
-    ``get(index, rng)`` returns ``{"video", "label", "skipped", ("caption")}``. A source that raises
+    ``get(index, rng)`` returns ``{"video", "label", "skipped", ("caption")}``. With several ``spec.fps``
+    rates ("fps" sampling) every source is listed once per rate: index ``i`` is source ``i // K`` at rate
+    ``i % K`` (``K = spec.variants``). A source that raises
     ``BadVideo`` is recorded in ``bad_paths`` (path → reason; counted in ``bad_counts``) and replaced by an
     index drawn from a generator derived from ``rng`` alone, so the same ``(index, rng seed)`` always gives
     the same clip however often the bad file was seen before; ``"skipped"`` lists ``(path, reason)`` of the
@@ -561,10 +650,10 @@ class ClipDataset:
             raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self.sources)} sources")
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return len(self.sources) * self.spec.variants
 
     def path(self, index: int) -> str:
-        return source_path(self.sources[index])
+        return source_path(self.sources[index // self.spec.variants])
 
     def get(self, index: int, rng: np.random.Generator) -> dict:
         if not 0 <= index < len(self):
@@ -575,8 +664,9 @@ class ClipDataset:
             sub = np.random.default_rng([key, attempt])
             if attempt:
                 index = int(sub.integers(len(self)))
+            source, variant = divmod(index, self.spec.variants)
             try:
-                video = sample_clip(self.sources[index], self.spec, sub)
+                video = sample_clip(self.sources[source], self.spec, sub, variant=variant)
             except BadVideo as e:
                 if e.path not in self.bad_paths:
                     logger.debug("%s: skipping %s", self.name, e)
@@ -584,9 +674,9 @@ class ClipDataset:
                 self.bad_counts[e.path] = self.bad_counts.get(e.path, 0) + 1
                 skipped.append((e.path, e.reason))
                 continue
-            out = {"video": video, "label": self.labels[index], "skipped": skipped}
+            out = {"video": video, "label": self.labels[source], "skipped": skipped}
             if self.captions is not None:
-                out["caption"] = self.captions[index]
+                out["caption"] = self.captions[source]
             return out
         raise RuntimeError(
             f"{self.name}: {len(skipped)} bad videos in a row; is the dataset mostly broken? "

@@ -15,6 +15,16 @@ against the dataset the shards were made from)::
     torchrun --nproc_per_node=8 -m minivdit.eval run --ckpt runs/align4gen_ucf --protocol align4gen-ucf \\
         --videomae … --i3d … --inception … --c3d … --clip … --cache-dir ~/.cache/minivdit
 
+Both take the same protocol flags, each overriding one field of the named protocol (``--num-frames``,
+``--resolution``, ``--num-real``, ``--num-gen``/``--num-fake``, ``--real-subset``, ``--real-stride``,
+``--seed``, ``--ddof``, ``--is-variant``; ``run`` also ``--real-split``, ``--label-rule`` and
+``--cfg-scale``, which only mean something when clips are generated from a run), built one way
+(``EvalConfig.resolved_protocol``); in training they are ``--eval.*``. The ``align4gen-*`` protocols take
+the real window stride from the run (its ``data.frame_interval``): ``folders`` needs ``--real-stride``::
+
+    python -m minivdit.eval folders --protocol align4gen-ucf --real-stride 3 --real … --fake … --videomae …
+    python -m minivdit.eval run --ckpt runs/align4gen_ucf --num-frames 16 --label-rule uniform
+
 Both print one JSON line and write ``--out``: the metric values at the top level (``fvd``, ``cdfvd``, ``fid``,
 ``is`` and ``is_std``, ``clipsim``, ``syn_fvd``, ``syn_acc``, ``syn_count``) and the protocol record under
 ``protocol``. A metrics file of other settings is never replaced: the new one goes beside it, named by what
@@ -29,7 +39,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import tyro
@@ -43,9 +53,13 @@ from minivdit.eval.evaluate import (
     missing_weights,
     write_metrics,
 )
-from minivdit.eval.protocols import Metric
+from minivdit.eval.protocols import LabelRule, Metric
 
 log = logging.getLogger("minivdit")
+
+FOLDERS_RESOLUTION = 256
+"""``folders``' resolution when neither ``--resolution`` nor the protocol gives one (StyleGAN-V's and Latte's
+datasets are prepared at 256²)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,10 +74,6 @@ class Folders(EvalConfig):
     """Folder of generated videos / frame folders (the first ``num_frames`` frames of the first N; the
     overview files of ``python -m minivdit.sample``, ``grid.mp4``/``grid.gif``/``contact.png``, are
     skipped)."""
-    num_frames: int | None = None
-    """Frames per clip (None: the protocol's; 16 for FVD)."""
-    resolution: int = 256
-    """Clips are resized (short side, centre crop) to this before the detectors."""
     num_gen: Annotated[int | None, tyro.conf.arg(aliases=("--num-fake",))] = None
     """Generated clips, the first N of ``--fake`` (None: the protocol's, 2,048)."""
     out: str = "metrics.json"
@@ -78,6 +88,9 @@ class Folders(EvalConfig):
     precision: tyro.conf.Suppress[str] = "fp32"
     keep_frames: tyro.conf.Suppress[bool] = False
     data_root: tyro.conf.Suppress[str | None] = None
+    # Protocol fields of generation or of a run's dataset: --real is the reference, the clips exist already.
+    real_split: tyro.conf.Suppress[Literal["train", "test", "all"] | None] = None
+    label_rule: tyro.conf.Suppress[LabelRule | None] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +99,10 @@ class Run(EvalConfig):
     trained on shards, the dataset the shards were made from).
 
     Every setting not given on the command line (a flag left at None, or no ``--metrics``) is the one the
-    run's own evaluation used (``eval`` in the run's config.json: protocol, steps, CFG, counts, seed, batch
-    size, precision, detector weights, data root, cache), else EvalConfig's default; a bare ``run --ckpt
-    RUN`` repeats the training's measurement. ``--keep-frames`` and ``--strict`` are this command's own."""
+    run's own evaluation used (``eval`` in the run's config.json: protocol and the protocol fields it set,
+    steps, CFG, counts, seed, batch size, precision, detector weights, data root, cache), else EvalConfig's
+    default; a bare ``run --ckpt RUN`` repeats the training's measurement. ``--keep-frames`` and
+    ``--strict`` are this command's own."""
 
     ckpt: str
     """A run folder (its latest checkpoint) or ``<run>/checkpoints/step_N``."""
@@ -170,15 +184,15 @@ def main(args: list[str] | None = None) -> dict:
     )
     if isinstance(cmd, Folders):
         cfg = EvalConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(EvalConfig)})
-        num_frames = cmd.num_frames or cfg.resolved_protocol().num_frames
-        if num_frames is None:
+        protocol = cfg.resolved_protocol()
+        if protocol.num_frames is None:
             raise ValueError(f"--num-frames is needed (protocol {cmd.protocol} takes the run's)")
         values, record = evaluate_folders(
             cfg,
             real_dir=cmd.real,
             fake_dir=cmd.fake,
-            num_frames=num_frames,
-            resolution=cmd.resolution,
+            num_frames=protocol.num_frames,
+            resolution=protocol.resolution or FOLDERS_RESOLUTION,
             device=torch.device(cmd.device),
         )
         return _emit(Path(cmd.out), values, record, is_main=True)

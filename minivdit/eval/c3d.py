@@ -8,12 +8,14 @@ suffices) and ``mean2.npz`` (key ``mean``, at least (3, 16, 120, 120)).
 
 Forward (TGANv2's ``functions`` OrderedDict, L74-93), on a clip of exactly 16 frames:
 
-1. ``pre``: [-1, 1] pixels (``x / 127.5 − 1`` from uint8; TGANv2 feeds generator output in [-1, 1]) through
-   a bias-free 1×1×1 conv whose weight is ``W[0, 2] = W[1, 1] = W[2, 0] = 128``: RGB → BGR, ×128 (L67-69).
+1. ``pre``: pixels on TGANv2's data scale, ``(u − 128) / 128`` from uint8
+   (``tgan2/datasets/h5video.py:L70``; its generators learn that scale and are clipped to [-1, 1],
+   ``tgan2/evaluations/inception_score.py:L79``), through a bias-free 1×1×1 conv whose weight is
+   ``W[0, 2] = W[1, 1] = W[2, 0] = 128``: RGB → BGR, ×128 (L67-69).
 2. ``_resize``: every frame to 112×112, Chainer ``F.resize_images``: bilinear, ``align_corners=True``
    (L164-170).
 3. ``mean``: add ``128 − mean2[:, :, 8:120, 8:120]`` ((3, 16, 112, 112), per pixel and frame). Net effect:
-   ``(pixel in 0..256) − mean``.
+   ``u − mean``: the network sees the pixel value itself, 0..255 (BGR), minus the mean.
 4. conv1a → pool1 (1, 2, 2) → conv2a → pool2 → conv3a, conv3b → pool3 → conv4a, conv4b → pool4 → conv5a,
    conv5b → pool5, every conv 3×3×3 with pad 1 and a ReLU. Chainer's ``max_pooling_nd`` has stride = kernel
    and ``cover_all=True``, i.e. ``ceil_mode=True``: 16×112² → 16×56² → 8×28² → 4×14² → 2×7² → 1×4×4 (the 7 → 4
@@ -24,9 +26,15 @@ A ``.safetensors`` holding this module's ``state_dict()`` (the eleven layers plu
 loads too: ``save_file(load(npz).state_dict(), "c3d_ucf101.safetensors")`` converts the pair once.
 
 Deviations and what is unverified:
-- StyleGAN-V's ``isv2048_ucf`` calls a TorchScript ``c3d_ucf101.pt`` on uint8 clips, described as a perfect
-  reproduction of this Chainer model; its internal uint8 scaling could not be read without the file. Here
-  uint8 ``u`` maps to ``u / 127.5 − 1``, so 255 becomes 256 after ``pre`` + 128 (as TGANv2's [-1, 1] inputs).
+- Input scale (issue 18 §1.12). TGANv2's code fixes it: real pixels enter its models as ``(u − 128) / 128``
+  (``h5video.py:L70``), so its generators emit that scale and ``pre`` + 128 turns a pixel ``u`` back into
+  ``u``. minivdit maps uint8 the same way: C3D sees ``u``, 0..255. Until this release minivdit used
+  ``u / 127.5 − 1`` (minivdit's own data scale), which C3D saw as ``u · 256/255``: 0.4 % more contrast, 255 →
+  256. Another port of the network feeds ``[0, 1] · 255``, i.e. ``u`` as here. **Unverified**: StyleGAN-V's
+  ``isv2048_ucf`` (the IS Align4Gen cites) calls a TorchScript ``c3d_ucf101.pt`` on uint8 clips
+  (``src/metrics/video_inception_score.py:L15-19, L39``), described as a perfect reproduction of this
+  Chainer model; its uint8 scaling is inside the file, which could not be read here (no weights). Check its
+  ``.code`` when the file is at hand.
 - Chainer 6's ``resize_images`` default is bilinear with ``align_corners=True``; earlier Chainer releases
   used the same ``linspace(0, in − 1, out)`` grid. The resize follows Chainer's CPU code (float64 grid,
   weights cast to float32); its GPU kernel may round differently (~1e-5 relative, unverified). Which Chainer
@@ -141,9 +149,9 @@ class C3D(nn.Module):
         self.register_buffer("mean_bias", torch.zeros(3, NUM_FRAMES, SIZE, SIZE))
 
     def preprocess(self, video: Tensor) -> Tensor:
-        """``uint8 [B, 16, 3, H, W]`` → the network input ``[B, 3, 16, 112, 112]`` (BGR, ≈ 0..256 − mean)."""
+        """``uint8 [B, 16, 3, H, W]`` → the network input ``[B, 3, 16, 112, 112]`` (BGR, ``u − mean``)."""
         x = rearrange(video, "b t c h w -> b c t h w").to(self.mean_bias.device, torch.float32)
-        x = x / 127.5 - 1  # [-1, 1], TGANv2's input range
+        x = (x - 128) / 128  # TGANv2's data scale (h5video.py:L70); exact: ``pre`` + 128 give back u
         x = torch.einsum("oc,bcthw->bothw", PRE.to(x.device), x)  # ``pre``: BGR ×128
         T = x.shape[2]
         x = resize_align_corners(rearrange(x, "b c t h w -> (b t) c h w"), SIZE)  # [(B T), 3, 112, 112]

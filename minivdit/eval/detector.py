@@ -62,8 +62,11 @@ def check_finite(x: Tensor, *, name: str) -> Tensor:
 
 def resize_short_centre_crop(video: Tensor, size: int) -> Tensor:
     """``uint8 [B, F, 3, H, W]`` -> ``uint8 [B, F, 3, size, size]``: short side to ``size`` (bilinear with
-    antialias, as cd-fvd's and StyleGAN-V's loaders), then a centre crop. A clip already ``size``×``size`` is
-    returned untouched (no resampling at all)."""
+    antialias, as cd-fvd's video loader, which rounds the long side up and truncates instead of rounding:
+    ``emulate.cdfvd_resize``), then a centre crop. A clip already ``size``×``size`` is returned untouched (no
+    resampling at all). StyleGAN-V's loader does not resize (``src/training/dataset.py:L456-460`` reads each
+    frame as it is; its I3D resizes inside): its frames were resized beforehand by
+    ``convert_videos_to_frames.py`` with PIL Lanczos and saved as JPEG-75 (``emulate``, ``--emulate``)."""
     B, Fr, C, H, W = video.shape
     if (size, size) == (H, W):
         return video

@@ -3,16 +3,19 @@ model in training.
 
 Flow (DESIGN.md §8):
 
-    real clips  (RealClips: a folder, a dataset split, or the synthetic set; protocol subset + seeded windows)
-        └─▶ detectors ─▶ FeatureStats per detector (cached on disk, keyed by protocol + file list + detector)
+    real clips  (RealClips: a folder, a dataset split, or the synthetic set; protocol subset + seeded windows;
+                 short videos left out before the subset, corrupt ones replaced by the subset's next spare)
+        └─▶ detectors ─▶ FeatureStats per detector (cached on disk, keyed by protocol + file list + resize +
+                         detector + minivdit version; the file holds the real clip count)
     fake clips  (a folder's first frames, or samples of the EMA model with the run's objective and VAE)
         └─▶ detectors ─▶ FeatureStats / IS probabilities / CLIP sums / syn_acc counts
     metrics = Fréchet distances (fvd, cdfvd, fid, syn_fvd), IS, clipsim, syn_acc  + the protocol record
 
-Clips reach the detectors as ``uint8 [B, F, 3, R, R]``: the protocol's frames, resized (short side, then a
-centre
-crop) to the protocol's resolution R; a clip already R×R is not resampled. Generated clips are never written
-through a lossy codec on the way (anchors-eval §7); ``keep_frames`` writes them as PNG.
+Clips reach the detectors as ``uint8 [B, F, 3, R, R]``: the protocol's frames, resized to the protocol's
+resolution R; a clip already R×R is not resampled. Real frames of a dataset are resized with the dataset's
+own mode, as in training (SkyTimelapse: a centre crop on the short side, then a resize; the others: the
+short side to R, then a centre crop); folders and generated clips with the latter. Generated clips are
+never written through a lossy codec on the way (anchors-eval §7); ``keep_frames`` writes them as PNG.
 
 Distributed: the clips are cut into fixed chunks of ``batch_size``; rank r takes chunks r, r + W, …, and every
 chunk (its real windows, its labels, its noise) is a function of the seed and the clip or chunk index only, so
@@ -35,8 +38,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,10 +49,11 @@ from torch import Tensor
 from minivdit import durable
 from minivdit.config import check_types
 from minivdit.data import DataConfig, frame_size
-from minivdit.eval import protocols
-from minivdit.eval.detector import resize_short_centre_crop, sha256_file
-from minivdit.eval.frechet import FeatureStats, fd_from_stats, inception_score
-from minivdit.eval.protocols import DETECTOR_OF, REAL_METRICS, Metric, Protocol
+from minivdit.eval import emulate, protocols
+from minivdit.eval.detector import sha256_file
+from minivdit.eval.emulate import Emulation
+from minivdit.eval.frechet import FeatureStats, fd_from_stats, inception_score, tganv2_inception_score
+from minivdit.eval.protocols import DETECTOR_OF, REAL_METRICS, LabelRule, Metric, Protocol
 
 log = logging.getLogger("minivdit")
 
@@ -71,6 +76,37 @@ class EvalConfig:
     """Generated clips (None: the protocol's)."""
     num_real: int | None = None
     """Real clips (None: the protocol's)."""
+    num_frames: int | None = None
+    """Frames per clip given to the detectors (None: the protocol's; where it has none, the run's, and
+    ``folders`` needs it given)."""
+    resolution: int | None = None
+    """Side the clips are resized to before the detectors (None: the protocol's; where it has none, the run's
+    short side, or 256 in ``folders``)."""
+    real_split: Literal["train", "test", "all"] | None = None
+    """The reference split of the run's dataset (None: the protocol's; where it has none, the run's own
+    ``data.split``)."""
+    real_subset: Literal["first", "random", "class_proportional"] | None = None
+    """Which real videos (None: the protocol's): the first N in sorted order, N at random (seeded), or N with
+    the split's class shares."""
+    real_stride: int | None = None
+    """Frame stride inside each real window (None: the protocol's; align4gen-*: the run's
+    ``data.frame_interval``, which ``folders`` needs given: the interval the model was trained at)."""
+    label_rule: LabelRule | None = None
+    """Labels of a class-conditional model's clips (None: the protocol's): real_items (StyleGAN-V), uniform
+    (Latte), class_proportional (align4gen-ucf), cycle (synthetic); ``protocols.Protocol.label_rule``."""
+    ddof: Literal[0, 1] | None = None
+    """Covariance ddof of the Fréchet distances (None: the protocol's, 0 as StyleGAN-V and cd-fvd)."""
+    is_variant: Literal["stylegan-v", "tganv2"] | None = None
+    """IS splits (None: the protocol's): StyleGAN-V's 10 shuffled splits or TGANv2's single split."""
+    is_draws: int | None = None
+    """tganv2 IS: mean ± std over this many disjoint draws of ``is_draw_size`` clips (None: the protocol's,
+    10 as TGANv2); fewer clips than ``is_draws · is_draw_size``: one draw, ``is_std`` NaN."""
+    is_draw_size: int | None = None
+    """tganv2 IS: clips per draw (None: the protocol's, 2,048 as TGANv2)."""
+    emulate: Emulation | None = None
+    """Prepare clips as a reference did (None: the protocol's, ``none``): ``stylegan-v`` / ``latte``
+    (Lanczos + JPEG-75 real frames; JPEG-75, after Latte's mp4, generated), ``cd-fvd`` (its loader, for its
+    published ``--real-stats`` pickles); ``minivdit/eval/emulate.py``."""
     steps: int = 50
     """Sampler steps for the generated clips."""
     cfg_scale: float | None = None
@@ -102,7 +138,9 @@ class EvalConfig:
     cache_dir: str | None = None
     """Cache real statistics here (keyed by the protocol, the file list and the detector); None: no cache."""
     strict: bool = False
-    """Fewer real clips than asked is an error instead of a warning."""
+    """Fewer real clips than asked is an error instead of a warning, and so is a real video that cannot give
+    a clip (shorter than frames × stride: otherwise left out before the subset; truncated or corrupt:
+    otherwise replaced by the next video of the subset's seeded order; both counted in ``real_bad``)."""
     keep_frames: bool = False
     """Also write every generated clip as lossless PNG frames beside the metrics file, in
     ``<its folder>/frames/<clip>/<frame>.png`` (``frames-<tag>/`` when the metrics go to
@@ -121,19 +159,30 @@ class EvalConfig:
             )
         if self.every < 0 or self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"EvalConfig: every >= 0, steps >= 1 and batch_size >= 1, got {self}")
+        self.resolved_protocol()  # the overrides are checked where the protocol's fields are (ValueError)
 
     def resolved_protocol(self) -> Protocol:
-        return protocols.get_protocol(
-            self.protocol,
-            num_fake=self.num_gen,
-            num_real=self.num_real,
-            cfg_scale=self.cfg_scale,
-            seed=self.seed,
-        )
+        """The named protocol with every protocol field this config sets (not None) in its place: the one
+        way ``run``, ``folders`` and training build their overrides (issue 18 §1.13)."""
+        return protocols.get_protocol(self.protocol, **protocol_overrides(self))
 
     @property
     def chosen_metrics(self) -> tuple[str, ...]:
         return tuple(self.metrics) or self.resolved_protocol().metrics
+
+
+_PROTOCOL_FIELD_OF = {"num_gen": "num_fake"}
+"""EvalConfig fields named otherwise in ``Protocol`` (``--num-gen``: the generated clips)."""
+
+
+def protocol_overrides(cfg) -> dict:
+    """``{Protocol field: value}`` of every protocol field ``cfg`` (an ``EvalConfig`` or a subcommand of
+    ``python -m minivdit.eval``) holds under the field's name (``num_gen``: ``num_fake``), None where it
+    leaves the protocol's value. A field added to ``Protocol`` and to ``EvalConfig`` under the same name is
+    a flag of ``run``, ``folders`` and training at once."""
+    names = {f.name for f in fields(Protocol)} - {"name", "metrics"}
+    own = {_PROTOCOL_FIELD_OF.get(f.name, f.name): f.name for f in fields(cfg)}
+    return {k: getattr(cfg, own[k]) for k in sorted(names & own.keys())}
 
 
 # ---------------------------------------------------------------------------------------------- detectors
@@ -306,7 +355,19 @@ def metric_values(real: Measure | None, fake: Measure, metrics, protocol: Protoc
             out[m] = fd_from_stats(real.stats[det], fake.stats[det], ddof=protocol.ddof)
         elif m == "is":
             probs = np.concatenate([p for _, p in sorted(fake.is_probs, key=lambda x: x[0])])
-            out["is"], out["is_std"] = inception_score(probs, variant=protocol.is_variant)
+            if protocol.is_variant == "tganv2":  # TGANv2's ± over independent draws (issue 18 §1.11)
+                out["is"], out["is_std"], used = tganv2_inception_score(
+                    probs, draws=protocol.is_draws, draw_size=protocol.is_draw_size
+                )
+                if used < protocol.is_draws:
+                    log.warning(
+                        f"eval: tganv2 IS over one draw of {min(len(probs), protocol.is_draw_size)} clips, "
+                        f"is_std NaN: its {protocol.is_draws} draws need "
+                        f"{protocol.is_draws * protocol.is_draw_size} generated clips (--num-gen), "
+                        f"got {len(probs)}"
+                    )
+            else:
+                out["is"], out["is_std"] = inception_score(probs, variant=protocol.is_variant)
         elif m == "clipsim":
             out["clipsim"] = fake.clip_sum / max(fake.clip_count, 1.0)
         elif m == "syn_acc":
@@ -332,23 +393,78 @@ def to_uint8(video: Tensor) -> Tensor:
 
 @dataclass
 class RealClips:
-    """The reference clips: ``count`` items, each ``clip(i) -> uint8 [F, 3, R, R]`` (seeded window), with
-    ``labels`` and ``identity`` (what the cache key hashes: the file list with sizes, or the synthetic
-    set)."""
+    """The reference clips: the protocol's subset of a split (``protocols.real_subset``) and how to read it.
 
-    count: int
-    clip: Callable[[int], Tensor]
+    ``clip(slot)`` is the uint8 ``[F, 3, R, R]`` clip of the video in subset slot ``slot``: one window seeded
+    by ``(seed, the video's index in the split)``, so a video's window does not depend on which others are
+    chosen. A video that cannot give one raises ``BadVideo``; :meth:`replace` then puts the next spare of
+    its group in the slot (:func:`measure_real`)."""
+
+    read: Callable[[int], Tensor]
+    """Video index (into ``labels``) -> its clip (``BadVideo`` when it cannot give one)."""
+    subset: protocols.RealSubset
     labels: np.ndarray
+    """The label of every video of the split that is long enough (frames × stride; what the subset is drawn
+    from; the real items of ``label_rule="real_items"``)."""
+    num_classes: int
+    protocol: Protocol
+    """The protocol with the run's values filled in where it leaves them to the run (``real_split``,
+    ``real_stride``): what the record and the cache key hold."""
     identity: dict
-    skipped: list[str]
+    """What the cache key hashes: the split's file list with sizes, before the short videos are left out
+    (which are short follows from it and the window), or the synthetic set."""
+    resize: str | None = "short_side_crop"
+    """How the real frames were brought to the resolution: the dataset's own mode (``crop_resize`` for
+    SkyTimelapse, as it trains); None for the synthetic set, drawn at the resolution."""
+    short: list[str] = field(default_factory=list)
+    """Videos shorter than frames × stride, left out before the subset was drawn."""
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of chosen videos that could not give a clip (each replaced by a spare)."""
     source: dict | None = None
     """Which dataset and folder (recorded with the metrics as ``real_data``)."""
-    split_labels: np.ndarray | None = None
-    """The label of every item of the real split, before the subset (``label_rule="real_items"``)."""
+
+    def __post_init__(self):
+        self.slots = self.subset.chosen.astype(np.int64)  # video index per slot; -1: replaced, no spare left
+        self._next_spare = [0] * len(self.subset.spares)
+
+    @property
+    def count(self) -> int:
+        return int((self.slots >= 0).sum())
+
+    @property
+    def counts(self) -> np.ndarray | None:
+        """The real subset's class counts (what ``label_rule="class_proportional"`` copies): the planned
+        counts of a class-proportional subset, else the chosen videos' classes; None when unconditional."""
+        if self.subset.counts is not None:
+            return self.subset.counts
+        if not self.num_classes:
+            return None
+        return np.bincount(self.labels[self.subset.chosen], minlength=self.num_classes)
+
+    def clip(self, slot: int) -> Tensor:
+        return self.read(int(self.slots[slot]))
+
+    def replace(self, failed: list[tuple[int, str, str]]) -> list[int]:
+        """Record the ``(slot, path, reason)`` of videos that could not give a clip and put the next spare
+        of each one's group in its slot, in slot order (so every rank assigns the same spares); returns the
+        slots to read again. A group without spares left loses the slot (the count drops, logged)."""
+        again = []
+        for slot, path, reason in sorted(failed):
+            self.corrupt.append((path, reason))
+            group = int(self.subset.group[slot])
+            spares = self.subset.spares[group]
+            if self._next_spare[group] < len(spares):
+                self.slots[slot] = spares[self._next_spare[group]]
+                self._next_spare[group] += 1
+                again.append(slot)
+            else:
+                self.slots[slot] = -1
+        return again
 
 
 def real_from_folder(root: str, protocol: Protocol, num_frames: int, resolution: int) -> RealClips:
-    """Every video / frame folder under ``root`` (sorted by path), subset and windows by the protocol."""
+    """Every video / frame folder under ``root`` (sorted by path), subset and windows by the protocol, which
+    must name its ``real_stride`` (``folders`` has no run to take it from)."""
     from minivdit.data.video import scan
 
     if not root or not os.path.isdir(root):
@@ -412,19 +528,26 @@ def real_from_dataset(
     root: str | None,
     *,
     flag: str = "--data-root",
-):
+) -> RealClips:
     """The run's real dataset (:func:`real_data_config`: its ``data`` config, or the source of its shards) at
-    the protocol's split."""
+    the protocol's split. Where the protocol leaves them to the run, the split is the run's own (Latte
+    trains on all 13,320 UCF-101 videos and measures against all of them) and the window stride is the
+    run's ``frame_interval`` (Latte's ``realdata_subsample_factor=3`` matches its training interval, issue
+    18 §1.1 and §1.3): ``RealClips.protocol`` holds the values used. Real frames are resized with the
+    dataset's own mode (its ``resize``, or its default: SkyTimelapse crops then resizes, §1.9)."""
     from minivdit.data import build_dataset
     from minivdit.data.synthetic import SyntheticVideos
 
     cfg = real_data_config(data_cfg, root, flag=flag)
+    protocol = replace(
+        protocol,
+        real_split=protocol.real_split or cfg.split,
+        real_stride=protocol.real_stride or cfg.frame_interval,
+    )
     if cfg.dataset == "synthetic":
-        n = min(protocol.num_real, cfg.synthetic_size)
         ds = SyntheticVideos(num_frames, resolution, cfg.num_classes, cfg.synthetic_size, cfg.seed)
-        idx, _ = protocols.select_real(
-            protocol, np.arange(cfg.synthetic_size) % cfg.num_classes, cfg.num_classes
-        )
+        labels = np.arange(cfg.synthetic_size) % cfg.num_classes  # the synthetic set's labels: index % K
+        subset = protocols.real_subset(protocol, labels, cfg.num_classes)
         identity = {
             "synthetic": {
                 "frames": num_frames,
@@ -432,21 +555,18 @@ def real_from_dataset(
                 "classes": cfg.num_classes,
                 "size_of_set": cfg.synthetic_size,
                 "seed": cfg.seed,
-                "indices": len(idx),
+                "indices": len(subset.chosen),
             }
         }
         return RealClips(
-            n,
-            lambda i: to_uint8(ds.get(int(idx[i]))["video"][None])[0],
-            np.asarray(idx) % cfg.num_classes,
-            identity,
-            [],
-            {"dataset": "synthetic", "num_classes": cfg.num_classes, "seed": cfg.seed},
-            np.arange(cfg.synthetic_size) % cfg.num_classes,
-        ), (
-            np.bincount(np.asarray(idx) % cfg.num_classes, minlength=cfg.num_classes)
-            if protocol.real_subset == "class_proportional"
-            else None
+            read=lambda v: to_uint8(ds.get(v)["video"][None])[0],
+            subset=subset,
+            labels=labels,
+            num_classes=cfg.num_classes,
+            protocol=protocol,
+            identity=identity,
+            resize=None,
+            source={"dataset": "synthetic", "num_classes": cfg.num_classes, "seed": cfg.seed},
         )
     cfg = replace(
         cfg,
@@ -457,47 +577,100 @@ def real_from_dataset(
         flip=False,
     )
     ds = build_dataset(cfg)
-    labels = np.asarray(ds.labels, np.int64)
-    num_classes = getattr(ds, "num_classes", 0)
-    real = _real_from_sources(ds.sources, labels, num_classes, protocol, num_frames, resolution, cfg.root)
-    real.source = {"dataset": cfg.dataset, "root": cfg.root}
-    real.split_labels = labels
-    counts = None
-    if protocol.real_subset == "class_proportional":
-        counts = np.bincount(real.labels, minlength=num_classes)
-    return real, counts
-
-
-def _real_from_sources(sources, labels, num_classes, protocol, num_frames, resolution, root) -> RealClips:
-    from minivdit.data.video import BadVideo, ClipSpec, sample_clip, source_path
-
-    idx, _ = protocols.select_real(protocol, labels, max(num_classes, 1))
-    spec = ClipSpec(
-        num_frames=num_frames, frame_interval=protocol.real_stride, image_size=resolution, flip=False
+    real = _real_from_sources(
+        ds.sources,
+        np.asarray(ds.labels, np.int64),
+        getattr(ds, "num_classes", 0),
+        protocol,
+        num_frames,
+        resolution,
+        cfg.root,
+        resize=ds.spec.resize,
+        short=ds.dropped.get("too_short", []),  # frame folders the dataset left out with the same window
     )
-    skipped: list[str] = []
+    real.source = {"dataset": cfg.dataset, "root": cfg.root}
+    return real
 
-    def clip(i: int) -> Tensor:
-        src = sources[int(idx[i])]
-        rng = np.random.default_rng([protocol.seed, 2, int(idx[i])])  # the window: a function of the video
-        try:
-            return to_uint8(sample_clip(src, spec, rng)[None])[0]
-        except BadVideo as e:
-            raise ValueError(f"real clip {source_path(src)}: {e.reason}") from None
 
-    files = []
-    for s in (sources[int(i)] for i in idx):
+def _real_from_sources(
+    sources,
+    labels: np.ndarray,
+    num_classes: int,
+    protocol: Protocol,
+    num_frames: int,
+    resolution: int,
+    root: str,
+    *,
+    resize: str = "short_side_crop",
+    short: list[str] = (),
+) -> RealClips:
+    """``sources`` (a split, ``labels`` per source) as ``RealClips``. Sources shorter than ``num_frames ×
+    real_stride`` frames are left out *before* the subset is drawn, as StyleGAN-V does
+    (``src/training/dataset.py``, ``VideoFramesFolderDataset.__init__``: ``discard_short_videos`` keeps
+    ``len(frames) >= load_n_consecutive * subsample_factor``, which its metrics set; Latte the same,
+    ``tools/metrics/frechet_video_distance.py`` L29-30).
+    That threshold is s − 1 frames above one window's ``(F − 1)·s + 1``: a video in between could give a
+    clip and is left out all the same, as there. This reads every video's frame count once (demuxing, no
+    decoding, cached per file). A source whose length cannot be read is kept: it fails when read and is
+    replaced. ``short``: sources the dataset already left out as shorter than one window (frame folders)."""
+    from minivdit.data.video import BadVideo, ClipSpec, FrameFolder, sample_clip, source_path
+    from minivdit.data.video import num_frames as frames_in
+
+    if protocol.real_stride is None:
+        raise ValueError(f"protocol {protocol.name}: real_stride is None (the run's), and there is no run")
+    spec = ClipSpec(
+        num_frames=num_frames,
+        frame_interval=protocol.real_stride,
+        image_size=resolution,
+        resize=resize,
+        flip=False,
+    )
+    files, keep, short = [], [], list(short)
+    for i, s in enumerate(sources):
         p = source_path(s)
-        size = os.path.getsize(p) if os.path.isfile(p) else len(s)
+        size = len(s) if isinstance(s, FrameFolder) else os.path.getsize(p) if os.path.isfile(p) else -1
         files.append([os.path.relpath(p, root), size])
-    return RealClips(len(idx), clip, labels[idx], {"files": files}, skipped)
+        try:
+            long_enough = frames_in(s) >= num_frames * protocol.real_stride  # StyleGAN-V's threshold
+        except BadVideo:  # its length is unknown: kept, so it is replaced like any other corrupt video
+            long_enough = True
+        if long_enough:
+            keep.append(i)
+        else:
+            short.append(p)
+    if not keep:
+        raise ValueError(
+            f"{root}: none of the {len(sources)} real videos has {num_frames} × {protocol.real_stride} "
+            f"frames ({num_frames} frames at stride {protocol.real_stride}), e.g. {short[:3]}"
+        )
+    keep_idx = np.asarray(keep, np.int64)
+
+    def read(v: int) -> Tensor:
+        i = int(keep_idx[v])  # the index in the split: the window does not move when another video is short
+        rng = np.random.default_rng([protocol.seed, 2, i])
+        return to_uint8(sample_clip(sources[i], spec, rng)[None])[0]
+
+    kept_labels = np.asarray(labels, np.int64)[keep_idx]
+    return RealClips(
+        read=read,
+        subset=protocols.real_subset(protocol, kept_labels, max(num_classes, 1)),
+        labels=kept_labels,
+        num_classes=num_classes,
+        protocol=protocol,
+        identity={"files": files},
+        resize=resize,
+        short=short,
+    )
 
 
-def fake_from_folder(root: str, count: int, num_frames: int, resolution: int) -> tuple[int, Callable]:
+def fake_from_folder(
+    root: str, count: int, num_frames: int, resolution: int, emulation: Emulation = "none"
+) -> tuple[int, Callable]:
     """The first ``count`` videos / frame folders under ``root`` (sorted), first ``num_frames`` frames
     each. The overview files ``python -m minivdit.sample`` and training write next to the clips
     (``minivdit.sample.OVERVIEW_FILES``: ``grid.mp4``, ``grid.gif``, ``contact.png``) are not clips and are
-    skipped, so a samples folder is given as it is."""
+    skipped, so a samples folder is given as it is. ``emulation``: prepare them as that reference did
+    (``emulate.generated_clips``; a video file stands for Latte's mp4, a frame folder is encoded first)."""
     from minivdit.data.video import BadVideo, FrameFolder, read_folder_frames, read_frames, scan, source_path
     from minivdit.data.video import num_frames as frames_in
     from minivdit.sample import OVERVIEW_FILES
@@ -521,7 +694,8 @@ def fake_from_folder(root: str, count: int, num_frames: int, resolution: int) ->
         except BadVideo as e:
             raise ValueError(f"generated clip {source_path(src)}: {e.reason}") from None
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None]  # [1, F, 3, H, W]
-        return resize_short_centre_crop(video, resolution)[0]
+        encoded = not isinstance(src, FrameFolder)
+        return emulate.generated_clips(video, resolution, emulation, encoded=encoded)[0]
 
     return len(sources), clip
 
@@ -585,57 +759,161 @@ def measure_clips(
         progress.update(done)
 
 
-def measure_real(real: RealClips, measure: Measure, batch_size: int, show: bool) -> None:
-    """The real side (not called when the cache has the statistics)."""
-    measure_clips("real", real.count, real.clip, measure, batch_size, show)
+def measure_real(
+    real: RealClips, measure: Measure, batch_size: int, show: bool, strict: bool = False
+) -> None:
+    """The real side (not called when the cache has the statistics). A chosen video that cannot give a clip
+    (truncated, corrupt, unreadable) is replaced by the next spare of the subset's seeded order
+    (:meth:`RealClips.replace`), so the clip count holds; the ranks gather their failures after each pass
+    and assign the spares in slot order, so any world size measures the same clips. ``strict``: such a
+    video is an error instead (on every rank at once)."""
+    from minivdit.data.video import BadVideo
+
+    progress, done = Progress("real", real.count, show), 0
+    slots = list(range(real.count))
+    while slots:
+        failed = []
+        for lo, hi, is_real in chunks(len(slots), batch_size):
+            if not is_real:
+                continue
+            clips = []
+            for slot in slots[lo:hi]:
+                try:
+                    clips.append(real.clip(slot))
+                except BadVideo as e:
+                    failed.append((slot, e.path, e.reason))
+            if clips:
+                measure.add(torch.stack(clips))
+            done += len(clips)
+            progress.update(done)
+        failed = _gather_all(failed)
+        if failed and strict:
+            _, path, reason = failed[0]
+            raise ValueError(
+                f"real clip {path}: {reason} ({len(failed)} such videos; --strict: without it each is "
+                f"replaced by the next video of the subset's seeded order)"
+            )
+        slots = real.replace(failed)
+
+
+def _gather_all(items: list) -> list:
+    """Every rank's ``items``, concatenated and sorted, on every rank (one process: sorted ``items``)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        parts: list = [None] * tdist.get_world_size()
+        tdist.all_gather_object(parts, items)
+        items = [x for part in parts for x in part]
+    return sorted(items)
 
 
 def real_stats_cached(
     real: RealClips,
     detectors: dict,
     metrics,
-    protocol: Protocol,
     cfg: EvalConfig,
     show: bool,
     num_frames: int,
     resolution: int,
 ) -> Measure:
-    """The real side's statistics, from ``cfg.cache_dir`` when a cache with the same key exists."""
+    """The real side's statistics, from ``cfg.cache_dir`` when a cache with the same key exists. The key
+    hashes the protocol's real-side fields (the run's values filled in), the frames, resolution and resize
+    mode, the split's file list, the detector's weights and minivdit's version (so a cache does not outlive
+    a fix of the pipeline); the file holds the real clip count and the replaced videos, which the record
+    reports (a detector over frames, Inception, counts frames, not clips)."""
+    protocol = real.protocol
     measure = Measure(detectors, metrics, generated=False)
     if not measure.stats:
         return measure
     keys = {}
     for det in measure.stats:
-        fields = {
+        fields_ = {
             "protocol": {
                 k: getattr(protocol, k)
                 for k in ("name", "num_real", "real_split", "real_subset", "real_stride", "seed")
             },
             "num_frames": num_frames,
             "resolution": resolution,
+            "resize": real.resize,
             "data": real.identity,
             "detector": det,
             "weights": detectors[det][1],
+            "minivdit_version": protocols.minivdit_version(),
         }
         keys[det] = (
-            Path(cfg.cache_dir) / f"{protocol.name}-{det}-{protocols.protocol_hash(fields)}.npz"
+            Path(cfg.cache_dir) / f"{protocol.name}-{det}-{protocols.protocol_hash(fields_)}.npz"
             if cfg.cache_dir
             else None
         )
     if all(p is not None and p.is_file() for p in keys.values()):
-        for det, p in keys.items():
-            measure.stats[det], _ = FeatureStats.load(p)
-        measure.clips = next(iter(measure.stats.values())).count
-        log.info(f"eval: real statistics from the cache {cfg.cache_dir}")
-        return measure
-    measure_real(real, measure, cfg.batch_size, show)
+        metas = []
+        for det, p in sorted(keys.items()):
+            measure.stats[det], meta = FeatureStats.load(p)
+            metas.append(meta)
+        if all("clips" in m and "corrupt" in m for m in metas):
+            measure.clips = int(metas[0]["clips"])
+            real.corrupt = [tuple(x) for x in json.loads(metas[0]["corrupt"])]
+            log.info(f"eval: real statistics from the cache {cfg.cache_dir}")
+            if cfg.strict and real.corrupt:
+                path, reason = real.corrupt[0]
+                raise ValueError(f"real clip {path}: {reason} (recorded in the cache; --strict)")
+            _report_bad_real(real, measure.clips, show)
+            return measure
+        measure = Measure(detectors, metrics, generated=False)  # a file without the counts: measure again
+    measure_real(real, measure, cfg.batch_size, show, strict=cfg.strict)
     measure.all_reduce()
+    _report_bad_real(real, measure.clips, show)
     rank, _ = _rank_world()
     if rank == 0 and cfg.cache_dir:
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
         for det, p in keys.items():
-            measure.stats[det].save(p, identity=json.dumps(real.identity)[:100000])
+            measure.stats[det].save(
+                p,
+                identity=json.dumps(real.identity)[:100000],
+                clips=str(measure.clips),
+                corrupt=json.dumps(real.corrupt),
+            )
     return measure
+
+
+def _report_bad_real(real: RealClips, clips: int, show: bool) -> None:
+    """One logged line (rank 0) for the real videos left out or replaced."""
+    if not show or not (real.short or real.corrupt):
+        return
+    parts = []
+    if real.short:
+        parts.append(
+            f"{len(real.short)} shorter than frames × {real.protocol.real_stride} left out "
+            f"before the subset (as StyleGAN-V's discard_short_videos), e.g. {real.short[:3]}"
+        )
+    if real.corrupt:
+        shown = "; ".join(f"{p}: {r}" for p, r in real.corrupt[:3])
+        parts.append(
+            f"{len(real.corrupt)} truncated or corrupt replaced by the next of the subset's seeded order "
+            f"({shown})"
+        )
+    lost = len(real.subset.chosen) - clips
+    left = f" ({lost} without a spare left)" if lost > 0 else ""
+    log.warning(f"eval: real videos: {' and '.join(parts)}; {clips} real clips measured{left}")
+
+
+def real_used(real: RealClips | None) -> dict:
+    """What the record says about the real videos: their resize mode and how many were left out (short) or
+    replaced (corrupt)."""
+    if real is None:
+        return {}
+    return {"real_resize": real.resize, "real_bad": {"short": len(real.short), "corrupt": len(real.corrupt)}}
+
+
+def check_short(real: RealClips, strict: bool) -> None:
+    """``--strict``: real videos shorter than frames × stride are an error (without it they are left out
+    before the subset, as StyleGAN-V and Latte do, and counted)."""
+    if strict and real.short:
+        raise ValueError(
+            f"{len(real.short)} real videos are shorter than frames × stride "
+            f"{real.protocol.real_stride}, e.g. {real.short[:3]} (--strict; without it they are left out "
+            f"before the subset)"
+        )
 
 
 def check_count(what: str, used: int, asked: int, strict: bool) -> None:
@@ -651,8 +929,17 @@ def check_count(what: str, used: int, asked: int, strict: bool) -> None:
 
 # Record keys that say what happened or where, not what was measured: two records that differ only in them
 # hold the same measurement (ranks give the same numbers; the counts follow from the settings; training adds
-# the step; ``frames`` names where the clips went). ``checkpoint`` is compared apart (settings_differences).
-_OUTCOME_KEYS = ("num_real_used", "num_fake_used", "world_size", "minivdit_version", "step", "frames")
+# the step; ``frames`` names where the clips went; ``real_bad`` counts the real videos of the same data left
+# out or replaced). ``checkpoint`` is compared apart (settings_differences).
+_OUTCOME_KEYS = (
+    "num_real_used",
+    "num_fake_used",
+    "world_size",
+    "minivdit_version",
+    "step",
+    "frames",
+    "real_bad",
+)
 
 
 def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
@@ -814,19 +1101,21 @@ def evaluate_model(
     check_frames(detectors, num_frames)
     rank, world = _rank_world()
 
-    real = counts = None
+    real = None
     if any(m in REAL_METRICS for m in metrics) or (protocol.needs_real_labels and model_cfg.num_classes):
-        real, counts = real_from_dataset(
+        real = real_from_dataset(
             run_cfg["data"], protocol, num_frames, resolution, cfg.data_root, flag=root_flag
         )
+        protocol = real.protocol  # the run's split and frame interval, where the protocol takes the run's
+        check_short(real, cfg.strict)
         check_count("real", real.count, protocol.num_real, cfg.strict)
     real_measure = (
-        real_stats_cached(real, detectors, metrics, protocol, cfg, show and rank == 0, num_frames, resolution)
+        real_stats_cached(real, detectors, metrics, cfg, show and rank == 0, num_frames, resolution)
         if real is not None
         else None
     )
 
-    split_labels = real.split_labels if real is not None else None
+    counts, split_labels = (real.counts, real.labels) if real is not None else (None, None)
     labels_all = protocols.fake_labels(protocol, model_cfg.num_classes, counts, split_labels)
     if labels_all is None and {"syn_acc", "syn_count"} & set(metrics):
         log.info("eval: syn_acc/syn_count skipped: the model is unconditional (they need the classes)")
@@ -858,7 +1147,8 @@ def evaluate_model(
             raise ValueError(
                 f"the model generates {videos.shape[1]} frames, fewer than the protocol's {num_frames}"
             )
-        clips = resize_short_centre_crop(to_uint8(videos[:, :num_frames]).cpu(), resolution)
+        # minivdit's resize, or the reference's preparation of its samples (emulate.py)
+        clips = emulate.generated_clips(to_uint8(videos[:, :num_frames]).cpu(), resolution, protocol.emulate)
         if frames_dir is not None:
             _write_frames(frames_dir, clips, lo)
         fake.add(clips, labels, first_index=lo)
@@ -884,6 +1174,7 @@ def evaluate_model(
         },
         real_data=real.source if real is not None else None,
         world_size=world,
+        **real_used(real),
     )
 
 
@@ -956,18 +1247,29 @@ def evaluate_folders(
         raise ValueError(f"metric {m} needs {flag}: " + _PUBLISHED[DETECTOR_OF[m]])
     detectors = load_detectors(cfg, metrics, device)
     check_frames(detectors, num_frames)
-    real_measure = None
+    real = real_measure = None
     if cfg.real_stats:
         real_measure = _published_stats(cfg.real_stats, detectors, metrics)
+        if cfg.real_stats.endswith(".pkl") and protocol.emulate != "cd-fvd":  # issue 18 §1.8
+            log.warning(
+                f"eval: --real-stats {cfg.real_stats} is a cd-fvd pickle: its real clips went through "
+                "cd-fvd's loader (long side rounded up, truncated to uint8, about -0.4 grey levels); "
+                "--emulate cd-fvd prepares the generated clips the same way"
+            )
     elif any(m in REAL_METRICS for m in metrics):
         if not real_dir:
             raise ValueError(f"metrics {[m for m in metrics if m in REAL_METRICS]} need --real")
+        if protocol.real_stride is None:
+            raise ValueError(
+                f"protocol {protocol.name} takes the real window stride from the run (its "
+                f"data.frame_interval), and folders has no run: give --real-stride N, the frame interval "
+                f"the generated clips' model was trained at (the Align4Gen recipes: 3)"
+            )
         real = real_from_folder(real_dir, protocol, num_frames, resolution)
+        check_short(real, cfg.strict)
         check_count("real", real.count, protocol.num_real, cfg.strict)
-        real_measure = real_stats_cached(
-            real, detectors, metrics, protocol, cfg, show, num_frames, resolution
-        )
-    count, clip = fake_from_folder(fake_dir, protocol.num_fake, num_frames, resolution)
+        real_measure = real_stats_cached(real, detectors, metrics, cfg, show, num_frames, resolution)
+    count, clip = fake_from_folder(fake_dir, protocol.num_fake, num_frames, resolution, protocol.emulate)
     check_count("generated", count, protocol.num_fake, cfg.strict)
     fake = Measure(detectors, metrics, generated=True)
     measure_clips("generated", count, clip, fake, cfg.batch_size, show)
@@ -982,6 +1284,7 @@ def evaluate_folders(
         real=str(real_dir) if real_dir else None,
         real_stats=cfg.real_stats,
         fake=str(fake_dir),
+        **real_used(real),
     )
 
 
@@ -989,10 +1292,15 @@ def _published_stats(path: str, detectors: dict, metrics) -> Measure:
     fd = [m for m in metrics if m in REAL_METRICS]
     if len(fd) != 1:
         raise ValueError(f"--real-stats {path}: one detector's statistics; ask for one of {REAL_METRICS}")
-    stats = FeatureStats.from_cdfvd_pkl(path) if path.endswith(".pkl") else FeatureStats.load(path)[0]
+    if path.endswith(".pkl"):  # cd-fvd's: one feature per clip
+        stats = FeatureStats.from_cdfvd_pkl(path)
+        clips = stats.count
+    else:  # a minivdit cache: its clip count (a detector over frames counts frames)
+        stats, meta = FeatureStats.load(path)
+        clips = int(meta.get("clips", stats.count))
     measure = Measure(detectors, fd, generated=False)
     measure.stats[DETECTOR_OF[fd[0]]] = stats
-    measure.clips = stats.count
+    measure.clips = clips
     return measure
 
 

@@ -28,9 +28,13 @@ Inception Score from class probabilities ``p [N, K]``: ``exp(E_x KL(p(y|x) ‖ p
 - ``variant="stylegan-v"`` (default; ``video_inception_score.py:L38-52``): ``RandomState(42).shuffle`` of the
   rows, 10 splits ``[i·N//10 : (i+1)·N//10]``, no eps (an exact 0 in ``p`` gives NaN).
 - ``variant="tganv2"`` (``tgan2/evaluations/inception_score.py:L57-64``): one split, no shuffle, ``eps=1e-20``
-  inside both logs. TGANv2 repeats this over 10 independent draws of 2,048 videos and reports mean ± std
-  over the
-  draws; that loop belongs to the caller.
+  added to ``p`` (``part = part + eps`` before the logs and the product, L60).
+- ``tganv2_inception_score``: TGANv2's ± (``scripts/compute_inception_score.py:L24-25, L55-66``): ``--n-loops
+  10`` independent draws of ``--n-samples 2048`` fresh videos, one split each, then ``np.mean`` / ``np.std``
+  (ddof 0) over the draws. Disjoint consecutive blocks of independently sampled clips are independent draws.
+  The split size alone moves the score (one split of 2,048 against StyleGAN-V's 10 of ~205: about 20 %), so
+  with fewer than ``draws · draw_size`` clips the score is one draw of ``draw_size`` (all clips if fewer) and
+  the std is NaN, never a misleading 0.
 """
 
 from __future__ import annotations
@@ -234,10 +238,31 @@ def inception_score(
     for i in range(splits):
         part = p[i * n // splits : (i + 1) * n // splits]
         marginal = part.mean(0, keepdims=True)
-        if eps:
-            kl = part * (np.log(part + eps) - np.log(marginal + eps))
+        if eps:  # TGANv2: ``part = part + eps``, then the same formula
+            q = part + eps
+            kl = q * (np.log(q) - np.log(q.mean(0, keepdims=True)))
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 kl = part * (np.log(part) - np.log(marginal))
         scores.append(np.exp(kl.sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def tganv2_inception_score(
+    probs: Tensor | np.ndarray, *, draws: int = 10, draw_size: int = 2048
+) -> tuple[float, float, int]:
+    """TGANv2's Inception Score: ``(mean, std, draws used)`` over ``draws`` disjoint blocks of ``draw_size``
+    rows of ``probs [N, K]`` (in order), each scored as one split with ``eps=1e-20``. With ``N < draws ·
+    draw_size`` the score is that of the first ``min(N, draw_size)`` rows, the std NaN and the draws used 1
+    (see the module docstring); one draw never has a std (NaN, not 0)."""
+    if draws < 1 or draw_size < 1:
+        raise ValueError(f"tganv2_inception_score: draws {draws} and draw_size {draw_size} must be >= 1")
+    p = probs.detach().cpu().double().numpy() if isinstance(probs, Tensor) else np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[0] < 1:
+        raise ValueError(f"tganv2_inception_score: expected probabilities [N, K], got shape {p.shape}")
+    if p.shape[0] < draws * draw_size:
+        return inception_score(p[:draw_size], variant="tganv2")[0], float("nan"), 1
+    scores = [
+        inception_score(p[i * draw_size : (i + 1) * draw_size], variant="tganv2")[0] for i in range(draws)
+    ]
+    return float(np.mean(scores)), float(np.std(scores)) if draws > 1 else float("nan"), draws

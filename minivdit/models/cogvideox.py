@@ -27,7 +27,26 @@ Deviations from diffusers:
   otherwise (diffusers raises for H, W but silently substitutes a sin-cos table for another F). The sin-cos
   PE (2B) is rebuilt for any size, as diffusers does, but needs L = max_text_seq_length (diffusers: broadcast
   error). Like diffusers, the learned PE is a buffer: fine-tuning leaves it frozen.
-- 1.5: F must be divisible by patch_size_t; the pipeline pads by repeating the first latent; callers must.
+- 1.5: F must be divisible by patch_size_t; the pipeline pads by repeating the first latent; callers must
+  (``pad_frames``, called by ``train_step``; ``minivdit.sample`` pads the noise).
+
+CogVideoX 1.5 with an odd latent count (81 frames → 21 latents, ``patch_size_t`` 2): ``pad_frames`` does what
+CogVideo's 1.5 trainer does (``finetune/models/cogvideox_i2v/lora_trainer.py: compute_loss``, which
+``cogvideox1dot5_i2v`` inherits): prepend ``(−F) mod p_t`` copies of the first latent (CogVideo's
+``F mod p_t``, the same for p_t = 2, the only released value) and give the image condition ``[img, 0, …]``
+at the padded length (zeros appended); the loss covers every padded frame, the copy included, as there. The
+diffusers pipelines sample the same layout (``prepare_latents``: noise for the padded count, image latents
+``[img, 0, …]``, the first frame dropped after sampling). A whole-clip condition (anyframe, i > 0: every
+latent frame non-zero) is padded like the video latents instead, by a copy of its first frame, so its frames
+stay aligned with theirs; the references have no such condition.
+
+The 1.5 image-latent scale disagrees between the references: the diffusers I2V pipeline feeds (1/s)·z
+(``pipeline_cogvideox_image2video.py: prepare_latents`` l.387-392, ``invert_scale_latents``: "the CogVideoX
+team forgot to multiply the scaling factor during training"), CogVideo's 1.5 trainer s·z (``compute_loss``:
+``image_latent_dist.sample() * vae.config.scaling_factor``, and its validation runs the diffusers pipeline,
+so it trains on one scale and samples on another), and SAT z (as issue 18 reports; not re-read here).
+minivdit follows the VAE flag, i.e. the diffusers pipeline, in training and sampling
+(``conditioning/i2v.py: _invert_scale``): a fine-tune sees what the released 1.5-I2V weights are sampled with.
 - No text mask (``Cond.context_mask`` raises: the released pipelines let padded T5 tokens attend).
 - No fused QKV, LoRA/PEFT, caches or attention processors; attention is ``minivdit.models.attention``.
 - The 2B sin-cos table is a non-persistent buffer rebuilt by ``reset_buffers()``; timestep features are cast
@@ -661,6 +680,32 @@ class CogVideoXTransformer(nn.Module):
         return model.eval()
 
 
+def pad_frames(cfg, x_data: Tensor, cond: Cond) -> tuple[Tensor, Cond]:
+    """CogVideoX 1.5's temporal padding of a training batch (module docstring): ``x_data`` [B, F, C, h, w]
+    → [B, F + pad, C, h, w] with ``pad = (−F) mod patch_size_t`` copies of latent 0 in front, and
+    ``cond.image_latents`` to the same length (``[img, 0, …]``: zeros appended; a whole-clip condition: a copy
+    of its frame 0 in front). Unchanged for any other backbone config (``cfg`` may be a V-DiT's) and when F
+    already divides."""
+    p_t = getattr(cfg, "patch_size_t", None) if isinstance(cfg, CogVideoXConfig) else None
+    pad = (-x_data.shape[1]) % p_t if p_t else 0
+    if not pad:
+        return x_data, cond
+    x_data = torch.cat([x_data[:, :1].expand(-1, pad, -1, -1, -1), x_data], dim=1)  # [B, F + pad, C, h, w]
+    image = cond.image_latents
+    if image is None:
+        return x_data, cond
+    if image.shape[1] + pad != x_data.shape[1]:
+        raise ValueError(
+            f"Cond.image_latents {tuple(image.shape)} must have the {x_data.shape[1] - pad} latent frames of "
+            f"the video latents before padding"
+        )
+    first_only = (image[:, 1:] == 0).flatten(1).all(1).view(-1, 1, 1, 1, 1)  # [B, 1, 1, 1, 1]
+    zeros = image.new_zeros(image.shape[0], pad, *image.shape[2:])
+    appended = torch.cat([image, zeros], dim=1)  # [img, 0, …]: CogVideo's trainer, the pipelines
+    prepended = torch.cat([image[:, :1].expand(-1, pad, -1, -1, -1), image], dim=1)  # aligned with x_data
+    return x_data, dataclasses.replace(cond, image_latents=torch.where(first_only, appended, prepended))
+
+
 def num_tokens(cfg: CogVideoXConfig, frames: int, height: int, width: int) -> int:
     """Video tokens F'·h·w of a latent clip (text adds ``max_text_seq_length`` or the context length)."""
     return frames // (cfg.patch_size_t or 1) * (height // cfg.patch_size) * (width // cfg.patch_size)
@@ -684,5 +729,13 @@ def preset(name: str) -> CogVideoXConfig:
     return PRESETS[name]
 
 
-__all__ = ["CogVideoXConfig", "CogVideoXTransformer", "PRESETS", "preset", "rope_cos_sin", "sincos_3d_table"]
+__all__ = [
+    "CogVideoXConfig",
+    "CogVideoXTransformer",
+    "PRESETS",
+    "pad_frames",
+    "preset",
+    "rope_cos_sin",
+    "sincos_3d_table",
+]
 __all__ += ["num_tokens", "flops_per_sample", "pretrained_folder", "weight_files"]

@@ -60,7 +60,25 @@ settings are config fields of this objective:
   (shift 1) or 393 (shift 3). That is finite, but in the official form it multiplies a difference that is
   cancelled down to √(1 − ᾱ_0) ≈ 0.03 of v̂ − v;
 - the dynamic CFG scale of the diffusers pipelines (``use_dynamic_cfg``) is ``dynamic_cfg_scale``. The
-  guidance wrapper lives in ``minivdit.sample``.
+  guidance wrapper lives in ``minivdit.sample``;
+- ``sampler="dpm"`` (``DDPMConfig.cogvideox(sampler="dpm")``, ``python -m minivdit.sample --sampler dpm``):
+  diffusers' ``CogVideoXDPMScheduler`` (``schedulers/scheduling_dpm_cogvideox.py``, ``step`` and
+  ``get_variables``/``get_mult``) driven as the denoising loops of ``pipeline_cogvideox.py`` and
+  ``pipeline_cogvideox_image2video.py`` drive it: ``old_pred_original_sample`` carried between steps,
+  ``timesteps[i − 1]`` as ``timestep_back``, the pipeline's ``generator`` passed to ``step``. It is the SDE
+  variant of DPM-Solver++(2M) in log-SNR: stochastic, two noise draws per step after the first (the first
+  discarded), one on the last; ``_sample_dpm`` gives the formulas. The schedule tables are the DDIM path's
+  (the scheduler builds them identically). CogVideo's ``inference/cli_demo.py`` recommends it for
+  CogVideoX-5B and 5B-I2V and DDIM for 2B ("We recommend using `CogVideoXDDIMScheduler` for CogVideoX-2B.
+  using `CogVideoXDPMScheduler` for CogVideoX-5B / CogVideoX-5B-I2V"). With the same ``torch.Generator``
+  state after the initial noise, the result equals the pipeline's loop up to float32 rounding
+  (``tests/test_ddpm_cogvideox.py``, diffusers as the oracle).
+
+Deviations from diffusers (CogVideoX DPM): the pipeline casts its latents to the transformer's dtype after
+every step and draws the step noise in that dtype (bf16 in a bf16 pipeline); here the state and the noise
+stay fp32 whatever ``--precision`` (only the network runs in bf16), so a bf16 run matches the fp32 pipeline,
+not the bf16 one. ``eta`` and ``clip_denoised`` are refused with ``sampler="dpm"`` (the scheduler ignores
+both).
 
 Deviations from diffusers (CogVideoX):
 - the loss is computed as the v-MSE in at least fp32. diffusers computes x̂_data = ``get_velocity`` in the
@@ -121,13 +139,15 @@ class DDPMConfig:
     learn_sigma: bool = True
     """Network outputs 2C channels (ε, v), trained with MSE + VB (Latte/DiT). False: C channels, MSE only, and
     the fixed "large" variance (β) for sampling. Only with ``prediction="eps"``."""
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    """Ancestral sampling (Latte's configs) or DDIM (Song et al. 2021)."""
+    sampler: Literal["ddpm", "ddim", "dpm"] = "ddpm"
+    """Ancestral sampling (Latte's configs), DDIM (Song et al. 2021), or "dpm": diffusers'
+    ``CogVideoXDPMScheduler`` loop (a stochastic DPM-Solver++(2M), CogVideo's recommended sampler for 5B and
+    5B-I2V; ``timestep_spacing="trailing"`` only, see the module docstring)."""
     eta: float = 0.0
     """DDIM stochasticity (0 = deterministic, 1 = DDPM-like variance); used by ``sampler="ddim"`` only."""
     timestep_spacing: Literal["dit", "trailing"] = "dit"
     """Sampling steps: "dit" (DiT's respacing, ``space_timesteps``, ends at step 0) or "trailing" (diffusers'
-    CogVideoX loop, ``trailing_timesteps``: starts at step T − 1; ``sampler="ddim"`` only)."""
+    CogVideoX loop, ``trailing_timesteps``: starts at step T − 1; ``sampler="ddim"`` or ``"dpm"``)."""
     set_alpha_to_one: bool = True
     """ᾱ after DDIM's last step: 1 (diffusers ``set_alpha_to_one=True``, CogVideoX) or ᾱ_0. False needs
     ``timestep_spacing="trailing"`` (the DiT respacing always ends at ᾱ = 1)."""
@@ -167,10 +187,22 @@ class DDPMConfig:
             )
         if self.timestep_spacing not in ("dit", "trailing"):
             raise ValueError(f"timestep_spacing must be 'dit' or 'trailing', got {self.timestep_spacing!r}")
-        if self.timestep_spacing == "trailing" and self.sampler != "ddim":
+        if self.sampler not in ("ddpm", "ddim", "dpm"):
+            raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'dpm', got {self.sampler!r}")
+        if self.timestep_spacing == "trailing" and self.sampler == "ddpm":
             raise ValueError(
-                "timestep_spacing='trailing' is implemented for sampler='ddim' only, "
+                "timestep_spacing='trailing' is implemented for sampler='ddim' or 'dpm', "
                 f"got sampler={self.sampler!r}"
+            )
+        if self.sampler == "dpm" and self.timestep_spacing != "trailing":
+            raise ValueError(
+                "sampler='dpm' is CogVideoXDPMScheduler's loop, which needs timestep_spacing='trailing', "
+                f"got timestep_spacing={self.timestep_spacing!r}"
+            )
+        if self.sampler == "dpm" and (self.eta != 0.0 or self.clip_denoised):
+            raise ValueError(
+                "sampler='dpm' takes neither eta nor clip_denoised (CogVideoXDPMScheduler.step ignores "
+                f"both), got eta={self.eta}, clip_denoised={self.clip_denoised}"
             )
         if not self.set_alpha_to_one and self.timestep_spacing != "trailing":
             raise ValueError(
@@ -185,7 +217,9 @@ class DDPMConfig:
         scaled_linear β 0.00085 → 0.012, T = 1000, v-prediction, zero terminal SNR, SNR shift
         ``snr_shift_scale`` (1.0: 5B / 5B-I2V / 1.5; 3.0: 2B), trailing DDIM with η = 0 and ᾱ = 1 after the
         last step, no learned σ, no clipping; uniform integer training steps (as every DDPM config).
-        ``overrides`` replace single fields (validated as usual).
+        ``overrides`` replace single fields (validated as usual): ``sampler="dpm"`` samples with
+        ``CogVideoXDPMScheduler``'s loop instead (the same schedule; CogVideo's recommended sampler for 5B and
+        5B-I2V, with dynamic CFG).
         """
         fields = dict(
             num_timesteps=1000,
@@ -672,20 +706,34 @@ class DDPM:
 
     @torch.no_grad()
     def sample(
-        self, denoise_fn: DenoiseFn, noise: Tensor, steps: int, generator: torch.Generator | None = None
+        self,
+        denoise_fn: DenoiseFn,
+        noise: Tensor,
+        steps: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
         """Run the reverse process from ``noise`` (t = 1) to a sample (t = 0), in ``noise``'s dtype.
 
         ``timestep_spacing="dit"``: the respaced process (``respaced``), ancestral or DDIM. ``"trailing"``:
         diffusers' CogVideoXDDIMScheduler loop (``set_timesteps(steps)``, then ``step`` at each timestep),
-        reproduced exactly for η = 0 and no clipping.
+        reproduced exactly for η = 0 and no clipping; with ``sampler="dpm"`` CogVideoXDPMScheduler's loop as
+        the CogVideoX pipelines drive it (``_sample_dpm``).
 
         ``denoise_fn(x_t, t_model)`` receives the ORIGINAL step index as ``t_model`` ([B] float32), as DiT's
         ``_WrappedModel`` with ``rescale_timesteps=False`` and as diffusers passes ``timestep``
-        (``sampling_timesteps(steps)`` lists them). ``generator`` (on ``noise.device``) drives the noise of
-        ancestral / η > 0 DDIM steps. The sampler state is kept in at least fp32.
+        (``sampling_timesteps(steps)`` lists them). ``generator`` drives the noise of ancestral, η > 0 DDIM
+        and DPM steps; as diffusers' ``randn_tensor``, a generator on another device (a CPU generator for a
+        CUDA sample) draws there and the noise is moved, and a list of B generators draws row b from
+        generator b (one pipeline call per seed, batched). The sampler state is kept in at least fp32.
         """
         check_video(noise, "noise")
+        if isinstance(generator, list) and len(generator) != noise.shape[0]:
+            raise ValueError(
+                f"a list of generators needs one per sample: got {len(generator)} for a batch of "
+                f"{noise.shape[0]} (noise {tuple(noise.shape)})"
+            )
+        if self.cfg.sampler == "dpm":
+            return self._sample_dpm(denoise_fn, noise, steps, generator)
         if self.cfg.timestep_spacing == "trailing":
             return self._sample_trailing(denoise_fn, noise, steps, generator)
         s = self.respaced(steps, noise.device)
@@ -766,6 +814,79 @@ class DDPM:
                 x = x + (sigma2**0.5).to(x.dtype) * self._randn(x, generator)
         return x.to(noise.dtype)
 
+    def _sample_dpm(
+        self,
+        denoise_fn: DenoiseFn,
+        noise: Tensor,
+        steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> Tensor:
+        """diffusers' CogVideoXDPMScheduler loop as the CogVideoX pipelines drive it (module docstring).
+
+        At step n the network runs at t = ``trailing_timesteps(T, steps)[n]``; ᾱ_prev = ᾱ[t − T // steps]
+        (``final`` once negative) and, for n > 0, ᾱ_back = ᾱ at the previous timestep (the pipeline passes
+        ``timesteps[i − 1]``). With λ(ᾱ) = log √(ᾱ / (1 − ᾱ)), h = λ(ᾱ_prev) − λ(ᾱ_t), r = (λ(ᾱ_t) −
+        λ(ᾱ_back)) / h, the scheduler's multipliers are m1 = √((1 − ᾱ_prev)/(1 − ᾱ_t))·e^(−h),
+        m2 = expm1(−2h)·√ᾱ_prev, m3 = 1 + 1/(2r), m4 = 1/(2r) and the noise scale σ = √(1 − ᾱ_prev)·
+        √(1 − e^(−2h)). Every step draws z and forms m1·x − m2·x̂ + σ·z (first-order SDE-DPM-Solver++). On the
+        first step and on the last (prev < 0) that is the result; otherwise the scheduler draws a SECOND z,
+        discards the first, and returns m1·x − m2·D + σ·z with D = m3·x̂ − m4·x̂_old (the second-order
+        update, x̂_old being the previous step's x̂: the pipeline's ``old_pred_original_sample``). So a run
+        of N ≥ 2 steps draws 2N − 2 noise tensors from ``generator``, in this order.
+
+        The arithmetic is the scheduler's, operation for operation: 0-dim fp64 coefficients (the schedule
+        table's dtype) cast to the state's dtype by each multiplication. At ᾱ_t = 0 (zero terminal SNR,
+        t = T − 1) λ = −∞, so h = +∞, m1 = 0 and r = +∞ at the next step (m3 = 1, m4 = 0): IEEE arithmetic
+        gives the scheduler's values, which are finite.
+        """
+        T, B = self.num_timesteps, noise.shape[0]
+        timesteps = trailing_timesteps(T, steps)  # validates steps
+        jump = T // steps  # the scheduler's prev_timestep = t − T // steps, as in _sample_trailing
+        ac_table = self._training(noise.device).alphas_cumprod
+        final = ac_table.new_ones(()) if self.cfg.set_alpha_to_one else ac_table[0]
+
+        def lam(ac: Tensor) -> Tensor:  # log-SNR / 2, CogVideoXDPMScheduler.get_variables' expression
+            return ((ac / (1 - ac)) ** 0.5).log()
+
+        x = noise.to(torch.promote_types(noise.dtype, torch.float32))
+        x_pred_old: Tensor | None = None
+        for n, t in enumerate(timesteps):
+            t_model = torch.full((B,), float(t), device=noise.device, dtype=torch.float32)
+            pred = denoise_fn(x, t_model)
+            self._check_pred(pred, x)
+            pred = pred.to(x.dtype)
+            ac = ac_table[t]
+            ac_prev = ac_table[t - jump] if t - jump >= 0 else final
+            beta = 1.0 - ac
+            if self.cfg.prediction == "v":
+                x_pred = (ac**0.5).to(x.dtype) * x - (beta**0.5).to(x.dtype) * pred
+            else:
+                x_pred = (x - (beta**0.5).to(x.dtype) * pred) / (ac**0.5).to(x.dtype)
+            h = lam(ac_prev) - lam(ac)
+            m1 = ((1 - ac_prev) / (1 - ac)) ** 0.5 * (-h).exp()
+            m2 = (-2 * h).expm1() * ac_prev**0.5
+            sigma = (1 - ac_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
+            dt = x.dtype
+            z = self._randn(x, generator)  # drawn at every step, used by the first-order ones only
+            if x_pred_old is not None and t - jump >= 0:  # second order: a second draw replaces z
+                r = (lam(ac) - lam(ac_table[timesteps[n - 1]])) / h
+                m3, m4 = 1 + 1 / (2 * r), 1 / (2 * r)
+                d = m3.to(dt) * x_pred - m4.to(dt) * x_pred_old
+                z = self._randn(x, generator)
+            else:
+                d = x_pred
+            x, x_pred_old = m1.to(dt) * x - m2.to(dt) * d + sigma.to(dt) * z, x_pred
+        return x.to(noise.dtype)
+
     @staticmethod
-    def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    def _randn(like: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+        """N(0, I) of ``like``'s shape, dtype and device, drawn as diffusers' ``randn_tensor``: on the
+        generator's device, then moved; a list of generators draws one row each."""
+        if isinstance(generator, list):
+            rows = [
+                torch.randn((1, *like.shape[1:]), generator=g, device=g.device, dtype=like.dtype)
+                for g in generator
+            ]
+            return torch.cat(rows).to(like.device)
+        device = generator.device if generator is not None else like.device
+        return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)

@@ -505,10 +505,29 @@ class CogVideoXVAE(nn.Module):
             )
         return (num_frames - 1) // r + 1
 
+    def encode_moments(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """``video`` [B, F, 3, H, W] in [-1, 1] → the raw posterior ``(mean, logvar)``, each [B, F', C, h, w],
+        unscaled, logvar clamped to [−30, 20] as diffusers' ``DiagonalGaussianDistribution`` (the moments
+        ``tools/cache_latents.py`` caches; ``encode`` samples from the same numbers)."""
+        mean, logvar = self._moments(video)
+        return rearrange(mean, "b c f h w -> b f c h w"), rearrange(logvar, "b c f h w -> b f c h w")
+
     def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``video`` [B, F, 3, H, W] in [-1, 1] → latents [B, F', C, H/8, W/8], already × ``scaling_factor``:
         a posterior sample (``generator`` seeds it, drawn in diffusers' layout so the same seed gives the same
         sample) or, with ``sample_posterior=False``, the posterior mean."""
+        cfg = self.config
+        mean, logvar = self._moments(video)  # [B, C, F', h, w] each
+        z = mean
+        if cfg.sample_posterior:
+            std = torch.exp(0.5 * logvar)
+            device = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
+            z = mean + std * noise.to(mean.device)
+        return rearrange(z * cfg.scaling_factor, "b c f h w -> b f c h w")
+
+    def _moments(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """Checked ``video`` → ``(mean, logvar)`` in diffusers' layout [B, C, F', h, w], logvar clamped."""
         cfg = self.config
         if video.ndim != 5 or video.shape[2] != cfg.in_channels:
             raise ValueError(f"expected video [B, F, {cfg.in_channels}, H, W], got {tuple(video.shape)}")
@@ -525,13 +544,7 @@ class CogVideoXVAE(nn.Module):
             m = self.encoder(x[:, :, frames], cache)  # [B, 2·C, F'_chunk, h, w]
             moments.append(m if self.quant_conv is None else self.quant_conv(m))
         mean, logvar = torch.cat(moments, dim=2).chunk(2, dim=1)  # [B, C, F', h, w] each
-        z = mean
-        if cfg.sample_posterior:
-            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            device = generator.device if generator is not None else mean.device
-            noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
-            z = mean + std * noise.to(mean.device)
-        return rearrange(z * cfg.scaling_factor, "b c f h w -> b f c h w")
+        return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, latents: Tensor) -> Tensor:
         """``latents`` [B, F', C, h, w] (scaled, as ``encode`` returns them) → video [B, F, 3, 8h, 8w], not
