@@ -328,6 +328,14 @@ class TrainConfig:
             )
         if self.align is not None:
             check_block_index(self.align, m.depth)
+            if m.patch_size_t:
+                # 1.5 patches pairs of latent frames into one token frame (and pads an odd count in front):
+                # the head's frame matching pairs one token frame with one latent frame's teacher features
+                raise ValueError(
+                    f"alignment on CogVideoX 1.5 (model.patch_size_t={m.patch_size_t}) is not supported: its "
+                    f"token frames each cover {m.patch_size_t} latent frames, which --align.frame-match does "
+                    "not map to teacher frames; train 1.0 (5B, 5B-I2V, 2B) with alignment"
+                )
         pred = build_objective(self.objective).pred_channels(m.out_channels)
         if pred != m.out_channels:
             raise ValueError(f"objective needs {pred} output channels, CogVideoX gives {m.out_channels}")
@@ -628,7 +636,8 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
 def build_alignment(
     cfg: TrainConfig, ctx: dist.DistContext, vae: torch.nn.Module | None, dataset=None
 ) -> tuple[Teacher | None, torch.nn.Module | None]:
-    """The frozen teacher (resized to the DiT's token grid) and the alignment head, or (None, None). With
+    """The frozen teacher (run at ``teacher.token_grid``, else at the DiT's token grid) and the alignment head,
+    or (None, None). With
     shards that carry cached feats there is no teacher (None): the head is sized from the shards' metadata.
     The head is seeded from ``cfg.seed`` on the CPU (the same on every rank), then replicated: DDP when
     world > 1, whatever the model's strategy (it is small; FSDP would shard a few MB for nothing)."""

@@ -89,3 +89,16 @@ def test_recipe_runs_on_shards_with_cached_text(tiny, tmp_path, monkeypatch):
     other = make_tiny_t5(tmp_path / "other_t5", seed=1)
     with pytest.raises(ValueError, match="cached by another text encoder"):
         train(dataclasses.replace(cached, text=dataclasses.replace(cfg.text, path=str(other)), run_name="b"))
+
+
+def test_alignment_on_cogvideox_15_is_refused_before_training():
+    """1.5 patches two latent frames into one token frame: the head cannot pair token and teacher frames, so the
+    config is refused (not a shape error at the first step)."""
+    from test_recipes import load  # tests/ on sys.path
+
+    from minivdit.models.cogvideox import preset
+
+    cfg = load(Path(__file__).parents[1] / "recipes" / "drepa_timelapse.py").config()
+    model = dataclasses.replace(preset("CogVideoX1.5-5B-I2V"), attn_backend=cfg.model.attn_backend)
+    with pytest.raises(ValueError, match=r"alignment on CogVideoX 1.5 \(model.patch_size_t=2\)"):
+        dataclasses.replace(cfg, model=model)
