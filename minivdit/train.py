@@ -268,8 +268,8 @@ class TrainConfig:
             return
         if self.validation.enabled:
             raise ValueError(
-                "--validation.prompts is for text-conditioned (CogVideoX) runs; a V-DiT samples its class grid "
-                "every --sample-every steps"
+                "--validation.prompts is for text-conditioned (CogVideoX) runs; a V-DiT samples its class "
+                "grid every --sample-every steps"
             )
         if self.lora.enabled or self.i2v.enabled:
             raise ValueError(
@@ -589,7 +589,7 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
 
 
 def build_validator(cfg: TrainConfig, ctx: dist.DistContext, conditioner, vae) -> Validator | None:
-    """The run's validation set (``cfg.validation``), its prompts and images encoded once; None without one."""
+    """The run's validation set (``cfg.validation``), prompts and images encoded once; None without one."""
     if not cfg.validation.enabled:
         return None
     model = cfg.model
@@ -636,9 +636,9 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
 def build_alignment(
     cfg: TrainConfig, ctx: dist.DistContext, vae: torch.nn.Module | None, dataset=None
 ) -> tuple[Teacher | None, torch.nn.Module | None]:
-    """The frozen teacher (run at ``teacher.token_grid``, else at the DiT's token grid) and the alignment head,
-    or (None, None). With
-    shards that carry cached feats there is no teacher (None): the head is sized from the shards' metadata.
+    """The frozen teacher (run at ``teacher.token_grid``, else at the DiT's token grid) and the alignment
+    head, or (None, None). With shards that carry cached feats there is no teacher (None): the head is sized
+    from the shards' metadata.
     The head is seeded from ``cfg.seed`` on the CPU (the same on every rank), then replicated: DDP when
     world > 1, whatever the model's strategy (it is small; FSDP would shard a few MB for nothing)."""
     if cfg.align is None:
@@ -1082,7 +1082,9 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
         sampler = ema if ema is not None else dist.unwrap(model)
         due = cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last)
         if validator is not None and cfg.validation.due(step, last):
-            validator(sampler, objective, step=step, run_dir=cfg.run_dir, logger=logger, precision=cfg.precision)
+            validator(
+                sampler, objective, step=step, run_dir=cfg.run_dir, logger=logger, precision=cfg.precision
+            )
             model.train()
         elif due and conditioner is not None and conditioner.needs_prompts:
             if last and validator is None:

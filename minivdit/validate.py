@@ -6,15 +6,16 @@ CogVideo's ``finetune/`` (``validation_steps``, ``validation_dir``), diffusers' 
 set of prompts (and, for I2V, images) while they train, because a loss curve alone does not say whether the
 model still makes videos. minivdit does the same:
 
-- **What.** ``ValidationConfig.prompts``, with ``images`` (one per prompt, or one for all) and ``frame_indices``
-  for image-to-video and anyframe runs, sampled every ``every`` steps and at the end.
+- **What.** ``ValidationConfig.prompts``, with ``images`` (one per prompt, or one for all) and
+  ``frame_indices`` for image-to-video and anyframe runs, sampled every ``every`` steps and at the end.
 - **Same each time.** Sample i always starts from the noise seeded ``seed + i`` (as ``python -m
-  minivdit.sample``: its image condition, then its noise), so successive validations differ only by the weights.
+  minivdit.sample``: its image condition, then its noise), so successive validations differ only by the
+  weights.
 - **Which weights.** The EMA model when the run keeps one, otherwise the live model (with its LoRA adapters):
   the model the run will be judged by.
-- **Cheap.** 20 steps by default (the pipelines' 50 would cost 2.5× more for a preview); the prompts and images
-  are encoded once, at the start. The T5 that encodes them is the run's own (online text), or, for a run on
-  cached text, ``text_encoder`` loaded once and freed, so the 9.5 GB T5-XXL never stays on a GPU.
+- **Cheap.** 20 steps by default (the pipelines' 50 would cost 2.5× more for a preview); the prompts and
+  images are encoded once, at the start. The T5 that encodes them is the run's own (online text), or, for a
+  run on cached text, ``text_encoder`` loaded once and freed, so the 9.5 GB T5-XXL never stays on a GPU.
 - **Sharded over ranks.** Rank r samples prompts r, r + world, …; every rank runs the same number of forwards
   (FSDP needs all of them: a rank with fewer prompts repeats its last one and drops it), then rank 0 gathers
   the clips and writes ``<run>/samples/validation/step_<N>/`` (one mp4 per prompt, ``grid.mp4``,
@@ -47,7 +48,7 @@ class ValidationConfig:
     """Fixed prompts (and images) sampled during text / image-to-video training (module docstring)."""
 
     prompts: tuple[str, ...] = ()
-    """The validation prompts; empty: no validation (the V-DiT's class grid, ``sample_every``, is separate)."""
+    """The validation prompts; empty: no validation (a V-DiT's class grid, ``sample_every``, is separate)."""
     images: tuple[str, ...] = ()
     """Image-to-video: the condition image files, one per prompt or one for all."""
     frame_indices: tuple[int, ...] = ()
@@ -149,10 +150,12 @@ class Validator:
         if (num_frames - 1) % r:
             raise ValueError(f"validation: {num_frames} training frames is not {r}k+1")
         self.latent_frames = (num_frames - 1) // r + 1
-        # CogVideoX 1.5 (patch_size_t 2) pads an odd latent count in front, as the pipelines and minivdit.sample
+        # CogVideoX 1.5 (patch_size_t 2) pads an odd latent count in front, as the pipelines and sample.py
         self.pad = (-self.latent_frames) % (patch_size_t or 1)
         if self.pad and any(self.frame_indices):
-            raise ValueError("validation: anyframe indices > 0 need an even latent frame count (CogVideoX 1.5)")
+            raise ValueError(
+                "validation: anyframe indices > 0 need an even latent frame count (CogVideoX 1.5)"
+            )
         self.states: dict[int, Tensor] = {}
         self.context, self.mask, self.null = self._encode_text(cfg, text_encoder, text_cfg, text_null)
         self.image_latents = self._encode_images(cfg, is_i2v) if is_i2v else None
@@ -172,8 +175,8 @@ class Validator:
             path = cfg.text_encoder or text_cfg.path
             if path is None:
                 raise ValueError(
-                    "--validation.prompts on cached text: give --validation.text-encoder DIR (the T5 the cache "
-                    "was made with; loaded once to encode the prompts, then freed)"
+                    "--validation.prompts on cached text: give --validation.text-encoder DIR (the T5 the "
+                    "cache was made with; loaded once to encode the prompts, then freed)"
                 )
             encoder = build_text_encoder(
                 dataclasses.replace(text_cfg, path=path, text_encoder=None, tokenizer=None)
@@ -197,8 +200,8 @@ class Validator:
         )
 
     def _encode_images(self, cfg, is_i2v) -> Tensor:
-        """Images → the sampling condition ``image_latents`` [P, F', C, h, w] (``i2v.inference_condition``), drawn
-        from each sample's generator first, as ``minivdit.sample`` does."""
+        """Images → the sampling condition ``image_latents`` [P, F', C, h, w] (``i2v.inference_condition``),
+        drawn from each sample's generator first, as ``minivdit.sample`` does."""
         from minivdit.conditioning.i2v import inference_condition
         from minivdit.sample import load_image
 
@@ -214,7 +217,7 @@ class Validator:
         return torch.cat(out)
 
     def sample(self, model: torch.nn.Module, objective, precision: str) -> Tensor | None:
-        """Every rank samples its share; rank 0 returns all clips ``[P, F, 3, H, W]`` in [−1, 1] (others: None).
+        """Every rank samples its share; rank 0 returns all clips ``[P, F, 3, H, W]`` in [−1, 1], others None.
         Clip i equals ``python -m minivdit.sample --prompt p_i [--image im_i --frame-index k_i] --seed s+i``
         on the same weights (the same draws in the same order)."""
         from minivdit import dist
@@ -224,7 +227,12 @@ class Validator:
         mine = list(range(self.rank, P, self.world))
         rounds = -(-P // self.world)  # every rank runs as many forwards (FSDP)
         s = self.vae.spatial_compression
-        shape = (1, self.latent_frames + self.pad, _model_config(model).out_channels, *(v // s for v in self.size))
+        shape = (
+            1,
+            self.latent_frames + self.pad,
+            _model_config(model).out_channels,
+            *(v // s for v in self.size),
+        )
         null_ctx, null_mask = self.null
         videos = {}
         for k in range(rounds):
@@ -263,8 +271,10 @@ class Validator:
         merged = {i: v for part in gathered for i, v in part.items()}
         return torch.stack([merged[i] for i in range(P)])  # [P, F, 3, H, W]
 
-    def __call__(self, model: torch.nn.Module, objective, *, step: int, run_dir: Path, logger, precision) -> None:
-        """Sample (``sample``), then rank 0 writes ``samples/validation/step_<N>/`` and the tensorboard videos."""
+    def __call__(
+        self, model: torch.nn.Module, objective, *, step: int, run_dir: Path, logger, precision
+    ) -> None:
+        """Sample (``sample``); rank 0 writes ``samples/validation/step_<N>/`` and the tensorboard videos."""
         from minivdit.sample import write_samples
 
         t0, cfg, P = time.perf_counter(), self.cfg, len(self.cfg.prompts)
@@ -296,5 +306,7 @@ def _model_config(model: torch.nn.Module):
 
     mc = getattr(dist.unwrap(model), "cfg", None)
     if getattr(mc, "out_channels", None) is None:
-        raise ValueError(f"validation samples need a CogVideoX-like model (cfg.out_channels), got {type(model)}")
+        raise ValueError(
+            f"validation samples need a CogVideoX-like model (cfg.out_channels), got {type(model)}"
+        )
     return mc

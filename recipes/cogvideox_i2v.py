@@ -34,7 +34,8 @@ Settings and where they come from:
 - EMA off (the blog does not mention one; a 5B EMA is another sharded copy): ``--ema.enabled`` turns it on.
 - Seed 0 for both arms, so the two runs see the same clips, noise, t, caption drops and condition frames.
 - Samples of the run use CogVideoXDPMScheduler's loop (``sampler="dpm"``), CogVideo's recommendation for
-  5B-I2V; ``--validation.prompts … --validation.images …`` samples them during training (``minivdit/validate.py``).
+  5B-I2V; ``--validation.prompts … --validation.images …`` samples them during training
+  (``minivdit/validate.py``).
 
 ``--pretrained`` decides the architecture: the folder's ``transformer/config.json`` replaces the 5B-I2V
 preset (keeping the recipe's runtime choices: flash attention, activation checkpointing, and the frames and
@@ -71,8 +72,8 @@ def config() -> TrainConfig:
         model=replace(preset("CogVideoX-5B-I2V"), attn_backend="flash"),
         pretrained=PRETRAINED,
         lora=LoRAConfig(rank=0),
-        # CogVideo recommends CogVideoXDPMScheduler for 5B and 5B-I2V (inference/cli_demo.py): samples of the run
-        # (validation, python -m minivdit.sample --ckpt) use its loop; training is the same either way
+        # CogVideo recommends CogVideoXDPMScheduler for 5B and 5B-I2V (inference/cli_demo.py): the run's
+        # samples (validation, python -m minivdit.sample --ckpt) use its loop; training is the same either way
         objective=DDPMConfig.cogvideox(snr_shift_scale=1.0, sampler="dpm"),
         vae=VAEConfig(kind="cogvideox", path=f"{PRETRAINED}/vae"),
         text=TextEncoderConfig(path=PRETRAINED, dropout=0.1, null="zeros"),

@@ -69,7 +69,9 @@ def test_every_recipe_has_a_table():
     # Not reproductions (the file says so): CPU demonstrations and minivdit's own VAE design.
     reproductions = {r for r in recipes if "quickstart" not in r and r != "recipes/vae_causal3d.py"}
     documented = {recipe for recipe, _, _ in TABLES}
-    assert reproductions <= documented, f"recipes without a table in docs/fidelity.md: {reproductions - documented}"
+    assert reproductions <= documented, (
+        f"recipes without a table in docs/fidelity.md: {reproductions - documented}"
+    )
     assert all(rows for _, _, rows in TABLES)
 
 
@@ -77,7 +79,9 @@ def test_every_recipe_has_a_table():
 def test_table_matches_the_recipe(recipe, args, rows):
     cfg = _config(recipe, args)
     for cells in rows:
-        assert len(cells) == 4, f"{recipe}: a row needs 4 cells (setting, minivdit, reference, status): {cells}"
+        assert len(cells) == 4, (
+            f"{recipe}: a row needs 4 cells (setting, minivdit, reference, status): {cells}"
+        )
         setting, ours, reference, status = cells
         assert reference, f"{recipe} / {setting}: no reference"
         assert status.startswith(STATUS), f"{recipe} / {setting}: status must start with one of {STATUS}"
@@ -91,11 +95,19 @@ def test_table_matches_the_recipe(recipe, args, rows):
             is_type, path, literal = m.groups()
             actual = _resolve(cfg, path)
             if is_type:
-                assert type(actual).__name__ == literal, f"{recipe} / {setting}: type({path}) is {type(actual)}"
+                assert type(actual).__name__ == literal, (
+                    f"{recipe} / {setting}: type({path}) is {type(actual)}"
+                )
             else:
                 expected = ast.literal_eval(literal)
-                assert actual == expected and type(actual) is type(expected) or (
-                    isinstance(actual, float) and isinstance(expected, (int, float)) and actual == expected
+                assert (
+                    actual == expected
+                    and type(actual) is type(expected)
+                    or (
+                        isinstance(actual, float)
+                        and isinstance(expected, (int, float))
+                        and actual == expected
+                    )
                 ), f"{recipe} / {setting}: {path} is {actual!r}, docs/fidelity.md says {literal}"
 
 

@@ -92,8 +92,8 @@ def test_recipe_runs_on_shards_with_cached_text(tiny, tmp_path, monkeypatch):
 
 
 def test_alignment_on_cogvideox_15_is_refused_before_training():
-    """1.5 patches two latent frames into one token frame: the head cannot pair token and teacher frames, so the
-    config is refused (not a shape error at the first step)."""
+    """1.5 patches two latent frames into one token frame: the head cannot pair token and teacher frames, so
+    the config is refused (not a shape error at the first step)."""
     from test_recipes import load  # tests/ on sys.path
 
     from minivdit.models.cogvideox import preset

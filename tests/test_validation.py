@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_cogvideox import FRAMES, H, TEXT_LEN, W, make_pipeline_folder  # tests/ on sys.path
+from tiny_cogvideox import FRAMES, TEXT_LEN, H, W, make_pipeline_folder  # tests/ on sys.path
 
 from minivdit.conditioning.text import T5TextEncoder, TextEncoderConfig
 from minivdit.sample import SampleConfig, decode_latents, load_pretrained_folder, sample_cogvideox

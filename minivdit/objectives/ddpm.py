@@ -797,10 +797,7 @@ class DDPM:
             ac = ac_table[t]
             ac_prev = ac_table[t - jump] if t - jump >= 0 else final
             beta = 1.0 - ac
-            if self.cfg.prediction == "v":
-                x_pred = (ac**0.5).to(x.dtype) * x - (beta**0.5).to(x.dtype) * pred
-            else:
-                x_pred = (x - (beta**0.5).to(x.dtype) * pred) / (ac**0.5).to(x.dtype)
+            x_pred = self._x0(x, pred, ac)
             if self.cfg.clip_denoised:
                 x_pred = x_pred.clamp(-1.0, 1.0)
             if eta > 0:
@@ -813,6 +810,14 @@ class DDPM:
             if eta > 0 and n < len(timesteps) - 1:
                 x = x + (sigma2**0.5).to(x.dtype) * self._randn(x, generator)
         return x.to(noise.dtype)
+
+    def _x0(self, x: Tensor, pred: Tensor, ac: Tensor) -> Tensor:
+        """x̂₀ from the network's output at ᾱ = ``ac`` (0-dim fp64, cast by each product as the schedulers do):
+        v-prediction √ᾱ·x − √(1−ᾱ)·v̂, ε-prediction (x − √(1−ᾱ)·ε̂) / √ᾱ."""
+        beta = 1.0 - ac
+        if self.cfg.prediction == "v":
+            return (ac**0.5).to(x.dtype) * x - (beta**0.5).to(x.dtype) * pred
+        return (x - (beta**0.5).to(x.dtype) * pred) / (ac**0.5).to(x.dtype)
 
     def _sample_dpm(
         self,
@@ -857,11 +862,7 @@ class DDPM:
             pred = pred.to(x.dtype)
             ac = ac_table[t]
             ac_prev = ac_table[t - jump] if t - jump >= 0 else final
-            beta = 1.0 - ac
-            if self.cfg.prediction == "v":
-                x_pred = (ac**0.5).to(x.dtype) * x - (beta**0.5).to(x.dtype) * pred
-            else:
-                x_pred = (x - (beta**0.5).to(x.dtype) * pred) / (ac**0.5).to(x.dtype)
+            x_pred = self._x0(x, pred, ac)
             h = lam(ac_prev) - lam(ac)
             m1 = ((1 - ac_prev) / (1 - ac)) ** 0.5 * (-h).exp()
             m2 = (-2 * h).expm1() * ac_prev**0.5
