@@ -117,3 +117,28 @@ def test_batch_cond_labels_and_cached_text():
         batch_cond(batch, num_classes=1)
     plain = batch_cond(Batch(video=None, label=torch.tensor([2])), num_classes=3)
     assert plain.given() == ("label",)
+
+
+def test_image_context_kept_by_text_cfg_and_dropped_only_with_image():
+    """Wan-I2V's CLIP tokens: text CFG keeps them (the pipeline feeds the same ``image_embeds`` to both
+    branches); ``image=True`` drops them to the given null tokens, or to zeros."""
+    ctx, empty = _text(), torch.full((4, 6), 7.0)
+    tokens = torch.randn(3, 5, 8)
+    cond = Cond(context=ctx, image_context=tokens)
+    assert cond.given() == ("context", "image_context")
+    null = cond.null(context=empty)
+    assert torch.equal(null.image_context, tokens) and torch.equal(null.context, empty.expand(3, 4, 6))
+    keep = torch.tensor([True, False, True])
+    out = cond.drop(keep, context=empty, image=True)
+    assert torch.equal(out.image_context[0], tokens[0]) and out.image_context[1].abs().max() == 0
+    blank = torch.full((5, 8), -1.0)
+    out = cond.drop(keep, context=empty, image=True, image_context=blank)
+    assert torch.equal(out.image_context[1], blank) and torch.equal(out.image_context[2], tokens[2])
+    with pytest.raises(ValueError, match=r"null image_context must be \[Li, Di\]=\[5, 8\]"):
+        cond.drop(keep, context=empty, image=True, image_context=torch.zeros(4, 8))
+    with pytest.raises(ValueError, match=r"Cond.image_context must be \[B, Li, Di\]"):
+        Cond(image_context=torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="batch size"):
+        Cond(context=ctx, image_context=torch.zeros(2, 5, 8))
+    both = Cond.cat([cond, cond.to("cpu")])
+    assert both.image_context.shape == (6, 5, 8) and torch.equal(both.image_context[3:], tokens)

@@ -8,6 +8,10 @@
     # 2. the captions' T5 tokens, [226, 4096] bf16 per sample (1.8 MB), into the same shards
     python tools/cache_text.py --root /data/cache/chronomagic-49x480x720 \\
         --text.path /models/CogVideoX-5b-I2V --device cuda
+    # Wan2.1: UMT5-XXL as WanPipeline encodes (512 tokens, masked, trimmed, zero-padded, prompts cleaned)
+    python tools/cache_text.py --root /data/cache/wan-81x480x832 \\
+        --text.path /models/Wan2.1-T2V-1.3B-Diffusers --text.max-length 512 --text.use-mask --text.clean \\
+        --device cuda
 
 Why a second pass over finished shards rather than a ``--text`` option of ``tools/cache_latents.py``: the VAE
 (and teachers) and T5-XXL (9.5 GB in bf16) then never share the accelerator (CogVideo's own trainer unloads
@@ -78,7 +82,7 @@ class CacheTextConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.text.enabled:
-            raise ValueError("no text encoder: give --text.path (a CogVideoX diffusers folder)")
+            raise ValueError("no text encoder: give --text.path (a CogVideoX or Wan diffusers folder)")
 
 
 def _device(name: str) -> torch.device:

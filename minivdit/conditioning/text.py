@@ -1,5 +1,5 @@
 """Frozen text encoders from local folders: T5 for CogVideoX (anchors-conditioning §4, anchors-cogvideox
-§1.5).
+§1.5), UMT5-XXL for Wan2.1 (anchors-conditioning §1.9).
 
 ``T5TextEncoder(cfg).encode(prompts) -> (context [B, L, D], mask [B, L] | None)`` reproduces the diffusers
 CogVideoX pipelines' ``_get_t5_prompt_embeds`` (``pipeline_cogvideox.py``, ``..._image2video.py``):
@@ -13,32 +13,52 @@ CogVideoX pipelines' ``_get_t5_prompt_embeds`` (``pipeline_cogvideox.py``, ``...
 ``use_mask=True`` is for other models (Wan-style): the attention mask goes to T5, the pad positions of the
 output are zeros (as the Wan pipelines' trim-and-zero-pad), and the mask is returned (True = real token).
 
+Wan2.1 (``TextEncoderConfig.wan(path)``: UMT5, ``max_length=512``, ``use_mask=True``, ``clean=True``)
+reproduces ``WanPipeline._get_t5_prompt_embeds`` (``diffusers/pipelines/wan/pipeline_wan.py`` l.158-198, the
+same in ``WanImageToVideoPipeline``; ``__call__`` passes ``max_sequence_length=512``), itself the original's
+``T5EncoderModel.__call__`` (``Wan2.1/wan/modules/t5.py`` l.506-513) plus the zero-padding its ``WanModel``
+does:
+
+1. ``prompt_clean``: ``ftfy.fix_text`` when ftfy is installed (diffusers' condition; Wan's original always
+   runs it), HTML-unescape twice, collapse whitespace, strip (``pipeline_wan.py`` l.78-93,
+   ``Wan2.1/wan/modules/tokenizers.py`` l.12-21);
+2. the tokenisation of 1. above with ``max_length=512`` (truncation included), and the attention mask;
+3. ``text_encoder(ids, mask).last_hidden_state``, each row trimmed to its real length (``mask.sum()``: the
+   tokenizer pads on the right) and zero-padded back to 512: here the pad rows are set to exact zeros, the
+   same values without the per-row slicing, and the mask is returned.
+
 The null text of classifier-free guidance and of caption dropout is ``TextEncoderConfig.null``: the empty
 prompt ``""`` (``</s>`` then pads; the diffusers pipelines' default negative prompt), ``empty()`` ``[L, D]``,
 computed once and kept; or zeros of that shape, as CogVideoX's SAT trainer and sampler (``ucg_rate`` 0.1
 zeroes the T5 output; ``force_uc_zero_embeddings=["txt"]``), which trained the released weights. ``null()``
 gives it as keyword arguments of ``Cond.drop`` / ``Cond.null``; ``null_context`` makes it from cached tokens.
 
-Folders (never downloaded, never ``trust_remote_code``): ``path`` is a CogVideoX diffusers folder holding
-``text_encoder/`` (``T5EncoderModel``) and ``tokenizer/``, or a single T5 folder holding both;
-``text_encoder`` and ``tokenizer`` name the two folders separately (they override ``path``).
+Folders (never downloaded, never ``trust_remote_code``): ``path`` is a CogVideoX or Wan diffusers folder
+holding ``text_encoder/`` (``T5EncoderModel`` or ``UMT5EncoderModel``) and ``tokenizer/``, or a single T5
+folder holding both; ``text_encoder`` and ``tokenizer`` name the two folders separately (they override
+``path``).
 
 Identity. ``text_identity(cfg)`` describes an encoder without loading it: sha256 of its ``config.json``
 (minus the transformers version and the saved path), of its weight files' names, sizes, safetensors headers
 (tensor names, dtypes, shapes, offsets) and 16 evenly spaced 4 KiB blocks of each file (other values of the
 same architecture differ there; this reads kilobytes, not the 9.5 GB of T5-XXL), of its tokenizer files,
-plus ``max_length`` and ``use_mask`` (the hashes are ``minivdit.identity``'s, shared with the VAE and teacher
-identities of latent caches). ``tools/cache_text.py`` stamps it into a shard folder's meta.json, and
-``minivdit.data.shards.text_cache_mismatch`` refuses text tokens cached by another encoder.
+plus ``max_length`` and ``use_mask``, and ``clean: True`` when prompts are cleaned (the key is absent
+otherwise, so caches made before it existed keep their identity); the hashes are ``minivdit.identity``'s,
+shared with the VAE and teacher identities of latent caches. ``tools/cache_text.py`` stamps it into a shard
+folder's meta.json, and ``minivdit.data.shards.text_cache_mismatch`` refuses text tokens cached by another
+encoder.
 
 ``make_tiny_t5(folder)`` writes a tiny random T5 encoder and a word-level T5 tokenizer in the CogVideoX
-layout, for tests and smoke runs without weights.
+layout (``model_type="umt5"``: a UMT5 encoder, the Wan layout), for tests and smoke runs without weights.
 """
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +102,9 @@ class TextEncoderConfig:
     """A frozen T5 text encoder from local folders (``minivdit/conditioning/text.py``)."""
 
     path: str | None = None
-    """A CogVideoX diffusers folder holding ``text_encoder/`` and ``tokenizer/`` (e.g. CogVideoX-5b-I2V), or
-    one T5 folder holding the encoder's config.json, weights and the tokenizer files. None: no text
-    encoder."""
+    """A CogVideoX or Wan diffusers folder holding ``text_encoder/`` and ``tokenizer/`` (e.g.
+    CogVideoX-5b-I2V, Wan2.1-T2V-1.3B-Diffusers), or one T5 folder holding the encoder's config.json, weights
+    and the tokenizer files. None: no text encoder."""
     text_encoder: str | None = None
     """The encoder folder (config.json + weights), when not ``<path>/text_encoder``."""
     tokenizer: str | None = None
@@ -107,6 +127,16 @@ class TextEncoderConfig:
     SAT's ``ucg_rate`` multiplies the T5 output by 0 (``sat/sgm/modules/encoders/modules.py``,
     ``get_single_embedding``) and SAT samples with ``force_uc_zero_embeddings=["txt"]``
     (``sat/sample_video.py``), which is how the released CogVideoX weights were trained."""
+    clean: bool = False
+    """Clean each prompt before tokenising as the Wan pipelines do (:func:`prompt_clean`: ftfy when
+    installed, HTML unescape, whitespace collapse). False: the prompt as given (CogVideoX)."""
+
+    @classmethod
+    def wan(cls, path: str, **overrides) -> TextEncoderConfig:
+        """UMT5-XXL as the Wan2.1 pipelines use it (module docstring): a Wan diffusers folder ``path``,
+        512 tokens, masked, trimmed and zero-padded, prompts cleaned. ``overrides``: other fields (dtype,
+        dropout, null, ...)."""
+        return cls(**{"path": path, "max_length": 512, "use_mask": True, "clean": True} | overrides)
 
     def __post_init__(self):
         check_types(self)
@@ -147,7 +177,9 @@ def resolve_folders(cfg: TextEncoderConfig) -> tuple[Path, Path]:
         )
     root = Path(cfg.path) if cfg.path else None
     if root is not None and not root.is_dir():
-        raise ValueError(f"text encoder: {root}: no such folder (expected a CogVideoX diffusers folder)")
+        raise ValueError(
+            f"text encoder: {root}: no such folder (expected a CogVideoX or Wan diffusers folder)"
+        )
     if root is None and not (cfg.text_encoder and cfg.tokenizer):
         raise ValueError(
             "text encoder: without --text.path give both --text.text-encoder and --text.tokenizer, got "
@@ -159,7 +191,7 @@ def resolve_folders(cfg: TextEncoderConfig) -> tuple[Path, Path]:
     if not encoder.is_dir():
         raise ValueError(
             f"text encoder: {encoder}: no such folder (expected a T5 encoder folder: config.json + weights, "
-            f"as <CogVideoX folder>/text_encoder)"
+            f"as <CogVideoX or Wan folder>/text_encoder)"
         )
     if not (encoder / "config.json").is_file():
         raise ValueError(f"text encoder: {encoder}: no config.json in it (expected a Hugging Face T5 folder)")
@@ -171,7 +203,7 @@ def resolve_folders(cfg: TextEncoderConfig) -> tuple[Path, Path]:
         )
     if not tokenizer.is_dir():
         raise ValueError(
-            f"text encoder: tokenizer folder {tokenizer}: no such folder (expected <CogVideoX "
+            f"text encoder: tokenizer folder {tokenizer}: no such folder (expected <CogVideoX or Wan "
             f"folder>/tokenizer with spiece.model or tokenizer.json)"
         )
     if not any((tokenizer / name).is_file() for name in ("tokenizer.json", "spiece.model")):
@@ -200,7 +232,25 @@ def text_identity(cfg: TextEncoderConfig) -> dict:
         "max_length": cfg.max_length,
         "use_mask": cfg.use_mask,
         "dtype": cfg.dtype,
+        # only when set: caches made before the field existed (no key) were not cleaned, and keep matching
+        **({"clean": True} if cfg.clean else {}),
     }
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def prompt_clean(text: str) -> str:
+    """A prompt as the Wan pipelines clean it before tokenising (``TextEncoderConfig.clean``;
+    ``diffusers/pipelines/wan/pipeline_wan.py`` l.78-93, ``Wan2.1/wan/modules/tokenizers.py`` l.12-21):
+    ``ftfy.fix_text`` when ftfy is installed (diffusers' condition: the original always runs it; it only
+    changes mojibake), HTML entities unescaped twice, runs of whitespace made one space, ends stripped."""
+    if importlib.util.find_spec("ftfy") is not None:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 # ---------------------------------------------------------------------------------------------- encoder
@@ -245,6 +295,11 @@ class T5TextEncoder(nn.Module):
             ) from e
         if tokenizer.pad_token_id is None:
             raise ValueError(f"text encoder: the tokenizer in {tokenizer_dir} has no pad token")
+        if cfg.use_mask and tokenizer.padding_side != "right":  # pads must follow the text (encode)
+            raise ValueError(
+                f"text encoder: the tokenizer in {tokenizer_dir} pads on the {tokenizer.padding_side}; "
+                f"use_mask (the Wan pipelines' trim-and-zero-pad) needs right padding, as T5 tokenizers do"
+            )
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self._null: tuple[Tensor, Tensor | None] | None = None
@@ -295,6 +350,8 @@ class T5TextEncoder(nn.Module):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"encode: prompts must be a non-empty list of str, got {prompts!r:.200}")
+        if self.cfg.clean:  # the Wan pipelines clean before tokenising (pipeline_wan.py l.170)
+            prompts = [prompt_clean(p) for p in prompts]
         ids, attention = self.tokenize(prompts)
         full = self.tokenizer(prompts, add_special_tokens=True).input_ids
         cut = sum(len(x) > self.cfg.max_length for x in full)
@@ -308,7 +365,9 @@ class T5TextEncoder(nn.Module):
             return context, None
         mask = attention.to(device).bool()  # [B, L]
         context = self.model(ids.to(device), attention_mask=mask.long())[0]  # [B, L, D]
-        return context * mask[..., None].to(context.dtype), mask
+        # the Wan pipelines trim each row to mask.sum() and re-pad with zeros (pipeline_wan.py l.188-191):
+        # with right padding, exact zeros at the pad rows (masked_fill, not a product: 0 * inf is nan)
+        return context.masked_fill(~mask[..., None], 0.0), mask
 
     def forward(self, prompts: str | Sequence[str]) -> tuple[Tensor, Tensor | None]:
         return self.encode(prompts)
@@ -364,11 +423,19 @@ TINY_WORDS = tuple(
 )
 
 
-def make_tiny_t5(path: str | Path, *, seed: int = 0, d_model: int = 32, num_layers: int = 2) -> Path:
+def make_tiny_t5(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    d_model: int = 32,
+    num_layers: int = 2,
+    model_type: Literal["t5", "umt5"] = "t5",
+) -> Path:
     """Write a tiny random T5 encoder (``T5Config(d_model=32, d_kv=8, num_heads=4, num_layers=2, d_ff=64,
-    gated-gelu)``, as T5 v1.1) to ``<path>/text_encoder`` and a T5 tokenizer over ``TINY_WORDS`` (Unigram,
-    ``<pad>``=0, ``</s>``=1, ``<unk>``=2, metaspace pre-tokenizer and ``</s>`` appended, as T5's; single
-    letters cover other words) to ``<path>/tokenizer``: the CogVideoX diffusers layout, so
+    gated-gelu)``, as T5 v1.1; ``model_type="umt5"``: the same ``UMT5Config``, a relative-position bias in
+    every layer, as Wan's UMT5-XXL) to ``<path>/text_encoder`` and a T5 tokenizer over ``TINY_WORDS``
+    (Unigram, ``<pad>``=0, ``</s>``=1, ``<unk>``=2, metaspace pre-tokenizer and ``</s>`` appended, as T5's;
+    single letters cover other words) to ``<path>/tokenizer``: the CogVideoX (and Wan) diffusers layout, so
     ``TextEncoderConfig(path=...)`` loads it. No download; the global RNG state is left untouched. For
     tests and smoke runs, which have no real weights. Returns ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -390,7 +457,9 @@ def make_tiny_t5(path: str | Path, *, seed: int = 0, d_model: int = 32, num_laye
     )
     folder = Path(path)
     tokenizer.save_pretrained(folder / "tokenizer")
-    config = _hf("T5Config")(
+    if model_type not in ARCHS:
+        raise ValueError(f"make_tiny_t5: model_type must be one of {sorted(ARCHS)}, got {model_type!r}")
+    config = _hf({"t5": "T5Config", "umt5": "UMT5Config"}[model_type])(
         vocab_size=len(vocab),
         d_model=d_model,
         d_kv=8,
@@ -404,7 +473,7 @@ def make_tiny_t5(path: str | Path, *, seed: int = 0, d_model: int = 32, num_laye
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _hf("T5EncoderModel")(config)
+        model = _hf(ARCHS[model_type])(config)
     model.save_pretrained(folder / "text_encoder")
     return folder
 
@@ -415,6 +484,7 @@ __all__ = [
     "build_text_encoder",
     "make_tiny_t5",
     "null_context",
+    "prompt_clean",
     "resolve_folders",
     "text_identity",
 ]

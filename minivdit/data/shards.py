@@ -966,9 +966,11 @@ TEXT_IDENTITY_KEYS = (
     "tokenizer_sha256",
     "max_length",
     "use_mask",
+    "clean",
 )
 """The keys of a text encoder's identity that decide its tokens (the folder names and dtype are recorded in
-meta.json but not compared: folders move between machines, and the cache has its own dtype)."""
+meta.json but not compared: folders move between machines, and the cache has its own dtype). ``clean`` (the
+Wan prompt cleaning) is present only when True, so identities made before it existed still match."""
 
 
 def _short_identity(identity: Mapping | None) -> str:

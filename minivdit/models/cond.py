@@ -9,7 +9,10 @@ Fields (all optional, batch-first):
 - ``context [B, L, Dc]`` text or VLM tokens, with ``context_mask [B, L]`` bool, True = keep (CogVideoX's T5
   tokens carry no mask: the padded tokens take part in attention, anchors-cogvideox §1.5);
 - ``image_latents [B, F', C, h, w]`` the channel-concat image condition of CogVideoX-I2V (scaled VAE latents,
-  the condition frame in place and zeros elsewhere).
+  the condition frame in place and zeros elsewhere) and of Wan-I2V (4 mask + 16 latent channels);
+- ``image_context [B, Li, Di]`` image tokens for decoupled cross-attention (Wan-I2V: the 257 CLIP ViT-H
+  penultimate-layer tokens, Di = 1280), kept apart from ``context`` so a backbone never has to guess where the
+  image span ends (diffusers' Wan hard-codes 512 text tokens for that).
 
 "Null" is not the same for every field and is named by whoever owns it: the backbone owns its null class, the
 text encoder its empty-prompt embedding; an absent image is zeros. ``null()`` builds the unconditional
@@ -17,6 +20,10 @@ counterpart used by classifier-free guidance (``minivdit.sample.cfg_denoise_fn``
 training-time condition dropout per sample. Image latents are kept by default in both: the CogVideoX-I2V
 pipeline guides text only (its unconditional branch repeats the image latents) and its trainers drop the image
 on their own schedule (p = 0.05, ``conditioning/i2v.py``), independently of the caption (p = 0.1).
+Image tokens follow the same rule: ``WanImageToVideoPipeline.__call__`` passes the same ``image_embeds`` to
+the conditional and the unconditional branch (diffusers 0.42.1, ``pipeline_wan_i2v.py`` l.780, 791), so text
+CFG keeps them; only ``image=True`` drops them, to the null tokens given as ``image_context=`` (e.g. the CLIP
+tokens of a blank frame) or to zeros (an absent image).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-FIELDS = ("label", "context", "context_mask", "image_latents")
+FIELDS = ("label", "context", "context_mask", "image_latents", "image_context")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class Cond:
     """[B, L] bool, True = attend to this token; None = all tokens."""
     image_latents: Tensor | None = None
     """[B, F', C, h, w] scaled VAE latents of the condition frame(s), zeros elsewhere."""
+    image_context: Tensor | None = None
+    """[B, Li, Di] image tokens for decoupled cross-attention (Wan-I2V: CLIP, [B, 257, 1280])."""
 
     def __post_init__(self) -> None:
         sizes = {f: getattr(self, f).shape[0] for f in FIELDS if getattr(self, f) is not None}
@@ -61,6 +70,10 @@ class Cond:
         if self.image_latents is not None and self.image_latents.ndim != 5:
             raise ValueError(
                 f"Cond.image_latents must be [B, F', C, h, w], got shape {tuple(self.image_latents.shape)}"
+            )
+        if self.image_context is not None and self.image_context.ndim != 3:
+            raise ValueError(
+                f"Cond.image_context must be [B, Li, Di], got shape {tuple(self.image_context.shape)}"
             )
 
     # ------------------------------------------------------------------ helpers
@@ -104,10 +117,13 @@ class Cond:
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         image: bool = False,
+        image_context: Tensor | None = None,
     ) -> Cond:
         """Per-sample condition dropout: where ``keep [B]`` (bool) is False, replace the label by the null
         class ``label``, the context by the null embedding ``context [L, Dc]`` (its ``context_mask [L]``),
-        and, with ``image=True``, the image latents by zeros. A set field without its null raises."""
+        and, with ``image=True``, the image latents by zeros and the image tokens by ``image_context
+        [Li, Di]`` (zeros when not given). A set label or context without its null raises; the image fields
+        are kept unless ``image=True`` (module docstring)."""
         B = self.batch_size
         if keep.shape != (B,) or keep.dtype != torch.bool:
             raise ValueError(f"keep must be a [B]=[{B}] bool tensor, got {keep.dtype} {tuple(keep.shape)}")
@@ -131,6 +147,15 @@ class Cond:
         if image and self.image_latents is not None:
             k = keep.view(B, 1, 1, 1, 1)
             new["image_latents"] = torch.where(k, self.image_latents, torch.zeros_like(self.image_latents))
+        if image and self.image_context is not None:
+            null = torch.zeros_like(self.image_context[0]) if image_context is None else image_context
+            if null.shape != self.image_context.shape[1:]:
+                raise ValueError(
+                    f"null image_context must be [Li, Di]={list(self.image_context.shape[1:])}, "
+                    f"got {tuple(null.shape)}"
+                )
+            k = keep.view(B, 1, 1)
+            new["image_context"] = torch.where(k, self.image_context, null.to(self.image_context)[None])
         return replace(self, **new)
 
     def null(self, **nulls) -> Cond:

@@ -9,6 +9,8 @@ Convention (DESIGN.md §2, pinned by ``tests/test_objectives.py::test_time_conve
   next to ``t``:
   - DDPM: the integer step index ``i = round(t · (T − 1))`` as a float, as Latte/DiT checkpoints expect;
   - flow: ``t · t_model_scale`` (1000 by default; 1.0 reproduces SiT/REPA, whose embedder sees raw t).
+    Sampling with ``sampling_grid="diffusers"`` (Wan) passes the diffusers scheduler's own timesteps
+    instead: float32 σ·1000 (Euler), or UniPC's ``int(σ·1000)``, truncated (``objectives/flow.py``).
 - Layout: ``[B, F, C, H, W]`` (frames first). Losses are returned per sample, ``Tensor[B]``.
 
 Every objective implements:

@@ -34,15 +34,17 @@ from minivdit.config import check_types
 class VAEConfig:
     """Which autoencoder sits between pixels and the DiT, and where its weights are."""
 
-    kind: Literal["none", "sd", "causal3d", "cogvideox"] = "none"
+    kind: Literal["none", "sd", "causal3d", "cogvideox", "wan"] = "none"
     """"none": pixel space; "sd": the per-frame SD v1.x VAE (Latte/Align4Gen); "causal3d": minivdit's causal
-    3-D VAE (4x time, 8x space); "cogvideox": the CogVideoX VAE (diffusers weights)."""
+    3-D VAE (4x time, 8x space); "cogvideox": the CogVideoX VAE (diffusers weights); "wan": the Wan 2.1 VAE
+    (diffusers weights, latents normalised per channel)."""
     path: str | None = None
     """Weights folder: diffusers format (config.json + diffusion_pytorch_model.safetensors) for "sd" and
     "cogvideox" (e.g. a download of stabilityai/sd-vae-ft-ema); a ``save_pretrained`` folder for
-    "causal3d", or the run directory of ``recipes/vae_causal3d.py`` (its ``vae/`` folder is used)."""
+    "causal3d", or the run directory of ``recipes/vae_causal3d.py`` (its ``vae/`` folder is used); for "wan"
+    an ``AutoencoderKLWan`` folder or a Wan pipeline folder (its ``vae/`` folder is used)."""
     sample_posterior: bool = True
-    """Encode to a posterior sample (Latte, CogVideoX) rather than the posterior mean."""
+    """Encode to a posterior sample (Latte, CogVideoX) rather than the posterior mean (Wan's own encode)."""
 
     def __post_init__(self):
         check_types(self)
@@ -56,6 +58,10 @@ def vae_folder(cfg: VAEConfig) -> Path:
         from minivdit.models.vae.causal3d import resolve_folder
 
         return resolve_folder(cfg.path)
+    if cfg.kind == "wan":
+        from minivdit.models.vae.wan import resolve_folder as wan_folder
+
+        return wan_folder(cfg.path)
     return Path(cfg.path)
 
 
@@ -74,7 +80,7 @@ def build_vae(cfg: VAEConfig) -> nn.Module | None:
     """The VAE ``cfg`` names, loaded from its folder, frozen and in eval mode; None for pixel space."""
     if cfg.kind == "none":
         return None
-    path = Path(cfg.path)
+    path = vae_folder(cfg) if cfg.kind == "wan" else Path(cfg.path)  # a Wan pipeline folder: its vae/
     if not (path / "config.json").is_file():
         raise ValueError(f"--vae.path {path}: no config.json there (expected a {cfg.kind} weights folder)")
     if cfg.kind == "sd":
@@ -85,6 +91,10 @@ def build_vae(cfg: VAEConfig) -> nn.Module | None:
         from minivdit.models.vae.cogvideox import CogVideoXVAE
 
         vae = CogVideoXVAE.from_pretrained(path, sample_posterior=cfg.sample_posterior)
+    elif cfg.kind == "wan":
+        from minivdit.models.vae.wan import WanVAE
+
+        vae = WanVAE.from_pretrained(path, sample_posterior=cfg.sample_posterior)
     else:
         from minivdit.models.vae.causal3d import CausalVAE3D
 

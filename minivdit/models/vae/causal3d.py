@@ -19,10 +19,15 @@ The rules that make chunking exact (§2.5, pinned in float64 by ``tests/test_vae
    latent at a time with no look-ahead or offset bookkeeping (the source of WF-VAE's decode-cache bugs).
 
 The causal state is explicit: a ``CausalCache`` (per conv, the cached tail) is passed to every layer's
-forward; ``cache=None`` means "one whole clip" and stores nothing. The model owns one cache for encoding and
-one for decoding so that ``encode_chunk``/``decode_chunk`` can stream; ``reset()`` clears both, and
-``encode``/``decode`` reset at their start (and at their end, to free memory). A model is therefore not
-re-entrant: one stream at a time, or call ``encoder``/``decoder`` with caches you own.
+forward; ``cache=None`` means "one whole clip" and stores nothing. ``CausalCache`` and ``causal_pad`` (the
+pad-and-cache step of every causal conv) are shared with Wan 2.1's VAE (``wan.py``), whose convs differ only
+in the first-chunk pad (zeros, not frame 0) and in being the ``nn.Conv3d`` itself (diffusers' keys). Its
+norm (``F.normalize``·√C: ‖x‖ clamped at 1e-12, not 1e-6 added to the mean square) and its resamplers (frame
+0 passed through rather than padded or dropped) stay its own: sharing them would change either model's
+numerics. The model owns one cache for encoding and one for decoding so that ``encode_chunk``/``decode_chunk``
+can stream; ``reset()`` clears both, and ``encode``/``decode`` reset at their start (and at their end, to free
+memory). A model is therefore not re-entrant: one stream at a time, or call ``encoder``/``decoder`` with
+caches you own.
 
 Notable deviations:
 - no wavelet "energy-flow" pathway (WF-VAE) and no spatial tiling; weights are not compatible with any
@@ -188,6 +193,31 @@ class CausalCache:
 
 
 # ------------------------------------------------------------------------------------------------ layers
+def causal_pad(
+    x: Tensor,
+    cache: CausalCache | None,
+    key: nn.Module,
+    first_pad: int,
+    cache_frames: int,
+    mode: Literal["replicate", "zeros"],
+) -> Tensor:
+    """``x`` [B, C, T, H, W] with its causal past in front along T, the one mechanism of every causal conv
+    here and in ``wan.py``: the tail ``key`` cached from the previous chunk, or on the first chunk
+    ``first_pad`` frames, copies of frame 0 ("replicate", ours) or zeros ("zeros", Wan's ``F.pad``). With a
+    cache, the last ``cache_frames`` (k − s) frames of the padded input become ``key``'s tail for the next
+    chunk."""
+    if cache is not None and key in cache.tails:
+        past = cache.tails[key]  # [B, C, k − s, H, W]
+    elif mode == "replicate":
+        past = x[:, :, :1].expand(-1, -1, first_pad, -1, -1)
+    else:
+        past = x.new_zeros(x.shape[0], x.shape[1], first_pad, *x.shape[3:])
+    x = torch.cat([past, x], dim=2)  # [B, C, T + pad, H, W]
+    if cache is not None:  # clone: a view would keep the whole chunk alive
+        cache.tails[key] = x[:, :, x.shape[2] - cache_frames :].clone()
+    return x
+
+
 class CausalConv3d(nn.Module):
     """Conv3d that sees only the present and the past along T; spatial padding ``k // 2`` (zeros)."""
 
@@ -210,13 +240,8 @@ class CausalConv3d(nn.Module):
         )
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
-        if cache is not None and self in cache.tails:
-            pad = cache.tails[self]  # [B, C, k − s, H, W]
-        else:  # first chunk: replicate frame 0 (zeros would make frame 0 an outlier; §2.1)
-            pad = x[:, :, :1].expand(-1, -1, self.kernel_t - 1, -1, -1)
-        x = torch.cat([pad, x], dim=2)  # [B, C, T + pad, H, W]
-        if cache is not None:  # clone: a view would keep the whole chunk alive
-            cache.tails[self] = x[:, :, x.shape[2] - self.cache_frames :].clone()
+        # first chunk: replicate frame 0 (zeros would make frame 0 an outlier; §2.1)
+        x = causal_pad(x, cache, self, self.kernel_t - 1, self.cache_frames, "replicate")
         return self.conv(x)  # [B, C', (T + pad − k) // s + 1, H', W']
 
 
