@@ -181,12 +181,18 @@ it runs them through ``torch.utils.checkpoint`` when its ``grad_checkpointing`` 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
     """The model's repeated blocks (``BLOCK_LISTS``): the units of FSDP2 sharding, compile and checkpointing.
-    ``ValueError`` naming the model class when it has none."""
+    A wrapper around a backbone (``FlashI2V``: ``.base``, its own layers outside the blocks) gives its
+    backbone's. ``ValueError`` naming the model class when it has none."""
     inner = unwrap(model)
-    for name in BLOCK_LISTS:
-        blocks = getattr(inner, name, None)
-        if isinstance(blocks, nn.ModuleList):
-            return blocks
+    while True:
+        for name in BLOCK_LISTS:
+            blocks = getattr(inner, name, None)
+            if isinstance(blocks, nn.ModuleList):
+                return blocks
+        base = getattr(inner, "base", None)
+        if not isinstance(base, nn.Module):
+            break
+        inner = base  # the wrapper's layers stay in the root FSDP2 group (parallelize shards the root last)
     raise ValueError(
         f"{type(inner).__name__} has no block list: parallelize needs its blocks as an nn.ModuleList "
         f"attribute named one of {BLOCK_LISTS}"
@@ -286,15 +292,16 @@ def load_pretrained(model: nn.Module, folder: str | Path) -> Path:
     in exactly one file with its shape, and nothing else (``ValueError`` naming the folder, listing missing,
     unexpected, duplicated and mis-shaped keys). LoRA layers (``apply_lora``) are mapped: the file's
     ``X.weight`` loads into ``X.base.weight``; ``lora_A`` / ``lora_B`` are not in the files and are left for
-    ``init_lora``. Non-persistent buffers (sin-cos tables) are rebuilt (``reset_buffers``). The
+    ``init_lora``. Under a ``FlashI2V`` wrapper the backbone is loaded; the wrapper's own layers are left
+    for its ``init_weights``. Non-persistent buffers (sin-cos tables) are rebuilt (``reset_buffers``). The
     config is the caller's (build the model from the folder's config.json); mismatches of shape-free
     diffusers config fields are logged as warnings."""
     from safetensors import safe_open
 
     from minivdit.models.cogvideox import pretrained_folder, weight_files
-    from minivdit.models.lora import lora_modules
+    from minivdit.models.lora import lora_modules, peft_root
 
-    inner = unwrap(model)
+    inner = peft_root(unwrap(model))  # under FlashI2V: its backbone (the wrapper's φ is not in the files)
     folder = pretrained_folder(folder)
     files = weight_files(folder)
     cfg = getattr(inner, "cfg", None)

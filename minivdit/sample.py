@@ -65,6 +65,38 @@ CogVideoX (text-to-video and image-to-video), from a fine-tuning run or from a d
 - ``--precision bf16`` casts the CogVideoX transformer's weights to bf16 (the pipelines' ``torch_dtype``; a 5B
   is 22 GB in fp32) and runs it under autocast; the VAE stays fp32 (decoded under autocast).
 
+Wan 2.1 (text-to-video and image-to-video) from a diffusers pipeline folder::
+
+    python -m minivdit.sample --pretrained /models/Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --out DIR
+    python -m minivdit.sample --pretrained /models/Wan2.1-I2V-14B-480P-Diffusers --image cond.png \
+        --prompt "..." --out DIR [--steps 40 --cfg-scale 5 --sampler euler --flow-shift 3 --size 480 832 \
+        --num-frames 81 --negative-prompt "..." --precision bf16]
+
+- Wan is recognised by ``transformer/config.json``'s ``_class_name`` (``WanTransformer3DModel``); I2V iff the
+  transformer takes a concat condition or CLIP tokens (``in_channels`` 36, ``image_dim`` 1280).
+- The objective is ``FlowConfig.wan(shift, sampler)``: the sampler of ``scheduler/scheduler_config.json``
+  (``UniPCMultistepScheduler``, the released folders', or ``FlowMatchEulerDiscreteScheduler``; ``--sampler
+  unipc|euler`` overrides) with its ``flow_shift`` (Euler: ``shift``; ``--flow-shift`` overrides).
+- Defaults as ``Wan2.1/generate.py``: 50 steps for T2V, 40 for I2V (diffusers' I2V pipeline defaults to 50),
+  guidance 5.0 (a scale ≤ 1 turns CFG off, as the pipelines), 81 frames of 480 × 832, 16 fps in the mp4s.
+- Text: UMT5 as the pipelines (``TextEncoderConfig.wan``: cleaned, 512 tokens, trimmed and zero-padded, no
+  mask to the transformer). The unconditional text is ``--negative-prompt`` else the empty prompt (the
+  pipelines' ``negative_prompt or ""``; Wan's own ``generate.py`` uses ``shared_config.py``'s long
+  ``sample_neg_prompt``: pass it with ``--negative-prompt``); the image condition is kept in the unconditional
+  half.
+- I2V (``WanImageToVideoPipeline.encode_image`` / ``prepare_latents``): the CLIP tokens of the image file as
+  read (``cond.image_context``), and the concat condition ``cond.image_latents`` = [4-channel mask (1 on
+  latent frame 0, the four pixel frames it stands for), the VAE posterior mean of (the image at ``--size``,
+  then ``num_frames − 1`` zero frames), normalised]. The image at ``--size``: ``load_image`` (cover and
+  centre-crop; the pipeline stretches it, Lanczos: the same for an image that already has the size).
+- Seeds: sample i draws its initial noise [1, C, F', h, w] (the pipelines' layout, permuted to ours) from a
+  CPU generator seeded ``seed + i``: ``WanPipeline`` / ``WanImageToVideoPipeline`` with
+  ``generator=torch.Generator().manual_seed(seed + i)`` give the same latents (the I2V condition is the
+  posterior mean: it draws nothing).
+- ``--precision bf16``: the transformer's weights in bf16 (fp32 where diffusers keeps them) under autocast;
+  the VAE and CLIP stay fp32 (the diffusers Wan examples load them in fp32); the UMT5 dtype is
+  ``--text-dtype`` (bf16 by default).
+
 CFG (Ho & Salimans 2022): ``pred = uncond + s·(cond − uncond)`` on a doubled batch whose second half carries
 the unconditional ``Cond`` (the backbone's ``null_cond``: for a V-DiT the null label, index ``num_classes``;
 for CogVideoX the empty prompt). With learned σ only the first C channels (ε or the velocity) are guided; the
@@ -86,6 +118,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 import tyro
+from einops import rearrange
 from torch import Tensor
 
 from minivdit import durable, media
@@ -104,6 +137,14 @@ log = logging.getLogger("minivdit")
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 COGVIDEOX_CFG_SCALE = 6.0
 """The CogVideoX pipelines' default ``guidance_scale``."""
+DEFAULT_STEPS = 50
+"""Sampler steps when ``--steps`` is not given (Wan I2V: ``WAN_I2V_STEPS``)."""
+WAN_CFG_SCALE = 5.0
+"""The Wan pipelines' default ``guidance_scale`` (``Wan2.1/generate.py`` ``--sample_guide_scale``)."""
+WAN_I2V_STEPS = 40
+"""Wan2.1 ``generate.py``'s ``sample_steps`` for I2V (T2V: 50; diffusers' I2V pipeline defaults to 50)."""
+WAN_FPS = 16
+"""Wan's frame rate (``shared_config.py`` ``sample_fps``; the diffusers examples' ``export_to_video``)."""
 PROMPT_LABEL_CHARS = 40
 """Prompts longer than this are truncated in the contact sheet's labels."""
 
@@ -259,9 +300,10 @@ class SampleConfig:
     """Checkpoint folder ``<run>/checkpoints/step_NNNNNNN`` (or a run folder: its latest checkpoint), or a
     V-DiT pretrained folder or its ``diffusion_pytorch_model.safetensors`` (as ``--pretrained``)."""
     pretrained: str | None = None
-    """Instead of ``ckpt``: a diffusers CogVideoX pipeline folder (transformer/, vae/, text_encoder/,
-    tokenizer/), sampled as released (the base model a fine-tune is compared with), or a V-DiT pretrained
-    folder (``tools/convert_weights.py latte``), sampled with ``--vae.*`` and the objective."""
+    """Instead of ``ckpt``: a diffusers CogVideoX or Wan 2.1 pipeline folder (transformer/, vae/,
+    text_encoder/, tokenizer/[, scheduler/, image_encoder/, image_processor/]), sampled as released (the base
+    model a fine-tune is compared with), or a V-DiT pretrained folder (``tools/convert_weights.py latte``),
+    sampled with ``--vae.*`` and the objective."""
     vae: VAEConfig = field(default_factory=VAEConfig)
     """V-DiT pretrained folder only: the VAE its latents belong to (Latte: ``--vae.kind sd --vae.path DIR``
     of sd-vae-ft-ema); a run samples with its own, a CogVideoX folder with its ``vae/``."""
@@ -276,7 +318,8 @@ class SampleConfig:
     num: int = 8
     """V-DiT: number of videos when ``classes`` is empty (and for unconditional models)."""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """CogVideoX: a text prompt, one video each; repeat the flag for more (``--prompt "a" --prompt "b"``)."""
+    """CogVideoX / Wan: a text prompt, one video each; repeat the flag for more
+    (``--prompt "a" --prompt "b"``)."""
     negative_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """CogVideoX: the prompt of CFG's unconditional branch (the pipelines' ``negative_prompt``): one for every
     ``--prompt``, or one per ``--prompt`` in order; none: the null text (``text_null``)."""
@@ -284,7 +327,8 @@ class SampleConfig:
     """CogVideoX: the unconditional text without ``--negative-prompt``: "empty" T5("") (the diffusers
     pipelines) or "zeros" (SAT); default: the run's ``text.null``, "empty" with ``--pretrained``."""
     image: str | None = None
-    """CogVideoX-I2V: the condition image (PNG/JPG), resized to cover ``size`` and centre-cropped."""
+    """CogVideoX-I2V / Wan-I2V: the condition image (PNG/JPG), resized to cover ``size`` and centre-cropped
+    (Wan: its CLIP tokens from the file as read)."""
     frame_index: int = 0
     """CogVideoX-I2V: the pixel frame the image conditions (0 = the first frame, as the pipeline; > 0 =
     anyframe)."""
@@ -298,24 +342,28 @@ class SampleConfig:
     size: tuple[int, int] | None = None
     """CogVideoX: pixel height and width, multiples of 16 (default: the model's, 480 720 for CogVideoX-5B)."""
     cfg_scale: float | None = None
-    """Classifier-free guidance scale; default 1 (none) for a V-DiT (Latte UCF-101: 7.0), 6 for CogVideoX
-    (the pipelines' ``guidance_scale``)."""
+    """Classifier-free guidance scale; default 1 (none) for a V-DiT (Latte UCF-101: 7.0), 6 for CogVideoX,
+    5 for Wan (the pipelines' ``guidance_scale``)."""
     dynamic_cfg: bool = False
     """The CogVideoX pipelines' ``use_dynamic_cfg``: the guidance weight changes per step
     (``objectives.ddpm.dynamic_cfg_scale``)."""
-    sampler: Literal["ddim", "dpm"] | None = None
+    sampler: Literal["ddim", "dpm", "unipc", "euler"] | None = None
     """CogVideoX: the sampler of the objective (default: the run's or ``DDPMConfig.cogvideox``'s, DDIM).
     "dpm": diffusers' ``CogVideoXDPMScheduler`` loop, which CogVideo recommends for 5B and 5B-I2V (with
     ``--dynamic-cfg``); stochastic, its step noise continues each sample's seeded generator as in the
-    pipelines."""
+    pipelines. Wan: "unipc" or "euler" (default: the folder's scheduler, UniPC in the releases)."""
+    flow_shift: float | None = None
+    """Wan ``--pretrained``: the sampler's time shift (default: the folder's scheduler config, ``flow_shift``;
+    3.0 for 480p, 5.0 for 720p in the releases)."""
     snr_shift_scale: float | None = None
     """``--pretrained``: the objective's SNR shift (default: the folder's scheduler config, else 3.0 for the
     2B, 1.0 otherwise)."""
     batch_size: int = 1
     """CogVideoX: videos per forward batch (doubled by CFG); the noise and the conditions do not depend on
     it."""
-    steps: int = 50
-    """Sampler steps (DDPM respaced / DDIM / Euler / Heun as the run's objective says)."""
+    steps: int | None = None
+    """Sampler steps (DDPM respaced / DDIM / Euler / Heun / UniPC as the objective says); default 50, Wan I2V
+    40 (``WAN_I2V_STEPS``)."""
     seed: int = 0
     """Noise seed (CogVideoX: sample i uses ``seed + i``)."""
     use_ema: bool = True
@@ -331,11 +379,13 @@ class SampleConfig:
         if (self.ckpt is None) == (self.pretrained is None):
             raise ValueError(
                 "give --ckpt RUN (a minivdit run or checkpoint) or --pretrained FOLDER (a diffusers "
-                "CogVideoX folder or a V-DiT pretrained folder), exactly one; got "
+                "CogVideoX or Wan folder, or a V-DiT pretrained folder), exactly one; got "
                 f"ckpt={self.ckpt!r}, pretrained={self.pretrained!r}"
             )
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
 
 
 def _import_class(path: str | None) -> type:
@@ -636,6 +686,8 @@ class _Request:
 def _check_cogvideox_request(cfg: SampleConfig, mc) -> _Request:
     """Refuse what a CogVideoX model (config ``mc``) cannot sample, before any weight is loaded."""
     kind = "image-to-video" if mc.is_i2v else "text-to-video"
+    if cfg.sampler in ("unipc", "euler") or cfg.flow_shift is not None:
+        raise ValueError("--sampler unipc|euler and --flow-shift are for Wan; CogVideoX: ddim or dpm")
     if cfg.ckpt is not None and cfg.snr_shift_scale is not None:
         raise ValueError("--snr-shift-scale is for --pretrained; a run samples with its own objective")
     if cfg.classes:
@@ -800,7 +852,7 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
                 null=_slice(null, rows),
                 shape=tuple(noise[rows].shape),
                 noise=noise[rows],
-                steps=cfg.steps,
+                steps=cfg.steps or DEFAULT_STEPS,
                 cfg_scale=cfg_scale,
                 dynamic_cfg=cfg.dynamic_cfg,
                 seed=cfg.seed,
@@ -819,7 +871,7 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
         "frame_index": cfg.frame_index if cfg.image is not None else None,
         "num_frames": req.num_frames,
         "size": [req.height, req.width],
-        "steps": cfg.steps,
+        "steps": cfg.steps or DEFAULT_STEPS,
         "cfg_scale": cfg_scale,
         "dynamic_cfg": cfg.dynamic_cfg,
         "sampler": objective.cfg.sampler,
@@ -829,21 +881,257 @@ def sample_cogvideox(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     return latents, vae, record
 
 
+# ---------------------------------------------------------------------------------------------- Wan
+
+WAN_SCHEDULERS = {"UniPCMultistepScheduler": "unipc", "FlowMatchEulerDiscreteScheduler": "euler"}
+"""The diffusers scheduler classes a Wan folder may name -> ``FlowConfig.wan``'s sampler."""
+# What ``unipc.py`` reproduces: ``UniPCMultistepScheduler`` as the Wan folders configure it (that module's
+# docstring); a folder that sets any of these otherwise would sample differently, so it is refused.
+UNIPC_SETTINGS = dict(
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    num_train_timesteps=1000,
+    solver_order=2,
+    solver_type="bh2",
+    predict_x0=True,
+    lower_order_final=True,
+    final_sigmas_type="zero",
+)
+
+
+def is_wan_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a diffusers Wan pipeline folder (or a transformer folder) by its transformer's
+    config.json ``_class_name``."""
+    from minivdit.models.wan import CLASS_NAME
+
+    for folder in (Path(path) / "transformer", Path(path)):
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text()).get("_class_name") == CLASS_NAME
+    return False
+
+
+def wan_flow_config(
+    folder: str | Path, *, sampler: str | None = None, flow_shift: float | None = None
+) -> FlowConfig:
+    """``FlowConfig.wan(shift, sampler)`` of a Wan pipeline folder: the sampler of
+    ``scheduler/scheduler_config.json``'s class (UniPC or flow-match Euler) unless ``sampler`` is given, and
+    its ``flow_shift`` (Euler's config: ``shift``) unless ``flow_shift`` is given. ValueError naming the file
+    for a scheduler we do not reproduce, or when no shift is known."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    sched = json.loads(path.read_text()) if path.is_file() else {}
+    name = sched.get("_class_name")
+    if sched and name not in WAN_SCHEDULERS:
+        raise ValueError(
+            f"{path}: scheduler {name!r} is not one minivdit samples Wan with ({sorted(WAN_SCHEDULERS)}); "
+            "give --sampler unipc|euler and --flow-shift to sample anyway"
+        )
+    if name == "UniPCMultistepScheduler":
+        off = {k: sched[k] for k, v in UNIPC_SETTINGS.items() if k in sched and sched[k] != v}
+        if off:
+            raise ValueError(f"{path}: UniPC settings {off} differ from the Wan pipelines' {UNIPC_SETTINGS}")
+    if name == "FlowMatchEulerDiscreteScheduler" and sched.get("use_dynamic_shifting"):
+        raise ValueError(f"{path}: use_dynamic_shifting is not Wan's sampler (a fixed shift)")
+    default_shift = sched.get("flow_shift" if name == "UniPCMultistepScheduler" else "shift")
+    shift = flow_shift if flow_shift is not None else default_shift
+    if shift is None:
+        raise ValueError(
+            f"--pretrained {folder}: no scheduler/scheduler_config.json with a shift: give --flow-shift "
+            "(Wan 2.1: 3.0 for 480p, 5.0 for 720p)"
+        )
+    return FlowConfig.wan(float(shift), sampler or WAN_SCHEDULERS.get(name, "unipc"))
+
+
+def _wan_vae_config(folder: Path):
+    """The ``WanVAEConfig`` of ``folder/vae`` (read without loading weights, to check a request first)."""
+    from minivdit.models.vae.wan import WanVAEConfig
+
+    path = folder / "vae" / "config.json"
+    if not path.is_file():
+        raise ValueError(
+            f"--pretrained {folder}: no vae/config.json (expected a diffusers Wan pipeline folder: "
+            "transformer/, vae/, text_encoder/, tokenizer/, scheduler/[, image_encoder/, image_processor/])"
+        )
+    return WanVAEConfig.from_diffusers_config(json.loads(path.read_text()))
+
+
+def _check_wan_request(cfg: SampleConfig, mc, vc) -> _Request:
+    """Refuse what a Wan transformer (config ``mc``) with its VAE (config ``vc``) cannot sample, before any
+    weight is loaded."""
+    kind = "image-to-video" if mc.is_i2v else "text-to-video"
+    wrong = dict(
+        classes=cfg.classes,
+        frame_index=cfg.frame_index,
+        dynamic_cfg=cfg.dynamic_cfg,
+        snr_shift_scale=cfg.snr_shift_scale,
+    )
+    for name, value in wrong.items():
+        if value:
+            raise ValueError(f"--{name.replace('_', '-')} is not for Wan (text, and an image for I2V)")
+    if cfg.sampler not in (None, "unipc", "euler"):
+        raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
+    if not cfg.prompt:
+        raise ValueError('Wan is text-conditioned: give --prompt "..." (one video per prompt)')
+    if len(cfg.negative_prompt) not in (0, 1, len(cfg.prompt)):
+        raise ValueError(
+            f"{len(cfg.negative_prompt)} --negative-prompt for {len(cfg.prompt)} --prompt: give one for all "
+            f"prompts or one per prompt"
+        )
+    if mc.is_i2v and cfg.image is None:
+        raise ValueError(
+            f"this Wan is {kind} (in_channels {mc.in_channels}, image_dim {mc.image_dim}): give --image FILE"
+        )
+    if not mc.is_i2v and cfg.image is not None:
+        raise ValueError(f"--image {cfg.image}: this Wan is {kind} (in_channels {mc.in_channels})")
+    r, s = vc.temporal_compression, vc.spatial_compression
+    if mc.concat_channels not in (0, r + vc.z_dim) or mc.out_channels != vc.z_dim:
+        raise ValueError(
+            f"the Wan transformer (in_channels {mc.in_channels}, out_channels {mc.out_channels}) does not "
+            f"fit its VAE ({vc.z_dim} latent channels; I2V adds {r} mask + {vc.z_dim} condition channels)"
+        )
+    H, W = cfg.size or (mc.latent_size[0] * s, mc.latent_size[1] * s)
+    mult_h, mult_w = s * mc.patch_size[1], s * mc.patch_size[2]
+    if min(H, W) < 1 or H % mult_h or W % mult_w:
+        raise ValueError(
+            f"--size {H} {W}: height and width must be positive multiples of {mult_h} and {mult_w} (VAE {s}x "
+            f"times patch {mc.patch_size[1:]})"
+        )
+    N = cfg.num_frames or (mc.frames - 1) * r + 1
+    if N < 1 or (N - 1) % r:
+        raise ValueError(f"--num-frames {N}: Wan needs {r}k+1 frames (e.g. {max(N - 1, 0) // r * r + 1})")
+    if cfg.image is not None and not Path(cfg.image).is_file():
+        raise ValueError(f"--image {cfg.image}: no such file")
+    return _Request(height=H, width=W, num_frames=N, latent_frames=(N - 1) // r + 1, pad=0)
+
+
+def wan_image_condition(vae: torch.nn.Module, image: Tensor, num_frames: int) -> Tensor:
+    """The I2V concat condition ``[1, F', 4 + C, h, w]`` of ``image [1, 3, H, W]`` in [−1, 1], as
+    ``WanImageToVideoPipeline.prepare_latents`` (``pipeline_wan_i2v.py`` l.426-484, no last image): the VAE
+    posterior mean ("argmax") of the image followed by ``num_frames − 1`` zero frames, normalised, after a
+    mask whose ``r`` channels are the ``r`` pixel frames of each latent frame (frame 0 stands for r copies of
+    the image): 1 on latent frame 0, 0 elsewhere."""
+    r = vae.temporal_compression
+    zeros = image.new_zeros(1, num_frames - 1, *image.shape[1:])
+    video = torch.cat([image[:, None], zeros], dim=1)  # [1, N, 3, H, W]
+    latents = vae.encode(video, sample=False)  # [1, F', C, h, w], normalised
+    mask = torch.zeros(1, latents.shape[1], r, *latents.shape[3:], dtype=latents.dtype, device=latents.device)
+    mask[:, 0] = 1.0
+    return torch.cat([mask, latents], dim=2)
+
+
+def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
+    """The latents ``[B, F', C, h, w]`` of a Wan ``--pretrained`` request (module docstring), the VAE that
+    decodes them, and a record of what made them."""
+    from PIL import Image
+
+    from minivdit.conditioning.clip_image import CLIPImageEncoder, ImageEncoderConfig
+    from minivdit.conditioning.text import T5TextEncoder, TextEncoderConfig
+    from minivdit.models.vae.wan import WanVAE
+    from minivdit.models.wan import WanConfig, WanTransformer, pretrained_folder
+
+    if cfg.ckpt is not None:
+        raise ValueError("sample_wan samples a diffusers Wan folder: give --pretrained FOLDER")
+    folder, device = Path(cfg.pretrained), torch.device(cfg.device)
+    mc = WanConfig.from_json(pretrained_folder(folder) / "config.json")
+    req = _check_wan_request(cfg, mc, _wan_vae_config(folder))
+    flow_cfg = wan_flow_config(folder, sampler=cfg.sampler, flow_shift=cfg.flow_shift)
+    text_cfg = TextEncoderConfig.wan(
+        cfg.text_encoder or str(folder), dtype=cfg.text_dtype or "bfloat16", null=cfg.text_null or "empty"
+    )
+
+    # one model in memory at a time: UMT5-XXL (11 GB in bf16), CLIP, then the VAE and the transformer
+    prompts, B = list(cfg.prompt), len(cfg.prompt)
+    encoder = T5TextEncoder(text_cfg).to(device)
+    # the context is zero-padded past each prompt (TextEncoderConfig.wan); Wan's cross-attention takes no mask
+    context = encoder.encode(prompts)[0].float()  # [B, L, D]
+    null_text = encoder.null()["context"].float()  # [L, D]: T5("") (or zeros, --text-null zeros)
+    negative = encoder.encode(list(cfg.negative_prompt))[0].float() if cfg.negative_prompt else None
+    del encoder
+    image_context = None
+    if mc.image_dim is not None:  # the CLIP tokens of the file as read (encode_image gets the PIL image,
+        # RGB as diffusers.utils.load_image converts it), not of the resized one
+        clip = CLIPImageEncoder(ImageEncoderConfig(path=str(folder))).to(device)
+        with Image.open(cfg.image) as im:
+            image_context = clip.encode(im.convert("RGB")).float().expand(B, -1, -1)  # [B, Li, Di]
+        del clip
+    vae = WanVAE.from_pretrained(folder).to(device)
+    image_latents = None
+    if mc.concat_channels:
+        image = load_image(cfg.image, (req.height, req.width)).to(device)
+        with torch.no_grad():
+            image_latents = wan_image_condition(vae, image, req.num_frames).expand(B, -1, -1, -1, -1)
+
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
+    s = vae.spatial_compression
+    noise = []
+    for i in range(B):  # the pipelines' draw: [1, C, F', h, w] from a generator seeded seed + i
+        g = torch.Generator().manual_seed(cfg.seed + i)
+        shape = (1, mc.out_channels, req.latent_frames, req.height // s, req.width // s)
+        draw = torch.randn(shape, generator=g)
+        noise.append(rearrange(draw, "b c f h w -> b f c h w"))
+    noise = torch.cat(noise)  # [B, F', C, h, w]
+    cond = Cond(context=context, image_latents=image_latents, image_context=image_context)
+    null = cond.null(context=null_text)  # the image condition is kept (the pipelines: text-only guidance)
+    if negative is not None:  # one per sample (a single one repeated)
+        null = dataclasses.replace(null, context=negative.expand(B, -1, -1))
+    cfg_scale = WAN_CFG_SCALE if cfg.cfg_scale is None else cfg.cfg_scale
+    # the pipelines guide only when guidance_scale > 1 (do_classifier_free_guidance)
+    null = null if cfg_scale > 1.0 else None
+    steps = cfg.steps or (WAN_I2V_STEPS if mc.is_i2v else DEFAULT_STEPS)
+    objective, out = Flow(flow_cfg), []
+    for start in range(0, B, cfg.batch_size):
+        rows = slice(start, start + cfg.batch_size)
+        out.append(
+            generate(
+                model,
+                objective,
+                cond=_slice(cond, rows),
+                null=_slice(null, rows) if null is not None else None,
+                shape=tuple(noise[rows].shape),
+                noise=noise[rows],
+                steps=steps,
+                cfg_scale=cfg_scale,
+                seed=cfg.seed,
+                device=device,
+                precision=cfg.precision,
+            ).cpu()
+        )
+    record = {
+        "pretrained": str(folder),
+        "model": "wan-i2v" if mc.is_i2v else "wan-t2v",
+        "sampler": flow_cfg.sampler,
+        "flow_shift": flow_cfg.shift,
+        "prompts": prompts,
+        "negative_prompts": list(cfg.negative_prompt),
+        "text_null": text_cfg.null,
+        "seeds": [cfg.seed + i for i in range(B)],
+        "image": cfg.image,
+        "num_frames": req.num_frames,
+        "size": [req.height, req.width],
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "precision": cfg.precision,
+    }
+    return torch.cat(out), vae, record
+
+
 def _prompt_label(prompt: str) -> str:
     prompt = " ".join(prompt.split())
     return prompt if len(prompt) <= PROMPT_LABEL_CHARS else prompt[: PROMPT_LABEL_CHARS - 3] + "..."
 
 
-def _sample_text(cfg: SampleConfig) -> Path:
+def _sample_text(cfg: SampleConfig, *, wan: bool = False) -> Path:
     device = torch.device(cfg.device)
-    latents, vae, record = sample_cogvideox(cfg)
+    latents, vae, record = sample_wan(cfg) if wan else sample_cogvideox(cfg)
+    precision = "fp32" if wan else cfg.precision  # the Wan VAE decodes in fp32 (module docstring)
     videos = torch.cat(
         [
-            decode_latents(vae, latents[i : i + cfg.batch_size].to(device), device, cfg.precision).cpu()
+            decode_latents(vae, latents[i : i + cfg.batch_size].to(device), device, precision).cpu()
             for i in range(0, len(latents), cfg.batch_size)
         ]
     )
-    out = write_samples(Path(cfg.out), videos, [_prompt_label(p) for p in record["prompts"]])
+    labels = [_prompt_label(p) for p in record["prompts"]]
+    out = write_samples(Path(cfg.out), videos, labels, fps=WAN_FPS if wan else 8)
     durable.write_text(out["dir"] / "samples.json", json.dumps(record, indent=2))
     print(
         f"wrote {len(videos)} samples to {out['dir'].resolve()} (per-video mp4, grid.mp4, grid.gif, "
@@ -869,6 +1157,9 @@ def sample(cfg: SampleConfig) -> Path:
     """Load the run's config and weights (or a diffusers CogVideoX folder, or a V-DiT pretrained folder),
     sample, write videos; returns the output folder."""
     source, flag = (cfg.pretrained, "--pretrained") if cfg.ckpt is None else (cfg.ckpt, "--ckpt")
+    if cfg.pretrained is not None and is_wan_folder(cfg.pretrained):
+        _refuse_vdit_flags(cfg, "a Wan model")
+        return _sample_text(cfg, wan=True)
     folder = vdit_pretrained_folder(source, flag)  # None: a run, a checkpoint or a CogVideoX folder
     if folder is None and _is_cogvideox(cfg):
         _refuse_vdit_flags(cfg, "a CogVideoX model")
@@ -877,7 +1168,7 @@ def sample(cfg: SampleConfig) -> Path:
     cogvideox_only |= dict(
         num_frames=cfg.num_frames, frame_index=cfg.frame_index, snr_shift_scale=cfg.snr_shift_scale
     )
-    cogvideox_only |= dict(sampler=cfg.sampler)
+    cogvideox_only |= dict(sampler=cfg.sampler, flow_shift=cfg.flow_shift)
     cogvideox_only |= dict(negative_prompt=cfg.negative_prompt, text_null=cfg.text_null)
     for name, value in cogvideox_only.items():
         if value:
@@ -912,7 +1203,7 @@ def sample(cfg: SampleConfig) -> Path:
         objective,
         labels=labels,
         shape=shape,
-        steps=cfg.steps,
+        steps=cfg.steps or DEFAULT_STEPS,
         cfg_scale=1.0 if cfg.cfg_scale is None else cfg.cfg_scale,
         dynamic_cfg=cfg.dynamic_cfg,
         seed=cfg.seed,

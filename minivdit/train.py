@@ -46,10 +46,13 @@ from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models import cogvideox as cogvideox_model
 from minivdit.models import dit as dit_model
+from minivdit.models import wan as wan_model
 from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pretrained_folder
 from minivdit.models.dit import DiTConfig, VDiT, num_params
+from minivdit.models.flashi2v import FlashI2V, FlashI2VConfig
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights
 from minivdit.models.vae import VAEConfig, build_vae
+from minivdit.models.wan import WanConfig, WanTransformer
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.preempt import EXIT_PREEMPTED, Preempted, PreemptionHandler, check_signal_names
@@ -57,6 +60,8 @@ from minivdit.sample import decode_latents, generate, write_samples
 from minivdit.validate import ValidationConfig, Validator
 
 log = logging.getLogger("minivdit")
+ModelConfig = DiTConfig | CogVideoXConfig | WanConfig
+"""A backbone config: the trainer builds the class it names (``model_class``)."""
 MAX_NONFINITE_IN_A_ROW = 10
 
 
@@ -184,11 +189,16 @@ class SampleEvalConfig:
 class TrainConfig:
     """Everything a run needs. Recipes build one in Python; the CLI overrides values (``--optim.lr 2e-4``)."""
 
-    model: DiTConfig | CogVideoXConfig = field(default_factory=DiTConfig)
-    """The backbone: a V-DiT (``minivdit/models/dit.py``) or the CogVideoX transformer
-    (``minivdit/models/cogvideox.py``); the recipe picks the class, the CLI tweaks its fields."""
+    model: DiTConfig | CogVideoXConfig | WanConfig = field(default_factory=DiTConfig)
+    """The backbone: a V-DiT (``minivdit/models/dit.py``), the CogVideoX transformer
+    (``minivdit/models/cogvideox.py``) or the Wan2.1 transformer (``minivdit/models/wan.py``); the recipe
+    picks the class, the CLI tweaks its fields."""
+    flashi2v: FlashI2VConfig | None = None
+    """FlashI2V (``minivdit/models/flashi2v.py``) around a text-to-video backbone: latent shift by φ(z_c) and
+    Fourier guidance from the clip's frame 0 encoded alone (``start_frame_latents``); its layers are trained
+    with the backbone. None: off."""
     pretrained: str | None = None
-    """Weights the model starts from: a diffusers CogVideoX folder (the pipeline folder or its
+    """Weights the model starts from: a diffusers CogVideoX or Wan folder (the pipeline folder or its
     ``transformer/``) or a V-DiT folder (``tools/convert_weights.py latte``), loaded shard by shard into the
     (sharded) model; None: a fresh init. The architecture is read from the folder's ``config.json``; only
     the run's runtime choices (attention backend, the frames and size it trains at) are kept."""
@@ -265,7 +275,16 @@ class TrainConfig:
             )
         if isinstance(self.model, CogVideoXConfig):
             self._check_cogvideox()
+            self._check_flashi2v()
             return
+        if isinstance(self.model, WanConfig):
+            self._check_wan()
+            self._check_flashi2v()
+            return
+        if self.flashi2v is not None:
+            raise ValueError(
+                "--flashi2v is for text-to-video transformers (Wan, CogVideoX); this run trains a V-DiT"
+            )
         if self.validation.enabled:
             raise ValueError(
                 "--validation.prompts is for text-conditioned (CogVideoX) runs; a V-DiT samples its class "
@@ -342,6 +361,42 @@ class TrainConfig:
         if self.eval is not None:
             raise ValueError("evaluation of text-conditioned runs is not supported yet (--eval None)")
 
+    def _check_wan(self) -> None:
+        m = self.model
+        if self.vae.kind == "none":
+            raise ValueError("the Wan transformer trains on VAE latents: set --vae.kind wan --vae.path DIR")
+        if m.is_i2v or self.i2v.enabled:
+            # Wan2.1-I2V also takes CLIP image tokens (cond.image_context) that no trainer path produces yet
+            raise ValueError(
+                f"training Wan2.1-I2V (model.in_channels={m.in_channels}, image_dim={m.image_dim}) or "
+                f"--i2v.mode {self.i2v.mode!r} on Wan is not supported: train a text-to-video Wan, with "
+                "--flashi2v for image-to-video"
+            )
+        if not self.text.enabled and self.data.dataset != "shards":
+            raise ValueError(
+                "Wan is text-conditioned: give --text.path (the Wan pipeline folder: UMT5) or train on "
+                "shards with cached text (tools/cache_text.py)"
+            )
+        if self.align is not None:
+            check_block_index(self.align, m.depth)
+        if self.eval is not None:
+            raise ValueError("evaluation of text-conditioned runs is not supported yet (--eval None)")
+        if self.validation.enabled:
+            raise ValueError(
+                "--validation.prompts during a Wan run is not supported yet: sample its checkpoints with "
+                "python -m minivdit.sample"
+            )
+
+    def _check_flashi2v(self) -> None:
+        if self.flashi2v is None:
+            return
+        if self.i2v.enabled or self.model.is_i2v:
+            raise ValueError(
+                f"--flashi2v conditions a text-to-video backbone on the start frame by itself; it does not "
+                f"combine with --i2v.mode {self.i2v.mode!r} or an I2V model "
+                f"(model.is_i2v={self.model.is_i2v})"
+            )
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name
@@ -382,17 +437,18 @@ def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
             f"--data.num-frames {cfg.data.num_frames} does not fit the {cfg.vae.kind} VAE at {cfg.vae.path}: "
             f"{e}; set --data.num-frames to one of those"
         ) from None
-    if isinstance(cfg.model, CogVideoXConfig):
+    if isinstance(cfg.model, (CogVideoXConfig, WanConfig)):
         m = cfg.model
         want = {
             "out-channels": (m.out_channels, vae.latent_channels),
             "input-size": (m.latent_size, (H // s, W // s)),
             "num-frames": (m.frames, F),
         }
-        if (H // s) % m.patch_size or (W // s) % m.patch_size:
+        p = m.patch_size if isinstance(m, CogVideoXConfig) else m.patch_size[1]  # Wan: (p_t, p_h, p_w)
+        if (H // s) % p or (W // s) % p:
             raise ValueError(
-                f"data.image_size={cfg.data.image_size}: latents must divide by the patch {m.patch_size}, "
-                f"so the frame sides must be multiples of {s * m.patch_size}"
+                f"data.image_size={cfg.data.image_size}: latents must divide by the patch {p}, "
+                f"so the frame sides must be multiples of {s * p}"
             )
     else:  # num-frames in both V-DiT layouts: the temporal table and the length of the sampled clips
         want = {
@@ -486,18 +542,26 @@ def train_step(
 # ---------------------------------------------------------------------------------------------- setup
 
 
-def model_class(model_cfg: DiTConfig | CogVideoXConfig) -> type:
+def model_class(model_cfg: ModelConfig) -> type:
     """The backbone class a config builds."""
+    if isinstance(model_cfg, WanConfig):
+        return WanTransformer
     return CogVideoXTransformer if isinstance(model_cfg, CogVideoXConfig) else VDiT
 
 
-def pretrained_architecture(model: DiTConfig | CogVideoXConfig, folder: str) -> DiTConfig | CogVideoXConfig:
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The backbone inside a (FlashI2V-)wrapped model: what ``--pretrained`` weights load into."""
+    inner = dist.unwrap(model)
+    return inner.base if isinstance(inner, FlashI2V) else inner
+
+
+def pretrained_architecture(model: ModelConfig, folder: str) -> ModelConfig:
     """The architecture of the weights in ``folder`` (its ``config.json``, or ``transformer/config.json`` of
     a pipeline folder), in the family of ``model`` and keeping ``model``'s runtime choices (the attention
-    backend; for CogVideoX also the frames and size the run trains at). A CogVideoX-2B or 1.5 folder then
-    needs no preset change, and a folder of any size works from the command line."""
+    backend; for CogVideoX and Wan also the frames and size the run trains at). A CogVideoX-2B or 1.5 folder
+    then needs no preset change, and a folder of any size works from the command line."""
     config = pretrained_folder(folder) / "config.json"
-    family = cogvideox_model if isinstance(model, CogVideoXConfig) else dit_model
+    family = {CogVideoXConfig: cogvideox_model, WanConfig: wan_model}.get(type(model), dit_model)
     keep = {k: getattr(model, k) for k in family.RUNTIME_FIELDS}
     return type(model).from_json(config, **keep)
 
@@ -530,37 +594,54 @@ def build_models(
     are drawn whole on the CPU from the seed (``dist.init_lora``): reproducible without a full CPU copy."""
     model_cls = model_cls or model_class(cfg.model)
     lora = cfg.lora if cfg.lora.enabled else None
+
+    def build() -> torch.nn.Module:
+        m = model_cls(cfg.model)
+        if lora is not None:
+            apply_lora(m, lora)  # freezes every non-LoRA weight of the backbone (FlashI2V's layers train)
+        return FlashI2V(m, cfg.flashi2v) if cfg.flashi2v is not None else m
+
     with torch.device("meta"):
-        model = model_cls(cfg.model)
-        ema = model_cls(cfg.model) if cfg.ema.enabled else None
-        # The reference too: a CPU constructor's default init would consume the seeded RNG.
-        reference = model_cls(cfg.model) if cfg.pretrained is None else None
-    for m in (model, ema, reference):
-        if m is not None and lora is not None:
-            apply_lora(m, lora)  # freezes every non-LoRA weight
+        model = build()
+        ema = build() if cfg.ema.enabled else None
+        # The reference too: a CPU constructor's default init would consume the seeded RNG. With a
+        # pretrained backbone FlashI2V's own layers (φ, Fourier embedding) still start from the seed.
+        reference = build() if cfg.pretrained is None or cfg.flashi2v is not None else None
+    if reference is not None and cfg.pretrained is not None:  # only the wrapper's layers leave meta
+        reference.learnable_proj.to_empty(device="cpu")
+        if reference.fourier_embedding is not None:
+            reference.fourier_embedding.to_empty(device="cpu")
     model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
     if ema is not None:
         ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
     torch.manual_seed(cfg.seed)
     state = None
-    if reference is not None:
+    if reference is not None and cfg.pretrained is None:
         reference.to_empty(device="cpu")
-        reference.init_weights()
+        backbone(reference).init_weights()
         if lora is not None:
-            init_lora_weights(reference)  # init_weights re-initialised every Linear, LoRA's included
+            init_lora_weights(backbone(reference))  # init_weights re-initialised every Linear, LoRA's too
+        if cfg.flashi2v is not None:
+            reference.init_weights()  # FlashI2V's own layers only (after the backbone's draws)
         state = reference.state_dict()
+    elif reference is not None:  # pretrained + FlashI2V: the wrapper's layers, drawn whole on the CPU
+        reference.init_weights()
+        state = {k: v for k, v in reference.state_dict().items() if not k.startswith("base.")}
     for m in (model, ema):
         if m is None:
             continue
         dist.materialize(m, ctx.device, init=False)
         inner = dist.unwrap(m)
-        inner.reset_buffers()
-        if state is not None:
+        if hasattr(backbone(inner), "reset_buffers"):  # Wan stores nothing positional
+            backbone(inner).reset_buffers()
+        if cfg.pretrained is None:
             set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=True))
-        else:
-            dist.load_pretrained(inner, cfg.pretrained)  # the base weights, shard file by shard file
-            if lora is not None:
-                dist.init_lora(inner, cfg.seed)  # drawn whole on the CPU: the same for any sharding
+            continue
+        dist.load_pretrained(backbone(inner), cfg.pretrained)  # the base weights, shard file by shard file
+        if lora is not None:
+            dist.init_lora(inner, cfg.seed)  # drawn whole on the CPU: the same for any sharding
+        if state is not None:  # FlashI2V's layers; strict=False: the backbone's keys came from the files
+            set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=False))
     del reference, state
     if ema is not None:
         ema.requires_grad_(False).eval()
@@ -569,8 +650,9 @@ def build_models(
 
 def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> Conditioner | None:
     """What builds each batch's ``Cond`` beyond class labels (None: labels only, ``batch_cond``): the frozen
-    text encoder or the shards' cached text with caption dropout, and the I2V condition."""
-    if not isinstance(cfg.model, CogVideoXConfig):
+    text encoder or the shards' cached text with caption dropout, and the I2V condition or FlashI2V's start
+    frame."""
+    if not isinstance(cfg.model, (CogVideoXConfig, WanConfig)):
         return None
     encoder = build_text_encoder(cfg.text)
     if encoder is not None:
@@ -583,6 +665,8 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
         text_null=null,
         text_dropout=cfg.text.dropout,
         i2v=cfg.i2v,
+        start_frame=cfg.flashi2v is not None,
+        context_mask=not isinstance(cfg.model, WanConfig),  # Wan attends the zero-padded context whole
         vae=vae,
         autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,  # as train_step's vae.encode
     )
@@ -1256,7 +1340,8 @@ def parse(default: TrainConfig, args: list[str], *, description: str | None = No
       (:func:`pretrained_architecture`);
     - ``--resume auto`` on a run directory with a ``config.json`` continues from that saved config, the
       command line overriding it (``--max-steps 2000`` to train longer);
-    - the CogVideoX-only sections (``--lora``, ``--text``, ``--i2v``) are hidden for a V-DiT recipe, and
+    - the text-to-video sections (``--lora``, ``--text``, ``--i2v``, ``--flashi2v``: CogVideoX and Wan) are
+      hidden for a V-DiT recipe, and
       ``--eval.*`` / ``--align.*`` turn on a section the recipe leaves off."""
     return parse_config(TrainConfig, default, args, description=description, prepare=_prepare_train)
 
@@ -1272,7 +1357,8 @@ def _prepare_train(default: TrainConfig, args: list[str]) -> tuple[dict, tuple[s
         # Before the flags, so that they apply to the folder's architecture. A folder that is not there (the
         # recipe's /models/... default on a laptop, --help) is left to train(), which names it.
         overrides["model"] = pretrained_architecture(default.model, folder)
-    hide = ("eval",) if isinstance(default.model, CogVideoXConfig) else ("lora", "text", "i2v", "validation")
+    text_to_video = isinstance(default.model, (CogVideoXConfig, WanConfig))
+    hide = ("eval",) if text_to_video else ("lora", "text", "i2v", "validation", "flashi2v")
     return overrides, hide
 
 

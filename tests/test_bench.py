@@ -1,7 +1,8 @@
 """``tools/bench.py`` smoke tests: the ``vae`` subcommand at tiny sizes (JSON lines, keys, streamed == whole
 up to rounding, the diffusers comparison or its skip line), one ``train`` case with the Latte reference,
 the ``align`` losses with dREPA against the blog's reference, the ``decode`` per-clip reader against
-whole-file decoding, and the ``cogvideox`` training step on its tiny CPU config. CPU, one thread, ~25 s.
+whole-file decoding, and the ``cogvideox`` and ``wan`` training steps on their tiny CPU configs (``wan``
+against diffusers' ``WanTransformer3DModel``). CPU, one thread, ~30 s.
 ``tools/`` is a folder of scripts, so the module is loaded from its path."""
 
 from __future__ import annotations
@@ -258,6 +259,29 @@ def test_attention_parity_maths_on_cpu():
     row = bench.attention_parity((1, 2, 40, 64), bench.torch.device("cpu"), "sdpa")
     assert row["parity_ok"] and row["out_max_abs_diff_vs_sdpa"] == 0.0  # one SDPA call twice: bit-identical
     assert 0 < row["dq_max_abs_err_vs_fp32"] < 0.1
+
+
+def test_wan_tiny_against_diffusers(capsys):
+    """The tiny T2V config, 0 warm-up + 1 timed step per case, full and LoRA r=4, ours and diffusers' in the
+    same run: each case has both timings and their ratio, and the first step's predictions agree."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")  # the LoRA case puts PEFT's adapter on diffusers' side
+    bench.main(["wan", "--device", "cpu", "--warmup", "0", "--iters", "1"])
+    rows = _rows(capsys)
+    assert [(r["tuning"], r["lora_rank"], r["precision"]) for r in rows] == [
+        ("full", 0, "fp32"),
+        ("lora", 4, "fp32"),
+    ]
+    for r in rows:
+        assert r["impl"] == "ours-vs-diffusers" and r["threads"] == 1 and r["video_tokens"] == 3 * 2 * 3
+        assert r["seconds"] > 0 and r["seconds_diffusers"] > 0
+        assert r["speedup"] == pytest.approx(
+            r["seconds_diffusers"] / r["seconds"], rel=0.05
+        )  # 4-digit seconds
+        # same weights and inputs in fp32; the transformers agree to ≤ 1e-5 relative (tests/test_wan.py,
+        # issue 19's bound: only summation order may differ, √K·u per op over ~10 chained ops)
+        assert r["max_rel_diff"] <= 1e-5, r
+    assert rows[1]["trainable_M"] < rows[0]["trainable_M"] / 5  # LoRA: the adapters only
 
 
 def test_cogvideox_rejects_sizes_off_the_learned_pe():

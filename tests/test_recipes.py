@@ -72,9 +72,10 @@ def test_recipe_help(path, monkeypatch, capsys):
     doc = load(path).__doc__.split()
     assert " ".join(doc[:4]) in " ".join(out.split())  # the recipe's docstring is its --help
     assert "--optim.lr" in out and "--objective." in out
-    # Each family lists its own flags only: LoRA, T5 text and I2V are CogVideoX's; evaluation is the V-DiT's
-    # (also for recipes that leave it off: any --eval.* flag turns it on).
-    cogvideox = path.stem in ("cogvideox_i2v", "drepa_timelapse")
-    for flag in ("--lora.rank", "--text.path", "--i2v.mode"):
+    # Each family lists its own flags only: LoRA, T5 text, I2V and FlashI2V are the text-to-video backbones'
+    # (CogVideoX, Wan); evaluation is the V-DiT's (also for recipes that leave it off: any --eval.* flag
+    # turns it on).
+    cogvideox = path.stem in ("cogvideox_i2v", "drepa_timelapse", "flashi2v_wan")
+    for flag in ("--lora.rank", "--text.path", "--i2v.mode", "--flashi2v"):
         assert (flag in out) == cogvideox, flag
     assert ("--eval.protocol" in out) != cogvideox

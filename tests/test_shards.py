@@ -393,6 +393,38 @@ def test_cached_moments_are_the_vaes_posterior(models, moments_dir):
     torch.testing.assert_close(mean + torch.exp(0.5 * logvar) * eps, drawn, rtol=1e-5, atol=1e-6)
 
 
+def test_wan_vae_moments_are_its_normalised_posterior(tmp_path):
+    """``--posterior moments`` with the Wan VAE (per-channel ``latents_mean`` / ``latents_std``, no scalar
+    scale): the cache runs, its mean is ``encode``'s (sample=False) and mean + e^(lv/2)·ε is ``encode``'s
+    posterior draw for the same ε (drawn, as Wan's encode does, in the [B, C, F', h, w] layout)."""
+    from minivdit.models.vae.wan import WanVAE, WanVAEConfig
+
+    tool = load_tool("cache_latents")
+    torch.manual_seed(0)
+    vcfg = WanVAEConfig(
+        base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
+        latents_mean=(0.3, -0.7, 1.1, 0.05), latents_std=(1.7, 0.6, 2.4, 1.2),
+    )  # fmt: skip
+    WanVAE(vcfg).save_pretrained(tmp_path / "wan_vae")
+    data = DataConfig(num_frames=5, image_size=16, num_classes=4, synthetic_size=2, batch_size=2)
+    vae_cfg = VAEConfig(kind="wan", path=str(tmp_path / "wan_vae"), sample_posterior=False)
+    cfg = tool.CacheConfig(data=data, out=str(tmp_path / "cache"), vae=vae_cfg, batch_size=2, device="cpu")
+    out = tool.cache_latents(cfg)
+    assert S.read_meta(out)["latent_posterior"] == "moments"
+    assert S.ShardDataset(out, fields=["latents_logvar"]).get(0)["latents_logvar"].shape == (2, 4, 2, 2)
+
+    vae = build_vae(VAEConfig(kind="wan", path=str(tmp_path / "wan_vae")))
+    video = torch.rand(2, 5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = tool.scaled_moments(vae, video)
+        torch.testing.assert_close(mean, vae.encode(video, sample=False), rtol=0, atol=0)  # the same ops
+        drawn = vae.encode(video, generator=torch.Generator().manual_seed(1), sample=True)
+    eps = torch.randn(2, 4, 2, 2, 2, generator=torch.Generator().manual_seed(1)).transpose(1, 2)
+    # ((μ + e^(lv/2)·ε) − m)/s against (μ − m)/s + e^((lv − 2 log s)/2)·ε: a few fp32 roundings apart
+    # (≈ 4u ≈ 2.4e-7 of O(1) values; the per-channel shifts are O(1) so a wrong channel shows at ≫ 1e-2)
+    torch.testing.assert_close(mean + torch.exp(0.5 * logvar) * eps, drawn, rtol=1e-5, atol=1e-6)
+
+
 def test_cached_moments_are_sampled_per_visit_seeded_and_resume_exact(moments_dir):
     ds = S.ShardDataset(moments_dir)
     assert ds.latent_posterior == "moments" and "latents_logvar" in ds.fields

@@ -92,6 +92,20 @@ CPU; ``--preset`` with no other flags runs ``bf16-params``, flash, AC, full and 
 compares the flash kernel with SDPA at the model's attention shape on CUDA (bf16 output and q/k/v gradients
 against each other and against fp32 SDPA); elsewhere it says why it was skipped.
 
+    python tools/bench.py wan --device cpu --iters 1 --warmup 1
+    python tools/bench.py wan --preset Wan2.1-T2V-1.3B --frames 13 --height 60 --width 104 \
+        --precisions bf16 --lora-rank 0 64
+
+``wan``: forward + backward + AdamW step of our ``WanTransformer`` against diffusers'
+``WanTransformer3DModel`` with the same weights, inputs and optimizer, timed interleaved in the same run
+(``_time_pair``), one case per precision (``fp32``; ``bf16`` = bf16 autocast over fp32 weights) × tuning
+(``--lora-rank``: 0 = full fine-tune; r = our LoRA on ``WAN_TARGETS`` against PEFT's ``add_adapter`` on the
+same modules). Reports each side's step seconds, ``speedup`` (diffusers' over ours: > 1 = ours faster) and
+``max_abs_diff`` (and / max |diffusers'|: ``max_rel_diff``) of the first step's predictions. The model is
+built on ``meta`` + ``init_weights()`` and its zero-initialised output projection gets N(0, 0.02). The default
+is the tiny T2V config of diffusers' tests (2 layers, 2 heads × 12, 3×4×6 latents, 7 text tokens; one CPU
+thread unless ``--threads``); ``--preset`` + sizes for a GPU.
+
     python tools/bench.py ckpt --mib 512
 
 ``ckpt``: the cost of durable, verified checkpoints (issue 13). ``ckpt.save`` of a model of ``--mib`` MiB of
@@ -117,6 +131,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -131,7 +146,14 @@ from minivdit.models import blocks
 from minivdit.models import cogvideox as cvx
 from minivdit.models.cond import Cond
 from minivdit.models.dit import PRESETS, VDiT, flops_per_sample, num_params, preset
-from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, lora_modules
+from minivdit.models.lora import (
+    WAN_TARGETS,
+    LoRAConfig,
+    apply_lora,
+    init_lora_weights,
+    lora_modules,
+    lora_state_dict,
+)
 from minivdit.models.vae.causal3d import CausalVAE3D, CausalVAE3DConfig
 
 # Dense peak TFLOP/s per device for MFU (bf16 / tf32 tensor cores, no sparsity).
@@ -1577,6 +1599,165 @@ def _add_ckpt_parser(sub) -> None:
     ck.add_argument("--dir", default=None, help="where to write (default: the system temp folder)")
 
 
+# ---------------------------------------------------------------------------------------------- wan
+
+WAN_TINY = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+    text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+)  # fmt: skip
+"""CPU default: diffusers' tiny Wan test config (tests/models/transformers/test_models_transformer_wan.py)."""
+
+
+def _wan_pair(cfg, device: torch.device, rank: int):
+    """(ours, diffusers') with identical weights on ``device``; LoRA (r > 0) on the same modules both sides:
+    ours via ``apply_lora``, theirs via PEFT ``add_adapter`` with our A and B copied in."""
+    from diffusers import WanTransformer3DModel
+
+    from minivdit.models.wan import WanTransformer
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        ours = WanTransformer(cfg)
+    ours.to_empty(device=device)
+    ours.init_weights()
+    with torch.no_grad():
+        ours.proj_out.weight.normal_(0, 0.02)  # zero-initialised: give the output layer real work
+    theirs = WanTransformer3DModel(**{k: v for k, v in cfg.to_dict().items() if not k.startswith("_")})
+    theirs = theirs.to(device)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    if rank:
+        from peft import LoraConfig as PeftLoraConfig
+
+        names = apply_lora(ours, LoRAConfig(rank=rank, alpha=float(rank), targets=WAN_TARGETS))
+        with torch.no_grad():
+            for m in lora_modules(ours).values():
+                m.lora_B.weight.normal_(0, 0.02)
+        theirs.requires_grad_(False)
+        theirs.add_adapter(PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=names))
+        theirs.load_state_dict(
+            {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+             for k, v in lora_state_dict(ours).items()},
+            strict=False,
+        )  # fmt: skip
+    return ours.train(), theirs.train()
+
+
+def _wan_step(fn: Callable, opt, *, device: torch.device, precision: str) -> Tensor:
+    """One training step (forward under the precision's autocast, backward of mean(pred²), AdamW) → pred."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = fn()
+    out.float().square().mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return out.detach().float()
+
+
+def _wan_ours(model, x: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+    return model(x, t, Cond(context=ctx)).pred
+
+
+def _wan_theirs(model, x: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+    """diffusers' forward on our [B, F, C, H, W] layout (as its pipeline does: [B, C, F, H, W])."""
+    x = rearrange(x, "b f c h w -> b c f h w")
+    out = model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
+    return rearrange(out, "b c f h w -> b f c h w")
+
+
+def bench_wan(args: argparse.Namespace) -> list[dict]:
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _bench_wan(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_wan(args: argparse.Namespace) -> list[dict]:
+    from minivdit.models.wan import WanConfig, preset
+
+    device = torch.device(args.device)
+    cfg = WanConfig(**WAN_TINY) if args.preset == "tiny" else preset(args.preset)
+    base = {"bench": "wan", "impl": "ours-vs-diffusers", "preset": args.preset}
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as e:
+        row = base | {"skipped": f"diffusers not importable: {e}"}
+        print(json.dumps(row), flush=True)
+        return [row]
+    B, F_, H, W = args.batch, args.frames, args.height, args.width
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, F_, cfg.out_channels, H, W, generator=g).to(device)
+    ctx = torch.randn(B, args.text_tokens, cfg.text_dim, generator=g).to(device)
+    t = torch.randint(0, 1000, (B,), generator=g).float().to(device)
+    results = []
+    for rank in args.lora_rank:
+        for precision in args.precisions:
+            case = base | {"precision": precision, "tuning": "lora" if rank else "full", "lora_rank": rank}
+            try:
+                row = case | _wan_case(cfg, args, device, precision, rank, (x, t, ctx))
+            except Exception as e:  # out of memory, a missing package: one line, then the next case
+                row = case | {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+def _wan_case(cfg, args, device: torch.device, precision: str, rank: int, inputs: tuple) -> dict:
+    from minivdit.models.wan import num_tokens
+
+    x, t, ctx = inputs
+    B, F_, H, W = x.shape[0], x.shape[1], x.shape[3], x.shape[4]
+    ours, theirs = _wan_pair(cfg, device, rank)
+    opts = [
+        torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
+        )
+        for m in (ours, theirs)
+    ]
+    run = dict(device=device, precision=precision)
+    ours_fn = partial(_wan_step, partial(_wan_ours, ours, x, t, ctx), opts[0], **run)
+    theirs_fn = partial(_wan_step, partial(_wan_theirs, theirs, x, t, ctx), opts[1], **run)
+    first = (ours_fn(), theirs_fn())  # untimed: equal weights, so the predictions must agree
+    diff = (first[0] - first[1]).abs().max().item()
+    _, _, dt_ours, dt_theirs = _time_pair(ours_fn, theirs_fn, device, args.warmup, args.iters)
+    return {
+        "device": _device_name(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "frames": F_, "height": H, "width": W, "batch": B, "text_tokens": ctx.shape[1],
+        "video_tokens": num_tokens(cfg, F_, H, W),
+        "trainable_M": round(num_params(ours) / 1e6, 3),
+        "seconds": round(dt_ours, 4),
+        "seconds_diffusers": round(dt_theirs, 4),
+        "speedup": round(dt_theirs / dt_ours, 3),
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / first[1].abs().max().item(),
+        "peak_mem_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+        ),
+    }  # fmt: skip
+
+
+def _add_wan_parser(sub) -> None:
+    wa = sub.add_parser("wan", help="Wan 2.1 training step: ours vs diffusers' WanTransformer3DModel")
+    wa.add_argument("--preset", default="tiny", help="tiny (CPU) or a minivdit.models.wan preset name")
+    wa.add_argument("--frames", type=int, default=3, help="latent frames F")
+    wa.add_argument("--height", type=int, default=4, help="latent height")
+    wa.add_argument("--width", type=int, default=6, help="latent width")
+    wa.add_argument("--text-tokens", type=int, default=7)
+    wa.add_argument("--batch", type=int, default=1)
+    wa.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    wa.add_argument("--lora-rank", type=int, nargs="+", default=[0, 4], help="0 = full fine-tune")
+    wa.add_argument("--warmup", type=int, default=1)
+    wa.add_argument("--iters", type=int, default=3)
+    wa.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for tiny)")
+    wa.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1600,6 +1781,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_decode_parser(sub)
     _add_eval_parser(sub)
     _add_cogvideox_parser(sub)
+    _add_wan_parser(sub)
     _add_ckpt_parser(sub)
     args = ap.parse_args(argv)
     setup_logging(0, stream=sys.stderr)  # the trainer's line format (e.g. a backend's fallback); stdout: JSON
@@ -1610,6 +1792,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "cogvideox":
         _check_cogvideox_args(ap, args)
         bench_cogvideox(args)
+    elif args.cmd == "wan":
+        if args.threads is None and args.preset == "tiny":
+            args.threads = 1
+        if min(args.frames, args.height, args.width, args.batch, args.text_tokens, args.iters) < 1:
+            ap.error("wan: --frames, --height, --width, --batch, --text-tokens and --iters must be >= 1")
+        bench_wan(args)
     elif args.cmd == "eval":
         bench_eval(args)
     elif args.cmd == "decode":

@@ -281,11 +281,16 @@ def scaled_moments(vae, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """The posterior of the latents ``vae.encode(video)`` returns, i.e. of s·(z − shift) with z ~ N(μ, σ²):
     mean s·(μ − shift) and log-variance logvar + 2·log|s|, each ``[B, F', C, h, w]``. The constants are the
     VAE's own (its config's ``scaling_factor`` and ``shift_factor``, the values its ``encode`` applies), read
-    here because every VAE applies them inside ``encode`` only."""
+    here because every VAE applies them inside ``encode`` only. The Wan VAE normalises per channel instead,
+    (z − m_c) / s_c (``latents_mean`` / ``latents_std``): the mean goes through its own ``normalize`` and the
+    log-variance is shifted by −2·log s_c per channel."""
     if not hasattr(vae, "encode_moments"):
         raise ValueError(f"{type(vae).__name__} gives no posterior moments: cache with --posterior mean")
     mean, logvar = vae.encode_moments(video)  # raw, [B, F', C, h, w] each
     cfg = getattr(vae, "cfg", None) or vae.config
+    if hasattr(cfg, "latents_std"):  # Wan: per channel; normalize is exactly what encode applies
+        log_std = torch.tensor(cfg.latents_std, dtype=torch.float64).log().view(-1, 1, 1)  # [C, 1, 1]
+        return vae.normalize(mean), logvar - (2.0 * log_std).to(logvar.device, logvar.dtype)
     scale, shift = float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0)
     return (mean - shift) * scale, logvar + 2.0 * math.log(abs(scale))
 

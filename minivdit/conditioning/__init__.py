@@ -4,6 +4,8 @@
 (text encoders in ``text.py``, image-to-video and anyframe conditioners in ``i2v.py``). Everything is a pure
 function of the batch and the generator the trainer seeds per micro-batch, so exact resume holds. Order of
 the generator's draws: the caption keep mask (``rand(B)``), then the I2V condition (``i2v.image_condition``).
+FlashI2V's start frame (``models.flashi2v.start_frame_latents``) draws nothing: the VAE is built with
+``sample_posterior=False`` in its recipe, as the reference encodes with the posterior mean.
 
 No model constants live here: the backbone owns its null class (``VDiT.null_cond``), the text encoder or the
 text cache its empty-prompt embedding, the VAE its latent scale.
@@ -11,6 +13,7 @@ text cache its empty-prompt embedding, the VAE its latent scale.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -51,7 +54,10 @@ class Conditioner:
     (CogVideoX SAT ``ucg_rate`` 0.1). ``i2v`` + ``vae``: the image condition (``i2v.image_condition``),
     encoded under ``autocast_dtype`` (the autocast the trainer encodes the video latents under:
     ``torch.bfloat16`` in bf16 runs, None for none), so condition and video latents come out of the same VAE
-    numerics.
+    numerics. ``start_frame`` + ``vae``: FlashI2V's condition, ``Cond.image_latents`` = frame 0 of the clip
+    VAE-encoded alone [B, 1, C, h, w] (``models.flashi2v.start_frame_latents``), never dropped.
+    ``context_mask=False`` drops the text mask from the ``Cond``: Wan's cross-attention takes none, the
+    zero-padded context (``TextEncoderConfig.wan``) is attended whole, as in the Wan pipelines.
 
     Every draw comes from ``generator`` on its own device: the trainer hands a generator on the training
     device, so anyframe's fill noise (``[B', F, 3, H, W]``, ~200 MB per 49×480×720 sample) is drawn where it
@@ -65,6 +71,8 @@ class Conditioner:
         text_null: tuple[Tensor, Tensor | None] | None = None,
         text_dropout: float = 0.0,
         i2v: I2VConfig | None = None,
+        start_frame: bool = False,
+        context_mask: bool = True,
         vae=None,
         autocast_dtype: torch.dtype | None = None,
     ):
@@ -73,7 +81,10 @@ class Conditioner:
         if i2v is not None and i2v.enabled and vae is None:
             raise ValueError("--i2v.mode needs the frozen VAE (--vae.kind, --vae.path)")
         self.num_classes, self.text_encoder, self.text_dropout = num_classes, text_encoder, text_dropout
+        if start_frame and vae is None:
+            raise ValueError("FlashI2V (--flashi2v) needs the frozen VAE (--vae.kind, --vae.path)")
         self.i2v = i2v if i2v is not None and i2v.enabled else None
+        self.start_frame, self.context_mask = start_frame, context_mask
         self.vae, self.autocast_dtype = vae, autocast_dtype
         if text_null is None and text_encoder is not None:
             null = text_encoder.null()  # TextEncoderConfig.null: T5("") or zeros (SAT)
@@ -112,6 +123,17 @@ class Conditioner:
             cond = Cond(
                 label=cond.label, context=cond.context, context_mask=cond.context_mask, image_latents=latents
             )
+        if self.start_frame:
+            from minivdit.models.flashi2v import start_frame_latents
+
+            if batch.video is None:
+                raise ValueError("--flashi2v needs the pixel clips in the batch (frame 0), not only latents")
+            on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
+                z_c = start_frame_latents(self.vae, batch.video[:, 0].to(device))  # [B, 1, C, h, w] fp32
+            cond = replace(cond, image_latents=z_c)
+        if not self.context_mask:
+            cond = replace(cond, context_mask=None)
         return cond
 
 

@@ -14,6 +14,20 @@ default ``targets``. Rank / alpha: CogVideo ``finetune`` 128 / 64 (l.75-76: our 
 CogVideo README) makes it tiny, the READMEs now advise r or r/2. On the 5B: 42 · 4 · r · (3072 + 3072)
 parameters, 132.1 M at r=128.
 
+Wan 2.1 (``minivdit.models.wan``, diffusers ``WanTransformer3DModel`` names). ``WAN_TARGETS``, what the
+Wan LoRA trainers adapt by default: q/k/v/o of self- *and* cross-attention in every block
+(``blocks.N.attn1|attn2.to_q|to_k|to_v|to_out.0``; finetrainers' ``--target_modules`` default
+``to_q to_k to_v to_out.0``, which PEFT suffix-matches in both attentions, as diffusers' own Wan LoRA tests
+do). ``WAN_TARGETS_FFN`` adds the FFN (``ffn.net.0.proj``, ``ffn.net.2``) and the I2V image projections
+(``attn2.add_k_proj``, ``add_v_proj``): musubi-tuner's Wan LoRA wraps every Linear of a block. On the
+1.3B (30 blocks, D 1536, FFN 8960) ``WAN_TARGETS`` is 30 · 8 · r · 2·1536 = 737 K · r parameters (47.2 M at
+r=64); on the 14B (40 blocks, D 5120) 40 · 8 · r · 2·5120 = 3.28 M · r. The regexes also match under a
+wrapper (``FlashI2V``: ``base.blocks.…``). Under ``FlashI2V`` the wrapper's own layers (φ's
+``learnable_proj``, ``fourier_embedding``: new, not pretrained) stay trainable (``apply_lora``), and the
+PEFT export / import names are the backbone's (``transformer.blocks.…``, ``peft_root``): those extra layers
+are no part of a diffusers LoRA file (a diffusers pipeline has no FlashI2V); save them with the trainer's
+checkpoint (``ckpt`` keeps every ``requires_grad`` parameter).
+
 Key layout. In the model a wrapped Linear ``X`` becomes ``X.base`` (the frozen ``nn.Linear``:
 ``X.base.weight``, ``X.base.bias``), ``X.lora_A.weight`` [r, in] and ``X.lora_B.weight`` [out, r];
 ``lora_state_dict`` holds only the LoRA keys (what the trainer checkpoints). The diffusers export
@@ -68,6 +82,12 @@ METADATA_KEY = "lora_adapter_metadata"  # diffusers LORA_ADAPTER_METADATA_KEY (l
 CONFIG_NAME = "adapter_config.json"  # PEFT CONFIG_NAME
 # diffusers train_cogvideox_lora.py / CogVideo finetune: target_modules ["to_q", "to_k", "to_v", "to_out.0"]
 DEFAULT_TARGETS = r".*attn1\.(to_q|to_k|to_v|to_out\.0)"
+# Wan (module docstring): q/k/v/o of self- and cross-attention (finetrainers' default target_modules); with
+# the FFN and the I2V image k/v projections (musubi-tuner: every Linear of a Wan block)
+WAN_TARGETS = r"(.*\.)?blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+WAN_TARGETS_FFN = (
+    r"(.*\.)?blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|attn2\.add_[kv]_proj|ffn\.net\.(0\.proj|2))"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +184,8 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig, *, dtype: torch.dtype | None = None) -> list[str]:
     """Wrap every ``nn.Linear`` whose qualified name ``re.fullmatch``-es ``cfg.targets`` in a LoRALinear,
-    freeze every other parameter, and return the wrapped names. ``rank=0``: nothing happens, ``[]``.
+    freeze every other parameter except a wrapper's own new layers (``FlashI2V``'s φ and Fourier embedding,
+    if trainable), and return the wrapped names. ``rank=0``: nothing happens, ``[]``.
     ``dtype``: the LoRA parameters' dtype (default: each base weight's; fp32 on a bf16 base keeps AdamW
     updates precise). Call on an unsharded model (before ``fully_shard``), on any device including ``meta``.
     ``ValueError`` if nothing matches (naming the regex), or if the model already has LoRA layers."""
@@ -184,14 +205,38 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, dtype: torch.dtype | None =
         )
     if sharded := [n for n in names if hasattr(linears[n].weight, "full_tensor")]:
         raise ValueError(f"apply_lora: {sharded[0]!r} is already sharded (DTensor); apply before fully_shard")
+    new = [p for p in _wrapper_parameters(model) if p.requires_grad]  # e.g. FlashI2V's φ: not pretrained
     model.requires_grad_(False)
     for name in names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, child, LoRALinear(linears[name], cfg.rank, cfg.alpha, cfg.dropout, dtype))
-    for p in lora_parameters(model):
+    for p in [*lora_parameters(model), *new]:
         p.requires_grad_(True)
     return names
+
+
+def _wrapper_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters a wrapper adds around a pretrained backbone (``FlashI2V``: every parameter outside its
+    ``.base``): new layers, trained in full also under LoRA."""
+    from minivdit.models.flashi2v import FlashI2V  # lazy: flashi2v does not import lora, but keep it light
+
+    out = {}
+    for m in model.modules():
+        if isinstance(m, FlashI2V):
+            inner = {id(p) for p in m.base.parameters()}
+            out |= {id(p): p for p in m.parameters() if id(p) not in inner}
+    return list(out.values())
+
+
+def peft_root(model: nn.Module) -> nn.Module:
+    """The module whose names a diffusers LoRA file uses: the backbone under a ``FlashI2V`` wrapper
+    (``base.blocks.0…`` → ``blocks.0…``, diffusers' ``transformer`` names), else the model itself."""
+    from minivdit.models.flashi2v import FlashI2V
+
+    while isinstance(model, FlashI2V):
+        model = model.base
+    return model
 
 
 @torch.no_grad()
@@ -258,8 +303,9 @@ def _uniform(layers: dict[str, LoRALinear]) -> tuple[int, float, float]:
 def to_peft_state_dict(model: nn.Module, prefix: str = "transformer", *, bake_scale: bool = False) -> dict:
     """``{prefix}.{X}.lora_A.weight`` / ``.lora_B.weight``: the layout of diffusers' pipeline LoRA files
     (``CogVideoXLoraLoaderMixin``); ``prefix=""`` gives the bare PEFT names (``get_peft_model_state_dict``).
-    Full, contiguous copies (DTensors gathered: a collective). ``bake_scale``: B multiplied by alpha / r."""
-    layers, out = lora_modules(model), {}
+    Full, contiguous copies (DTensors gathered: a collective). ``bake_scale``: B multiplied by alpha / r.
+    Names are ``peft_root``'s (the backbone's under FlashI2V)."""
+    layers, out = lora_modules(peft_root(model)), {}
     pre = f"{prefix}." if prefix else ""
     for name, m in layers.items():
         B = _full(m.lora_B.weight.detach())
@@ -273,7 +319,7 @@ def to_peft_state_dict(model: nn.Module, prefix: str = "transformer", *, bake_sc
 def peft_metadata(model: nn.Module, *, bake_scale: bool = False) -> dict:
     """The ``LoraConfig`` kwargs diffusers stores per component (``r``, ``lora_alpha``, ``target_modules`` as
     the exact wrapped names, ``lora_dropout``, ``bias``, ``init_lora_weights``), without the prefix."""
-    layers = lora_modules(model)
+    layers = lora_modules(peft_root(model))
     rank, alpha, dropout = _uniform(layers)
     return {
         "r": rank,
@@ -321,7 +367,8 @@ def from_peft_state_dict(
     missing / unexpected keys). Keys under ``prefix.`` are used, others ignored (another component's).
     ``metadata``: the file's ``LoraConfig`` kwargs (unprefixed); its ``lora_alpha / r`` is the file's scale,
     and without it the scale is 1 (diffusers' convention). B is rescaled when that differs from the layers'
-    alpha / r, so the output is the one diffusers computes."""
+    alpha / r, so the output is the one diffusers computes. Names are ``peft_root``'s."""
+    model = peft_root(model)
     pre = f"{prefix}." if prefix else ""
     sd = {k.removeprefix(pre): v for k, v in sd.items() if k.startswith(pre)}
     layers = lora_modules(model)
@@ -361,7 +408,9 @@ def read_peft(path: str | Path, prefix: str = "transformer") -> tuple[dict[str, 
 def load_peft(model: nn.Module, path: str | Path, *, prefix: str = "transformer") -> list[str]:
     """Load a diffusers LoRA file (ours or diffusers' ``save_lora_weights``) into ``model``. Without LoRA
     layers yet, ``apply_lora`` them first: rank from the tensors, alpha from the metadata (else alpha = rank:
-    diffusers' scale 1), targets = exactly the file's modules. Returns the LoRA layer names."""
+    diffusers' scale 1), targets = exactly the file's modules (of ``peft_root``: the backbone under
+    FlashI2V). Returns the LoRA layer names."""
+    model = peft_root(model)
     sd, meta = read_peft(path, prefix)
     pre = f"{prefix}." if prefix else ""
     names = sorted({k.removeprefix(pre).rsplit(".lora_", 1)[0] for k in sd if k.startswith(pre)})
@@ -415,6 +464,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "init_lora_weights", "lora_modules", "lora_parameters"]
+__all__ = ["LoRAConfig", "LoRALinear", "WAN_TARGETS", "WAN_TARGETS_FFN", "peft_root"]
+__all__ += ["apply_lora", "init_lora_weights", "lora_modules", "lora_parameters"]
 __all__ += ["lora_state_dict", "load_lora_state_dict", "to_peft_state_dict", "peft_metadata", "save_peft"]
 __all__ += ["from_peft_state_dict", "read_peft", "load_peft", "merge_lora", "merged_state_dict"]
