@@ -683,6 +683,17 @@ class _Request:
     pad: int
 
 
+def _check_prompts(cfg: SampleConfig, family: str) -> None:
+    """A text-conditioned request has prompts, and one negative prompt for all or one per prompt."""
+    if not cfg.prompt:
+        raise ValueError(f'{family} is text-conditioned: give --prompt "..." (one video per prompt)')
+    if len(cfg.negative_prompt) not in (0, 1, len(cfg.prompt)):
+        raise ValueError(
+            f"{len(cfg.negative_prompt)} --negative-prompt for {len(cfg.prompt)} --prompt: give one for all "
+            f"prompts or one per prompt"
+        )
+
+
 def _check_cogvideox_request(cfg: SampleConfig, mc) -> _Request:
     """Refuse what a CogVideoX model (config ``mc``) cannot sample, before any weight is loaded."""
     kind = "image-to-video" if mc.is_i2v else "text-to-video"
@@ -694,13 +705,7 @@ def _check_cogvideox_request(cfg: SampleConfig, mc) -> _Request:
         raise ValueError(
             f"--classes {cfg.classes}: CogVideoX is text-conditioned and takes no class label; give --prompt"
         )
-    if not cfg.prompt:
-        raise ValueError('CogVideoX is text-conditioned: give --prompt "..." (one video per prompt)')
-    if len(cfg.negative_prompt) not in (0, 1, len(cfg.prompt)):
-        raise ValueError(
-            f"{len(cfg.negative_prompt)} --negative-prompt for {len(cfg.prompt)} --prompt: give one for all "
-            f"prompts or one per prompt"
-        )
+    _check_prompts(cfg, "CogVideoX")
     if mc.is_i2v and cfg.image is None:
         raise ValueError(
             f"this CogVideoX is {kind} (in_channels {mc.in_channels} = 2 x out_channels): give --image FILE"
@@ -969,13 +974,7 @@ def _check_wan_request(cfg: SampleConfig, mc, vc) -> _Request:
             raise ValueError(f"--{name.replace('_', '-')} is not for Wan (text, and an image for I2V)")
     if cfg.sampler not in (None, "unipc", "euler"):
         raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
-    if not cfg.prompt:
-        raise ValueError('Wan is text-conditioned: give --prompt "..." (one video per prompt)')
-    if len(cfg.negative_prompt) not in (0, 1, len(cfg.prompt)):
-        raise ValueError(
-            f"{len(cfg.negative_prompt)} --negative-prompt for {len(cfg.prompt)} --prompt: give one for all "
-            f"prompts or one per prompt"
-        )
+    _check_prompts(cfg, "Wan")
     if mc.is_i2v and cfg.image is None:
         raise ValueError(
             f"this Wan is {kind} (in_channels {mc.in_channels}, image_dim {mc.image_dim}): give --image FILE"

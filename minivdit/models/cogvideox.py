@@ -521,6 +521,32 @@ def weight_files(folder: Path) -> list[Path]:
     return shards
 
 
+def assign_weights(
+    model: nn.Module, folder: Path, shards: list[Path], what: str, *, cast, ignore=lambda key: False
+) -> None:
+    """Assign the tensors of ``shards`` into the meta-built ``model``, strictly: keys and shapes are compared
+    from the files' headers first (``ValueError`` naming ``folder`` and ``what``, listing the missing and
+    unexpected keys and the shape mismatches), then each shard is read, ``cast(key, tensor)`` and assigned
+    (no second copy). Keys for which ``ignore(key)`` holds are skipped on both sides. Used by every diffusers
+    transformer port (this file, ``models/wan.py``)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not ignore(k)}
+    have = {}
+    for shard in shards:  # headers only
+        with safe_open(str(shard), framework="pt") as f:
+            have |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not ignore(k)}  # noqa: SIM118
+    missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    problems = [f"missing keys {missing}"] if missing else []
+    problems += [f"unexpected keys {unexpected}"] if unexpected else []
+    problems += [f"{k}: {have[k]} in file vs {s}" for k, s in want.items() if have.get(k, s) != s]
+    if problems:
+        raise ValueError(f"{folder}: weights do not match {what}: " + "; ".join(problems))
+    for shard in shards:
+        with safe_open(str(shard), framework="pt", device="cpu") as f:
+            state = {k: cast(k, f.get_tensor(k)) for k in f.keys() if not ignore(k)}  # noqa: SIM118
+        model.load_state_dict(state, strict=False, assign=True)  # strictness: checked above
+        del state
+
+
 # --------------------------------------------------------------------------- the model
 class CogVideoXTransformer(nn.Module):
     """``forward(x_t [B,F,C,H,W], t_model [B], cond: Cond(context, image_latents?), *, tap) -> DiTOutput``."""
@@ -657,22 +683,9 @@ class CogVideoXTransformer(nn.Module):
         shards = weight_files(folder)
         with torch.device("meta"):  # no init: every persistent tensor is assigned below
             model = cls(cfg)
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        have = {}
-        for shard in shards:  # headers only
-            with safe_open(str(shard), framework="pt") as f:
-                have |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-        missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-        problems = [f"missing keys {missing}"] if missing else []
-        problems += [f"unexpected keys {unexpected}"] if unexpected else []
-        problems += [f"{k}: {have[k]} in file vs {s}" for k, s in want.items() if have.get(k, s) != s]
-        if problems:
-            raise ValueError(f"{folder}: weights do not match {CLASS_NAME}({cfg}): " + "; ".join(problems))
-        for shard in shards:
-            with safe_open(str(shard), framework="pt", device="cpu") as f:
-                state = {k: f.get_tensor(k).to(device=device, dtype=dtype) for k in f.keys()}  # noqa: SIM118
-            model.load_state_dict(state, strict=False, assign=True)  # strictness: checked above
-            del state
+        assign_weights(
+            model, folder, shards, f"{CLASS_NAME}({cfg})", cast=lambda k, t: t.to(device=device, dtype=dtype)
+        )
         pe = model.patch_embed
         if pe.pos_embedding is not None and pe.pos_embedding.is_meta:  # the sin-cos table is not in files
             pe.pos_embedding = torch.empty_like(pe.pos_embedding, device=device, dtype=dtype)

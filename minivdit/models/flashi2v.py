@@ -340,14 +340,6 @@ class FlashI2V(nn.Module):
     def grad_checkpointing(self, on: bool) -> None:
         self.base.grad_checkpointing = on
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The base's repeated blocks, for ``minivdit.dist.block_list`` (the FSDP2, compile and checkpointing
-        units): a property, so they stay registered once, under ``base``."""
-        from minivdit.dist import block_list  # lazy: models/ imports no trainer module at load
-
-        return block_list(self.base)
-
     def null_cond(self, cond: Cond) -> Cond:
         """The base's unconditional ``Cond``; the start frame stays (the reference guides the text only)."""
         return self.base.null_cond(cond)

@@ -77,13 +77,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from safetensors import safe_open
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from minivdit.config import check_types
 from minivdit.models.attention import BACKENDS, Backend, attention
-from minivdit.models.cogvideox import weight_files
+from minivdit.models.cogvideox import assign_weights, weight_files
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
 
@@ -605,27 +604,14 @@ class WanTransformer(nn.Module):
         shards = weight_files(folder)
         with torch.device("meta"):  # no init: every tensor is assigned below (nothing positional is stored)
             model = cls(cfg)
-        ignored = lambda k: any(re.search(p, k) for p in IGNORED_KEYS)
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        have = {}
-        for shard in shards:  # headers only
-            with safe_open(str(shard), framework="pt") as f:
-                have |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not ignored(k)}  # noqa: SIM118
-        missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-        problems = [f"missing keys {missing}"] if missing else []
-        problems += [f"unexpected keys {unexpected}"] if unexpected else []
-        problems += [f"{k}: {have[k]} in file vs {s}" for k, s in want.items() if have.get(k, s) != s]
-        if problems:
-            raise ValueError(f"{folder}: weights do not match {CLASS_NAME}({cfg}): " + "; ".join(problems))
-        for shard in shards:
-            with safe_open(str(shard), framework="pt", device="cpu") as f:
-                state = {
-                    k: f.get_tensor(k).to(device=device, dtype=load_dtype(k, dtype))
-                    for k in f.keys()  # noqa: SIM118
-                    if not ignored(k)
-                }
-            model.load_state_dict(state, strict=False, assign=True)  # strictness: checked above
-            del state
+        assign_weights(
+            model,
+            folder,
+            shards,
+            f"{CLASS_NAME}({cfg})",
+            cast=lambda k, t: t.to(device=device, dtype=load_dtype(k, dtype)),
+            ignore=lambda k: any(re.search(p, k) for p in IGNORED_KEYS),
+        )
         return model.eval()
 
 
