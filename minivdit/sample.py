@@ -128,7 +128,7 @@ from minivdit.models.cond import Cond
 from minivdit.models.dit import CLASS_NAME as DIT_CLASS_NAME
 from minivdit.models.dit import WEIGHTS_NAME as DIT_WEIGHTS_NAME
 from minivdit.models.dit import DiTConfig, VDiT
-from minivdit.models.vae import VAEConfig, build_vae
+from minivdit.models.vae import PixelSpace, VAEConfig, build_vae
 from minivdit.objectives.ddpm import DDPM, DDPMConfig, dynamic_cfg_scale
 from minivdit.objectives.flow import Flow, FlowConfig
 
@@ -201,6 +201,35 @@ def label_cond(model: torch.nn.Module, labels: Tensor | None) -> tuple[Cond, Con
         raise ValueError(f"sample labels must be in [0, {num_classes}), got {labels.tolist()}")
     cond = Cond(label=labels)
     return cond, model.null_cond(cond)
+
+
+@torch.no_grad()
+def start_frame_cond(
+    model: torch.nn.Module,
+    labels: Tensor | None,
+    images: Tensor,
+    vae: torch.nn.Module,
+    *,
+    flashi2v: bool,
+    num_frames: int,
+) -> tuple[Cond, Cond | None]:
+    """``(cond, null)`` of an image-to-video V-DiT: class ``labels`` (or None) and the start frames
+    ``images`` [B, 3, H, W] in [−1, 1], as the model takes them: FlashI2V's start-frame latent
+    (``models.flashi2v.start_frame_latents``) or the channel-concat condition of a ``num_frames`` clip
+    (``conditioning.i2v.inference_condition``), both encoded by ``vae`` (``models.vae.PixelSpace`` in pixel
+    space). Guidance acts on the label only: the null keeps the image, as FlashI2V's sampler and the
+    CogVideoX-I2V pipeline (both feed the image latents to the unconditional branch)."""
+    from minivdit.conditioning.i2v import inference_condition
+    from minivdit.models.flashi2v import start_frame_latents
+
+    cond, null = label_cond(model, labels)
+    if flashi2v:
+        latents = start_frame_latents(vae, images)  # [B, 1, C, h, w]
+    else:
+        latents = inference_condition(images, vae, num_frames)  # [B, F', C, h, w], zeros after frame 0
+    cond = dataclasses.replace(cond, image_latents=latents)
+    null = dataclasses.replace(null, image_latents=latents) if null is not None else None
+    return cond, null
 
 
 @torch.no_grad()
@@ -327,8 +356,9 @@ class SampleConfig:
     """CogVideoX: the unconditional text without ``--negative-prompt``: "empty" T5("") (the diffusers
     pipelines) or "zeros" (SAT); default: the run's ``text.null``, "empty" with ``--pretrained``."""
     image: str | None = None
-    """CogVideoX-I2V / Wan-I2V: the condition image (PNG/JPG), resized to cover ``size`` and centre-cropped
-    (Wan: its CLIP tokens from the file as read)."""
+    """CogVideoX-I2V / Wan-I2V / an image-to-video V-DiT run (``--i2v.mode``, ``--flashi2v``): the condition
+    image (PNG/JPG), resized to cover ``size`` (a V-DiT: its frame size) and centre-cropped (Wan: its CLIP
+    tokens from the file as read); a V-DiT starts every video from it, one per ``--classes`` label."""
     frame_index: int = 0
     """CogVideoX-I2V: the pixel frame the image conditions (0 = the first frame, as the pipeline; > 0 =
     anyframe)."""
@@ -422,11 +452,14 @@ def _read_run(ckpt: str | Path) -> tuple[Path, dict]:
 
 
 def _model_config(run_cfg: dict):
-    """The run's backbone config: a ``CogVideoXConfig`` or a ``DiTConfig`` (by its ``_type`` tag)."""
+    """The run's backbone config: a ``CogVideoXConfig``, a ``WanConfig`` or a ``DiTConfig`` (by its
+    ``_type`` tag)."""
     from minivdit.models.cogvideox import CogVideoXConfig
+    from minivdit.models.wan import WanConfig
 
     d = run_cfg["model"]
-    return from_dict(CogVideoXConfig if d.get("_type") == "CogVideoXConfig" else DiTConfig, d)
+    kinds = {"CogVideoXConfig": CogVideoXConfig, "WanConfig": WanConfig}
+    return from_dict(kinds.get(d.get("_type"), DiTConfig), d)
 
 
 def _weights_file(ckpt_dir: Path, use_ema: bool) -> Path:
@@ -452,9 +485,12 @@ def load_run(
 
     A LoRA run (meta.json ``"weights": "trainable"``) is rebuilt as it trained: ``apply_lora`` with the
     run's LoRA config, the base from the run's ``pretrained`` folder (``dist.load_pretrained``), then the
-    adapters of the checkpoint. ``dtype``: the CogVideoX weights' dtype (V-DiT weights stay fp32)."""
+    adapters of the checkpoint. A FlashI2V run (``config["flashi2v"]``) comes back wrapped in ``FlashI2V``,
+    its LoRA (if any) inside the backbone, as the trainer built it. ``dtype``: the CogVideoX and Wan weights'
+    dtype (V-DiT weights stay fp32)."""
     from minivdit import ckpt as ckpt_mod
     from minivdit.models.cogvideox import CogVideoXConfig
+    from minivdit.models.wan import WanConfig
 
     ckpt_dir, meta = _read_run(ckpt)
     run_cfg = meta["config"]
@@ -469,11 +505,22 @@ def load_run(
     weights = _weights_file(ckpt_dir, use_ema)
     with torch.device("meta"):
         model = _import_class(meta.get("model_class"))(model_cfg)
-    if isinstance(model_cfg, CogVideoXConfig):
-        _load_cogvideox_run(model, run_cfg, meta, weights, device, dtype)
+    text_to_video = isinstance(model_cfg, (CogVideoXConfig, WanConfig))
+    lora = _run_lora(run_cfg, meta, weights) if text_to_video else None
+    if lora is not None:  # before the wrapper, as the trainer (build_models): keys base.<...>.lora_A
+        from minivdit.models.lora import apply_lora
+
+        apply_lora(model, lora)
+    if isinstance(run_cfg.get("flashi2v"), dict):  # the trainer wrapped the backbone (TrainConfig.flashi2v)
+        from minivdit.models.flashi2v import FlashI2V, FlashI2VConfig
+
+        with torch.device("meta"):
+            model = FlashI2V(model, from_dict(FlashI2VConfig, run_cfg["flashi2v"]))
+    if text_to_video:
+        _load_transformer_run(model, run_cfg, lora, weights, device, dtype)
     else:
         model.to_empty(device=device)
-        model.reset_buffers()
+        getattr(model, "base", model).reset_buffers()  # the backbone's tables (inside FlashI2V, if wrapped)
         ckpt_mod.load_weights(model, weights)
     model.eval()
     vae_dict = run_cfg.get("vae")
@@ -483,35 +530,45 @@ def load_run(
     return model, objective, vae, run_cfg | {"_ckpt": str(ckpt_dir)}
 
 
-def _load_cogvideox_run(
-    model: torch.nn.Module, run_cfg: dict, meta: dict, weights: Path, device: torch.device, dtype: torch.dtype
+def _run_lora(run_cfg: dict, meta: dict, weights: Path):
+    """The run's ``LoRAConfig`` when its checkpoint holds only the trained weights (``weights ==
+    "trainable"``: the adapters, and FlashI2V's layers), else None (every weight is in the checkpoint)."""
+    from minivdit.models.lora import LoRAConfig
+
+    if meta.get("weights", "all") != "trainable":
+        return None
+    lora = from_dict(LoRAConfig, run_cfg["lora"]) if run_cfg.get("lora") else LoRAConfig()
+    if not lora.enabled:
+        raise ValueError(f"{weights.parent}: holds only trained weights but the run has no LoRA config")
+    return lora
+
+
+def _load_transformer_run(
+    model: torch.nn.Module, run_cfg: dict, lora, weights: Path, device: torch.device, dtype: torch.dtype
 ) -> None:
-    """Fill a meta-built CogVideoX transformer from a run's checkpoint: every weight (a full fine-tune), or
-    the run's ``pretrained`` base + LoRA adapters (``weights == "trainable"``)."""
+    """Fill a meta-built CogVideoX or Wan transformer (FlashI2V-wrapped or not) from a run's checkpoint:
+    every weight (a full fine-tune), or the run's ``pretrained`` base + the trained weights (``lora`` set:
+    the adapters, and FlashI2V's layers)."""
     from minivdit import ckpt as ckpt_mod
     from minivdit import dist
-    from minivdit.models.lora import LoRAConfig, apply_lora
 
-    lora = from_dict(LoRAConfig, run_cfg["lora"]) if run_cfg.get("lora") else LoRAConfig()
-    trainable = meta.get("weights", "all") == "trainable"
-    if trainable:
-        if not lora.enabled:
-            raise ValueError(f"{weights.parent}: holds only trained weights but the run has no LoRA config")
+    backbone = getattr(model, "base", model)
+    if lora is not None:
         base = run_cfg.get("pretrained")
         if not base or not Path(base).is_dir():
             raise ValueError(
                 f"{weights.parent}: a LoRA checkpoint (adapters only), but its run's base folder (pretrained="
                 f"{base!r} in config.json) is not there"
             )
-        apply_lora(model, lora)
     model.to(dtype)  # on meta: no memory
     model.to_empty(device=device)
-    if trainable:
-        dist.load_pretrained(model, base)  # the base, shard by shard (ValueError naming a missing folder)
+    if hasattr(backbone, "reset_buffers"):  # CogVideoX's position tables (Wan stores nothing positional)
+        backbone.reset_buffers()
+    if lora is not None:
+        dist.load_pretrained(backbone, base)  # the base, shard by shard (ValueError naming a missing folder)
         ckpt_mod.load_weights(model, weights, keys=ckpt_mod.trainable_keys(model))  # the adapters
         log.info(f"sampling the LoRA adapters of {weights} (rank {lora.rank}) on the base {base}")
     else:
-        model.reset_buffers()
         ckpt_mod.load_weights(model, weights)
 
 
@@ -959,10 +1016,10 @@ def _wan_vae_config(folder: Path):
     return WanVAEConfig.from_diffusers_config(json.loads(path.read_text()))
 
 
-def _check_wan_request(cfg: SampleConfig, mc, vc) -> _Request:
-    """Refuse what a Wan transformer (config ``mc``) with its VAE (config ``vc``) cannot sample, before any
-    weight is loaded."""
-    kind = "image-to-video" if mc.is_i2v else "text-to-video"
+def _check_wan_request(cfg: SampleConfig, mc, vc, *, flashi2v: bool = False) -> _Request:
+    """Refuse what a Wan transformer (config ``mc``; ``flashi2v``: wrapped by a FlashI2V run) with its VAE
+    (config ``vc``) cannot sample, before any weight is loaded."""
+    kind = "image-to-video" if mc.is_i2v or flashi2v else "text-to-video"
     wrong = dict(
         classes=cfg.classes,
         frame_index=cfg.frame_index,
@@ -975,11 +1032,13 @@ def _check_wan_request(cfg: SampleConfig, mc, vc) -> _Request:
     if cfg.sampler not in (None, "unipc", "euler"):
         raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
     _check_prompts(cfg, "Wan")
+    if flashi2v and cfg.image is None:
+        raise ValueError(f"--ckpt {cfg.ckpt} trained FlashI2V ({kind}): give --image FILE, the start frame")
     if mc.is_i2v and cfg.image is None:
         raise ValueError(
             f"this Wan is {kind} (in_channels {mc.in_channels}, image_dim {mc.image_dim}): give --image FILE"
         )
-    if not mc.is_i2v and cfg.image is not None:
+    if not (mc.is_i2v or flashi2v) and cfg.image is not None:
         raise ValueError(f"--image {cfg.image}: this Wan is {kind} (in_channels {mc.in_channels})")
     r, s = vc.temporal_compression, vc.spatial_compression
     if mc.concat_channels not in (0, r + vc.z_dim) or mc.out_channels != vc.z_dim:
@@ -1017,9 +1076,35 @@ def wan_image_condition(vae: torch.nn.Module, image: Tensor, num_frames: int) ->
     return torch.cat([mask, latents], dim=2)
 
 
+def _wan_run(cfg: SampleConfig):
+    """What a Wan ``--ckpt`` request samples with, read from the run's config (no weights loaded): the
+    transformer config, the VAE config, the text encoder config, the flow config (the run's, with
+    ``--sampler`` / ``--flow-shift``), the default steps and guidance (the run's ``sample.*``) and whether the
+    run trained FlashI2V."""
+    from minivdit.models.vae import vae_folder
+    from minivdit.models.vae.wan import WanVAEConfig
+
+    _, meta = _read_run(cfg.ckpt)
+    run_cfg = meta["config"]
+    mc = _model_config(run_cfg)
+    vae_cfg = from_dict(VAEConfig, run_cfg["vae"])
+    vc = WanVAEConfig.from_diffusers_config(json.loads((vae_folder(vae_cfg) / "config.json").read_text()))
+    flow_cfg = from_dict(FlowConfig, run_cfg["objective"])
+    if cfg.sampler is not None:
+        flow_cfg = dataclasses.replace(flow_cfg, sampler=cfg.sampler)
+    if cfg.flow_shift is not None:
+        flow_cfg = dataclasses.replace(flow_cfg, shift=cfg.flow_shift)
+    sample = run_cfg.get("sample", {})
+    flashi2v = isinstance(run_cfg.get("flashi2v"), dict)
+    return mc, vc, _text_config(cfg, mc, run_cfg), flow_cfg, sample, flashi2v
+
+
 def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
-    """The latents ``[B, F', C, h, w]`` of a Wan ``--pretrained`` request (module docstring), the VAE that
-    decodes them, and a record of what made them."""
+    """The latents ``[B, F', C, h, w]`` of a Wan request (module docstring), the VAE that decodes them, and
+    a record of what made them: a diffusers Wan folder (``--pretrained``), or a Wan training run
+    (``--ckpt``: its weights, full or LoRA on its ``pretrained`` base, its VAE, text encoder, flow and
+    ``sample.*`` settings; a FlashI2V run starts every video from ``--image``, encoded alone as its start
+    frame, ``models.flashi2v.start_frame_latents``)."""
     from PIL import Image
 
     from minivdit.conditioning.clip_image import CLIPImageEncoder, ImageEncoderConfig
@@ -1027,15 +1112,19 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     from minivdit.models.vae.wan import WanVAE
     from minivdit.models.wan import WanConfig, WanTransformer, pretrained_folder
 
+    device = torch.device(cfg.device)
     if cfg.ckpt is not None:
-        raise ValueError("sample_wan samples a diffusers Wan folder: give --pretrained FOLDER")
-    folder, device = Path(cfg.pretrained), torch.device(cfg.device)
-    mc = WanConfig.from_json(pretrained_folder(folder) / "config.json")
-    req = _check_wan_request(cfg, mc, _wan_vae_config(folder))
-    flow_cfg = wan_flow_config(folder, sampler=cfg.sampler, flow_shift=cfg.flow_shift)
-    text_cfg = TextEncoderConfig.wan(
-        cfg.text_encoder or str(folder), dtype=cfg.text_dtype or "bfloat16", null=cfg.text_null or "empty"
-    )
+        mc, vc, text_cfg, flow_cfg, run_sample, flashi2v = _wan_run(cfg)
+        folder = None
+    else:
+        folder, run_sample, flashi2v = Path(cfg.pretrained), {}, False
+        mc = WanConfig.from_json(pretrained_folder(folder) / "config.json")
+        vc = _wan_vae_config(folder)
+        flow_cfg = wan_flow_config(folder, sampler=cfg.sampler, flow_shift=cfg.flow_shift)
+        text_cfg = TextEncoderConfig.wan(
+            cfg.text_encoder or str(folder), dtype=cfg.text_dtype or "bfloat16", null=cfg.text_null or "empty"
+        )
+    req = _check_wan_request(cfg, mc, vc, flashi2v=flashi2v)
 
     # one model in memory at a time: UMT5-XXL (11 GB in bf16), CLIP, then the VAE and the transformer
     prompts, B = list(cfg.prompt), len(cfg.prompt)
@@ -1048,19 +1137,30 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     image_context = None
     if mc.image_dim is not None:  # the CLIP tokens of the file as read (encode_image gets the PIL image,
         # RGB as diffusers.utils.load_image converts it), not of the resized one
+        if folder is None:
+            raise ValueError(f"--ckpt {cfg.ckpt}: sampling a Wan2.1-I2V run is not supported (none trains)")
         clip = CLIPImageEncoder(ImageEncoderConfig(path=str(folder))).to(device)
         with Image.open(cfg.image) as im:
             image_context = clip.encode(im.convert("RGB")).float().expand(B, -1, -1)  # [B, Li, Di]
         del clip
-    vae = WanVAE.from_pretrained(folder).to(device)
-    image_latents = None
-    if mc.concat_channels:
-        image = load_image(cfg.image, (req.height, req.width)).to(device)
-        with torch.no_grad():
-            image_latents = wan_image_condition(vae, image, req.num_frames).expand(B, -1, -1, -1, -1)
 
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
+    if folder is not None:
+        vae = WanVAE.from_pretrained(folder).to(device)
+        model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
+    else:
+        model, _, vae, run = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device, dtype=dtype)
+    image_latents = None
+    if mc.concat_channels or flashi2v:
+        image = load_image(cfg.image, (req.height, req.width)).to(device)
+        with torch.no_grad():
+            if flashi2v:  # z_c: the start frame encoded alone, the posterior mean whatever the run trained
+                # with (FlashI2V's pipeline; models.flashi2v.start_frame_latents with sample_posterior=False)
+                z_c = vae.encode(image[:, None], sample=False).float()  # [1, 1, C, h, w]
+                image_latents = z_c.expand(B, -1, -1, -1, -1)
+            else:
+                image_latents = wan_image_condition(vae, image, req.num_frames).expand(B, -1, -1, -1, -1)
+
     s = vae.spatial_compression
     noise = []
     for i in range(B):  # the pipelines' draw: [1, C, F', h, w] from a generator seeded seed + i
@@ -1073,10 +1173,11 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     null = cond.null(context=null_text)  # the image condition is kept (the pipelines: text-only guidance)
     if negative is not None:  # one per sample (a single one repeated)
         null = dataclasses.replace(null, context=negative.expand(B, -1, -1))
-    cfg_scale = WAN_CFG_SCALE if cfg.cfg_scale is None else cfg.cfg_scale
+    default_scale = run_sample.get("cfg_scale", WAN_CFG_SCALE)
+    cfg_scale = default_scale if cfg.cfg_scale is None else cfg.cfg_scale
     # the pipelines guide only when guidance_scale > 1 (do_classifier_free_guidance)
     null = null if cfg_scale > 1.0 else None
-    steps = cfg.steps or (WAN_I2V_STEPS if mc.is_i2v else DEFAULT_STEPS)
+    steps = cfg.steps or run_sample.get("steps") or (WAN_I2V_STEPS if mc.is_i2v else DEFAULT_STEPS)
     objective, out = Flow(flow_cfg), []
     for start in range(0, B, cfg.batch_size):
         rows = slice(start, start + cfg.batch_size)
@@ -1095,9 +1196,10 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
                 precision=cfg.precision,
             ).cpu()
         )
+    kind = ("wan-i2v" if mc.is_i2v else "wan-t2v") + ("+flashi2v" if flashi2v else "")
     record = {
-        "pretrained": str(folder),
-        "model": "wan-i2v" if mc.is_i2v else "wan-t2v",
+        **({"pretrained": str(folder)} if folder is not None else {"ckpt": run["_ckpt"]}),
+        "model": kind,
         "sampler": flow_cfg.sampler,
         "flow_shift": flow_cfg.shift,
         "prompts": prompts,
@@ -1139,6 +1241,14 @@ def _sample_text(cfg: SampleConfig, *, wan: bool = False) -> Path:
     return out["dir"]
 
 
+def _is_wan_run(cfg: SampleConfig) -> bool:
+    """``--ckpt`` names a Wan training run (a run folder or one of its checkpoints)."""
+    if cfg.ckpt is None or vdit_pretrained_folder(cfg.ckpt, "--ckpt") is not None:
+        return False
+    _, meta = _read_run(cfg.ckpt)
+    return meta["config"]["model"].get("_type") == "WanConfig"
+
+
 def _is_cogvideox(cfg: SampleConfig) -> bool:
     if cfg.pretrained is not None:
         folder = Path(cfg.pretrained)
@@ -1156,14 +1266,14 @@ def sample(cfg: SampleConfig) -> Path:
     """Load the run's config and weights (or a diffusers CogVideoX folder, or a V-DiT pretrained folder),
     sample, write videos; returns the output folder."""
     source, flag = (cfg.pretrained, "--pretrained") if cfg.ckpt is None else (cfg.ckpt, "--ckpt")
-    if cfg.pretrained is not None and is_wan_folder(cfg.pretrained):
+    if (cfg.pretrained is not None and is_wan_folder(cfg.pretrained)) or _is_wan_run(cfg):
         _refuse_vdit_flags(cfg, "a Wan model")
         return _sample_text(cfg, wan=True)
     folder = vdit_pretrained_folder(source, flag)  # None: a run, a checkpoint or a CogVideoX folder
     if folder is None and _is_cogvideox(cfg):
         _refuse_vdit_flags(cfg, "a CogVideoX model")
         return _sample_text(cfg)
-    cogvideox_only = dict(prompt=cfg.prompt, image=cfg.image, text_encoder=cfg.text_encoder, size=cfg.size)
+    cogvideox_only = dict(prompt=cfg.prompt, text_encoder=cfg.text_encoder, size=cfg.size)
     cogvideox_only |= dict(
         num_frames=cfg.num_frames, frame_index=cfg.frame_index, snr_shift_scale=cfg.snr_shift_scale
     )
@@ -1174,6 +1284,7 @@ def sample(cfg: SampleConfig) -> Path:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} is for CogVideoX; this run is a V-DiT (class labels: --classes)")
     device = torch.device(cfg.device)
+    run_cfg = {}
     if folder is None:
         _refuse_vdit_flags(cfg, "a run")
         model, objective, vae, run_cfg = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device)
@@ -1197,10 +1308,38 @@ def sample(cfg: SampleConfig) -> Path:
         labels = None
     n = len(labels) if labels is not None else cfg.num
     shape = (n, model_cfg.num_frames, model_cfg.in_channels, *model_cfg.input_size)
+    flashi2v = isinstance(run_cfg.get("flashi2v"), dict)
+    cond = null = None
+    if flashi2v or model_cfg.cond_channels:  # an image-to-video V-DiT run: every video from --image
+        if cfg.image is None:
+            raise ValueError(
+                f"--ckpt {cfg.ckpt} is an image-to-video V-DiT "
+                f"({'FlashI2V' if flashi2v else 'channel concat'}"
+                "): give --image, the start frame of every video"
+            )
+        s = vae.spatial_compression if vae is not None else 1
+        H, W = (s * side for side in model_cfg.input_size)
+        image = load_image(cfg.image, (H, W)).expand(n, -1, -1, -1)  # [n, 3, H, W]
+        num_frames = run_cfg.get("data", {}).get("num_frames", model_cfg.num_frames)  # pixel frames
+        cond, null = start_frame_cond(
+            model,
+            labels.to(device) if labels is not None else None,
+            image.to(device),
+            vae if vae is not None else PixelSpace(),
+            flashi2v=flashi2v,
+            num_frames=num_frames,
+        )
+    elif cfg.image is not None:
+        raise ValueError(
+            "--image is for CogVideoX-I2V, Wan-I2V and image-to-video runs; this run is a V-DiT without an "
+            "image condition (one trained with --i2v.mode first or --flashi2v takes it)"
+        )
     videos = generate(
         model,
         objective,
-        labels=labels,
+        labels=labels if cond is None else None,
+        cond=cond,
+        null=null,
         shape=shape,
         steps=cfg.steps or DEFAULT_STEPS,
         cfg_scale=1.0 if cfg.cfg_scale is None else cfg.cfg_scale,
@@ -1215,9 +1354,11 @@ def sample(cfg: SampleConfig) -> Path:
     if labels is not None:
         names = [str(int(y)) for y in labels]
         if dataset == "synthetic":
-            from minivdit.data.synthetic import CLASS_NAMES
+            from minivdit.data.synthetic import CLASS_NAMES, MOTION_NAMES
 
-            names = [f"{int(y)}: {CLASS_NAMES[int(y)]}" for y in labels]
+            split = run_cfg["data"].get("synthetic_split", "all")
+            table = CLASS_NAMES if split == "all" else MOTION_NAMES
+            names = [f"{int(y)}: {table[int(y)]}" for y in labels]
     out = write_samples(Path(cfg.out), videos, names)
     print(f"wrote {n} samples to {out['dir'].resolve()} (per-video mp4, grid.mp4, grid.gif, contact.png)")
     return out["dir"]

@@ -51,12 +51,12 @@ from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pre
 from minivdit.models.dit import DiTConfig, VDiT, num_params
 from minivdit.models.flashi2v import FlashI2V, FlashI2VConfig
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights
-from minivdit.models.vae import VAEConfig, build_vae
+from minivdit.models.vae import PixelSpace, VAEConfig, build_vae
 from minivdit.models.wan import WanConfig, WanTransformer
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
 from minivdit.objectives.flow import Flow, FlowConfig
 from minivdit.preempt import EXIT_PREEMPTED, Preempted, PreemptionHandler, check_signal_names
-from minivdit.sample import decode_latents, generate, write_samples
+from minivdit.sample import decode_latents, generate, start_frame_cond, write_samples
 from minivdit.validate import ValidationConfig, Validator
 
 log = logging.getLogger("minivdit")
@@ -194,9 +194,10 @@ class TrainConfig:
     (``minivdit/models/cogvideox.py``) or the Wan2.1 transformer (``minivdit/models/wan.py``); the recipe
     picks the class, the CLI tweaks its fields."""
     flashi2v: FlashI2VConfig | None = None
-    """FlashI2V (``minivdit/models/flashi2v.py``) around a text-to-video backbone: latent shift by φ(z_c) and
-    Fourier guidance from the clip's frame 0 encoded alone (``start_frame_latents``); its layers are trained
-    with the backbone. None: off."""
+    """FlashI2V (``minivdit/models/flashi2v.py``) around a text-to-video backbone (Wan, CogVideoX) or a V-DiT:
+    latent shift by φ(z_c) and Fourier guidance from the clip's frame 0 encoded alone
+    (``start_frame_latents``; as pixels when ``vae.kind`` is none); its layers are trained with the backbone.
+    None: off."""
     pretrained: str | None = None
     """Weights the model starts from: a diffusers CogVideoX or Wan folder (the pipeline folder or its
     ``transformer/``) or a V-DiT folder (``tools/convert_weights.py latte``), loaded shard by shard into the
@@ -281,18 +282,32 @@ class TrainConfig:
             self._check_wan()
             self._check_flashi2v()
             return
-        if self.flashi2v is not None:
-            raise ValueError(
-                "--flashi2v is for text-to-video transformers (Wan, CogVideoX); this run trains a V-DiT"
-            )
+        self._check_flashi2v()
         if self.validation.enabled:
             raise ValueError(
                 "--validation.prompts is for text-conditioned (CogVideoX) runs; a V-DiT samples its class "
                 "grid every --sample-every steps"
             )
-        if self.lora.enabled or self.i2v.enabled:
+        if self.lora.enabled:
             raise ValueError(
-                "--lora.rank > 0 and --i2v.mode are for the CogVideoX transformer; this run trains a V-DiT"
+                "--lora.rank > 0 is for the CogVideoX and Wan transformers; this run trains a V-DiT"
+            )
+        if self.model.is_i2v != self.i2v.enabled or self.model.cond_channels not in (
+            0,
+            self.model.in_channels,
+        ):
+            # channel-concat I2V on a V-DiT: the condition is the frame in the model's own space (pixels or
+            # the VAE's latents), so it has the model's channels
+            raise ValueError(
+                f"channel-concat image-to-video on a V-DiT needs both --i2v.mode first (or anyframe) and "
+                f"--model.cond-channels {self.model.in_channels} (= model.in_channels); got --i2v.mode "
+                f"{self.i2v.mode!r} and model.cond_channels={self.model.cond_channels}"
+            )
+        if (self.i2v.enabled or self.flashi2v is not None) and self.eval is not None:
+            raise ValueError(
+                "--eval samples class-conditional clips without a start frame; an image-to-video V-DiT "
+                "(--i2v.mode, --flashi2v) is measured by tools/ablate_flashi2v.py (docs/ablations/"
+                "flashi2v.md): set --eval None"
             )
         if self.vae.kind == "none" and self.model.in_channels != 3:
             raise ValueError(
@@ -653,7 +668,16 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
     text encoder or the shards' cached text with caption dropout, and the I2V condition or FlashI2V's start
     frame."""
     if not isinstance(cfg.model, (CogVideoXConfig, WanConfig)):
-        return None
+        if not (cfg.i2v.enabled or cfg.flashi2v is not None):
+            return None
+        # an image-to-video V-DiT: labels, and the start frame through the VAE (or as pixels)
+        return Conditioner(
+            num_classes=cfg.model.num_classes,
+            i2v=cfg.i2v,
+            start_frame=cfg.flashi2v is not None,
+            vae=vae if vae is not None else PixelSpace(),
+            autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+        )
     encoder = build_text_encoder(cfg.text)
     if encoder is not None:
         encoder = encoder.to(ctx.device)
@@ -1178,7 +1202,15 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
                 )
         elif due:
             _sample_grid(
-                cfg, sampler, objective, vae, ctx, logger, step, getattr(loader.dataset, "classes", None)
+                cfg,
+                sampler,
+                objective,
+                vae,
+                ctx,
+                logger,
+                step,
+                getattr(loader.dataset, "classes", None),
+                _start_frames(cfg, loader.dataset) if conditioner is not None else None,
             )
             model.train()
         if eval_metrics and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
@@ -1198,16 +1230,31 @@ def _sample_grid(
     logger: MetricLogger,
     step: int,
     classes=None,
+    start_frames: tuple[Tensor, Tensor] | None = None,
 ) -> None:
-    """Every rank samples (FSDP needs all of them in the forward); rank 0 writes."""
+    """Every rank samples (FSDP needs all of them in the forward); rank 0 writes. ``start_frames``
+    (``_start_frames``): the image-to-video grid's condition frames and labels."""
     t0 = time.perf_counter()
     n, k = cfg.sample.num, max(cfg.model.num_classes, 1)
     labels = torch.arange(n) % k if cfg.model.num_classes else None
     shape = (n, cfg.model.num_frames, cfg.model.in_channels, *cfg.model.input_size)
+    cond = null = None
+    if start_frames is not None:  # image-to-video: the first n clips' frame 0 and labels
+        labels = start_frames[1] if cfg.model.num_classes else None
+        cond, null = start_frame_cond(
+            ema,
+            labels.to(ctx.device) if labels is not None else None,
+            start_frames[0].to(ctx.device),
+            vae if vae is not None else PixelSpace(),
+            flashi2v=cfg.flashi2v is not None,
+            num_frames=cfg.data.num_frames,
+        )
     videos = generate(
         ema,
         objective,
-        labels=labels,
+        labels=labels if cond is None else None,
+        cond=cond,
+        null=null,
         shape=shape,
         steps=cfg.sample.steps,
         cfg_scale=cfg.sample.cfg_scale,
@@ -1224,6 +1271,20 @@ def _sample_grid(
         logger.image("samples/contact_sheet", out["contact"], step)
         took = time.perf_counter() - t0
         log.info(f"samples: {out['dir'].resolve()} (grid.mp4, grid.gif, contact.png; {took:.1f}s)")
+
+
+def _start_frames(cfg: TrainConfig, dataset) -> tuple[Tensor, Tensor]:
+    """Frame 0 [n, 3, H, W] and label [n] of the dataset's first ``sample.num`` clips: the condition of an
+    image-to-video V-DiT's sample grid (the same clips at every step)."""
+    if not hasattr(dataset, "get"):
+        raise ValueError(
+            f"the image-to-video sample grid takes its start frames from the dataset's clips, which "
+            f"{type(dataset).__name__} ({cfg.data.dataset}) cannot index: set --sample-every -1"
+        )
+    rng = np.random.default_rng(cfg.sample.seed)
+    clips = [dataset.get(i % len(dataset), rng) for i in range(cfg.sample.num)]
+    frames = torch.stack([torch.as_tensor(c["video"])[0] for c in clips]).float()  # [n, 3, H, W]
+    return frames, torch.tensor([int(c["label"]) for c in clips])
 
 
 def _eval_metrics(cfg: TrainConfig) -> tuple[str, ...]:
@@ -1305,10 +1366,6 @@ def _evaluate(
 def _label_names(cfg: TrainConfig, labels: Tensor | None, classes=None) -> list[str] | None:
     if labels is None:
         return None
-    if cfg.data.dataset == "synthetic":
-        from minivdit.data.synthetic import CLASS_NAMES
-
-        return [f"{int(y)}: {CLASS_NAMES[int(y)]}" for y in labels]
     if classes:
         return [f"{int(y)}: {classes[int(y)]}" for y in labels]
     return [str(int(y)) for y in labels]
@@ -1340,8 +1397,8 @@ def parse(default: TrainConfig, args: list[str], *, description: str | None = No
       (:func:`pretrained_architecture`);
     - ``--resume auto`` on a run directory with a ``config.json`` continues from that saved config, the
       command line overriding it (``--max-steps 2000`` to train longer);
-    - the text-to-video sections (``--lora``, ``--text``, ``--i2v``, ``--flashi2v``: CogVideoX and Wan) are
-      hidden for a V-DiT recipe, and
+    - the text-to-video sections (``--lora``, ``--text``, ``--validation``: CogVideoX and Wan) are hidden for
+      a V-DiT recipe (which keeps ``--i2v`` and ``--flashi2v``: image-to-video on a V-DiT), and
       ``--eval.*`` / ``--align.*`` turn on a section the recipe leaves off."""
     return parse_config(TrainConfig, default, args, description=description, prepare=_prepare_train)
 
@@ -1358,7 +1415,7 @@ def _prepare_train(default: TrainConfig, args: list[str]) -> tuple[dict, tuple[s
         # recipe's /models/... default on a laptop, --help) is left to train(), which names it.
         overrides["model"] = pretrained_architecture(default.model, folder)
     text_to_video = isinstance(default.model, (CogVideoXConfig, WanConfig))
-    hide = ("eval",) if text_to_video else ("lora", "text", "i2v", "validation", "flashi2v")
+    hide = ("eval",) if text_to_video else ("lora", "text", "validation")
     return overrides, hide
 
 

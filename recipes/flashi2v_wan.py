@@ -58,6 +58,8 @@ Deviations:
     torchrun --nproc_per_node=8 recipes/flashi2v_wan.py --pretrained /models/Wan2.1-T2V-1.3B-Diffusers \\
         --vae.path /models/Wan2.1-T2V-1.3B-Diffusers --text.path /models/Wan2.1-T2V-1.3B-Diffusers \\
         --data.root /data/videos --data.labels-csv captions.csv
+    python -m minivdit.sample --ckpt runs/flashi2v_wan --image start.png --prompt "a boat drifts" \\
+        --precision bf16 --out samples/flashi2v     # the run's sampler (Euler, shift 7, 50 steps, CFG 5)
 """
 
 from dataclasses import replace

@@ -72,10 +72,11 @@ def test_recipe_help(path, monkeypatch, capsys):
     doc = load(path).__doc__.split()
     assert " ".join(doc[:4]) in " ".join(out.split())  # the recipe's docstring is its --help
     assert "--optim.lr" in out and "--objective." in out
-    # Each family lists its own flags only: LoRA, T5 text, I2V and FlashI2V are the text-to-video backbones'
-    # (CogVideoX, Wan); evaluation is the V-DiT's (also for recipes that leave it off: any --eval.* flag
-    # turns it on).
+    # Each family lists its own flags only: LoRA, T5 text and validation prompts are the text-to-video
+    # backbones' (CogVideoX, Wan); evaluation is the V-DiT's (also for recipes that leave it off: any
+    # --eval.* flag turns it on); image-to-video (--i2v, --flashi2v) is both families'.
     cogvideox = path.stem in ("cogvideox_i2v", "drepa_timelapse", "flashi2v_wan")
-    for flag in ("--lora.rank", "--text.path", "--i2v.mode", "--flashi2v"):
+    for flag in ("--lora.rank", "--text.path", "--validation.prompts"):
         assert (flag in out) == cogvideox, flag
+    assert "--i2v.mode" in out and "--flashi2v" in out
     assert ("--eval.protocol" in out) != cogvideox

@@ -31,10 +31,11 @@ pytestmark = [
 SNAPSHOT = Path(__file__).parent / "snapshots" / "recipe_flags.json"
 COGVIDEOX_RECIPES = ("cogvideox_i2v", "drepa_timelapse")  # their smoke runs: tests/test_recipes_cogvideox.py
 WAN_RECIPES = ("flashi2v_wan",)  # its smoke runs: tests/test_recipes_wan.py
+ABLATIONS = ("flashi2v_ablation",)  # synthetic data, no assets: tests/test_flashi2v_ablation.py
 PAPER_RECIPES = [
     p
     for p in RECIPES
-    if not p.stem.startswith("quickstart") and p.stem not in COGVIDEOX_RECIPES + WAN_RECIPES
+    if not p.stem.startswith("quickstart") and p.stem not in COGVIDEOX_RECIPES + WAN_RECIPES + ABLATIONS
 ]
 CLASSES = ("ApplyEyeMakeup", "Basketball", "YoYo")
 

@@ -177,5 +177,67 @@ def test_wan_run_configs_are_checked_and_flashi2v_exposes_the_block_list(tiny, t
         dataclasses.replace(cfg, model=i2v)
     with pytest.raises(ValueError, match="Wan is text-conditioned: give --text.path"):
         dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, path=None))
-    with pytest.raises(ValueError, match="--flashi2v is for text-to-video transformers"):
+    # FlashI2V wraps a V-DiT too (tests/test_flashi2v_ablation.py): what remains is the V-DiT's own check
+    with pytest.raises(ValueError, match="pixel-space training .* needs model.in_channels=3"):
         dataclasses.replace(cfg, model=DiTConfig(), vae=dataclasses.replace(cfg.vae, kind="none", path=None))
+
+
+def test_sample_a_flashi2v_run_from_its_start_frame(tiny, tmp_path):
+    """``python -m minivdit.sample --ckpt RUN --image PNG --prompt P`` on a FlashI2V Wan run: the run's
+    weights, UMT5, VAE, flow and ``sample.*`` settings, every video from the start frame.
+
+    Oracle: a run trained one step at lr 1e-30 keeps the folder's weights (a change of ~1e-30 is below the
+    fp32 spacing of weights ~0.1, and φ's and the Fourier projection's zero-init weights move to ~1e-30,
+    whose contributions are below the spacing of x_t and of the tokens), so it is the T2V model: its latents
+    must equal ``WanPipeline``'s from the same folder for the same seeds, with the run's sampler (Euler,
+    shift 7, here on the diffusers grid), guidance (5) and text length, to the fp32 parity bound of
+    ``tests/test_sample_wan.py`` (1e-5 relative: the same operations in another order)."""
+    import transformers
+    from einops import rearrange
+    from PIL import Image
+
+    from minivdit.sample import SampleConfig, sample_wan
+
+    cfg = load(RECIPE).config()
+    optim = dataclasses.replace(cfg.optim, lr=1e-30)
+    # the pipeline's Euler grid (the recipe samples on FlashI2V's own: shift(linspace(1, 0, N + 1)))
+    objective = dataclasses.replace(cfg.objective, sampling_grid="diffusers")
+    overrides = dict(max_steps=1, run_name="flash", optim=optim, objective=objective)
+    run = train(tiny_config(tiny, tmp_path, **overrides))
+    png = tmp_path / "start.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(png)
+    prompts = ("a red ball", "waves on a beach at dusk")
+    request = SampleConfig(
+        ckpt=str(run), image=str(png), prompt=prompts, steps=2, seed=3, use_ema=False, device="cpu"
+    )
+    ours, _, record = sample_wan(request)
+    assert record["model"] == "wan-t2v+flashi2v" and record["sampler"] == "euler"
+    assert record["flow_shift"] == 7.0 and record["cfg_scale"] == 5.0
+
+    pipe_dir = tiny["pipe"]
+    pipe = diffusers.WanPipeline(
+        tokenizer=transformers.AutoTokenizer.from_pretrained(pipe_dir / "tokenizer"),
+        text_encoder=transformers.UMT5EncoderModel.from_pretrained(pipe_dir / "text_encoder"),
+        vae=diffusers.AutoencoderKLWan.from_pretrained(pipe_dir / "vae"),
+        transformer=diffusers.WanTransformer3DModel.from_pretrained(pipe_dir / "transformer"),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(3 + i) for i in range(len(prompts))]
+    with torch.no_grad():
+        ref = pipe(
+            prompt=list(prompts), height=H, width=W, num_frames=FRAMES, num_inference_steps=2,
+            guidance_scale=5.0, generator=gens, output_type="latent", max_sequence_length=TEXT_LEN,
+        ).frames  # fmt: skip
+    ref = rearrange(ref, "b c f h w -> b f c h w")
+    assert ours.shape == ref.shape
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+    out = tmp_path / "samples"
+    run_cmd([sys.executable, "-m", "minivdit.sample", "--ckpt", str(run), "--image", str(png),
+             "--prompt", prompts[0], "--steps", "2", "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert (out / "contact.png").is_file()
+    assert json.loads((out / "samples.json").read_text())["model"] == "wan-t2v+flashi2v"
+    with pytest.raises(ValueError, match="give --image FILE, the start frame"):
+        sample_wan(dataclasses.replace(request, image=None))

@@ -392,9 +392,10 @@ def test_bad_input(tiny, runs, tmp_path, make_tiny_cfg):
     with pytest.raises(ValueError, match="exactly one"):
         SampleConfig(ckpt=str(runs["lora"]), pretrained=pipe)
     vdit = train(make_tiny_cfg(tmp_path / "vdit", max_steps=1))
+    with pytest.raises(ValueError, match="--image is for .* this run is a V-DiT without an image condition"):
+        sample(_cfg(ckpt=str(vdit), out=out, prompt=(), image=image))
     for kw, flag in (
         (dict(), "--prompt"),
-        (dict(prompt=(), image=image), "--image"),
         (dict(prompt=(), size=(32, 48)), "--size"),
         (dict(prompt=(), sampler="dpm"), "--sampler"),
     ):

@@ -106,6 +106,10 @@ class DataConfig:
     """Seeds the shuffling, the per-sample augmentation seeds, the workers and the synthetic clips."""
     synthetic_size: int = 10000
     """Number of distinct clips of "synthetic", i.e. the length of one epoch."""
+    synthetic_split: Literal["all", "in_domain", "out_of_domain"] = "all"
+    """"synthetic" only: "all" = the classes (colour, shape and motion tied); "in_domain" / "out_of_domain" =
+    appearance × motion pairs with a held-out set of pairings, labelled by the motion
+    (``minivdit/data/synthetic.py``, "Held-out combinations"; the FlashI2V ablation)."""
     drop_last: bool = True
     """Drop each epoch's last, incomplete batch (keeps every batch the same shape)."""
     shard_fields: tuple[Literal["video", "caption", "latents", "feats", "text", "text_mask"], ...] = ()
@@ -177,6 +181,11 @@ class DataConfig:
                 f"DataConfig.num_classes must be <= {len(CLASS_NAMES)} for the synthetic dataset, "
                 f"got {self.num_classes}"
             )
+        if self.synthetic_split != "all" and (self.dataset != "synthetic" or self.num_classes < 4):
+            raise ValueError(
+                f"DataConfig.synthetic_split={self.synthetic_split!r} is for the synthetic dataset with "
+                f"num_classes >= 4 (got dataset={self.dataset!r}, num_classes={self.num_classes})"
+            )
         if self.dataset == "synthetic" and not isinstance(self.image_size, int):
             raise ValueError(
                 f"DataConfig.image_size={self.image_size!r}: the synthetic dataset needs one side (square "
@@ -201,7 +210,9 @@ class VideoDataset(Protocol):
 
 
 def _synthetic(cfg: DataConfig) -> VideoDataset:
-    return SyntheticVideos(cfg.num_frames, cfg.image_size, cfg.num_classes, cfg.synthetic_size, cfg.seed)
+    return SyntheticVideos(
+        cfg.num_frames, cfg.image_size, cfg.num_classes, cfg.synthetic_size, cfg.seed, cfg.synthetic_split
+    )
 
 
 def _shards(cfg: DataConfig) -> VideoDataset:

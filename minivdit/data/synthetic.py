@@ -26,6 +26,16 @@ orbit / pulse), object size (±15 %), starting angle or phase, and the backgroun
 base level, a low-contrast linear gradient in a random direction and faint static noise. The label of index
 ``i`` is ``i % num_classes`` (classes are exactly balanced). ``num_classes`` may be at most 10; the first
 ``num_classes`` rows of the table are used.
+
+**Held-out combinations** (``split="in_domain"`` / ``"out_of_domain"``, issue 19's FlashI2V ablation). The
+appearance (colour + shape) of row ``a`` is drawn with the motion of row ``m`` (``a, m < num_classes``), and
+the label is the *motion* ``m`` (what the model is told; the appearance comes from the first frame in an
+image-to-video run). The pairs with ``(m − a) mod num_classes`` in ``held_out_offsets(num_classes)`` (every
+third offset: 3, 6, 9 for ten classes) never appear in ``"in_domain"``; ``"out_of_domain"`` holds exactly
+those. Every appearance and every motion is seen in training (the diagonal ``a = m``, the ``"all"`` classes,
+is in domain), each with the same number of partners, so an out-of-domain clip is an unseen pairing of seen
+parts. Index ``i`` shows pair ``i mod len(pairs)`` of the split's sorted pairs (balanced), with the same
+per-index randomness as ``"all"``.
 """
 
 import math
@@ -170,6 +180,45 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(c.colour for c in _CLASSES)
 """Object colour of each class as uint8 RGB, indexed by label."""
 
+MOTION_NAMES: tuple[str, ...] = (
+    "moving right",
+    "moving left",
+    "moving up",
+    "moving down",
+    "moving down-right",
+    "circling",
+    "pulsing",
+    "orbiting in pairs",
+    "spinning",
+    "moving up-left",
+)
+"""The motion of each row, the label's meaning in the held-out-combination splits."""
+
+SPLITS = ("all", "in_domain", "out_of_domain")
+
+
+def held_out_offsets(num_classes: int) -> tuple[int, ...]:
+    """The offsets ``(m − a) mod num_classes`` of the out-of-domain (appearance, motion) pairs: every third
+    nonzero offset (none below four classes)."""
+    return tuple(k for k in range(1, num_classes) if k % 3 == 0)
+
+
+def split_pairs(num_classes: int, split: str) -> list[tuple[int, int]]:
+    """The (appearance, motion) pairs of ``split`` ("all": the ``num_classes`` classes, ``a = m``), sorted."""
+    if split not in SPLITS:
+        raise ValueError(f"synthetic split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return [(c, c) for c in range(num_classes)]
+    held = set(held_out_offsets(num_classes))
+    if not held:
+        raise ValueError(
+            f"the synthetic held-out split needs num_classes >= 4 (an out-of-domain pair), got {num_classes}"
+        )
+    n = num_classes
+    pairs = [(a, m) for a in range(n) for m in range(n)]
+    return [(a, m) for a, m in pairs if (((m - a) % n) in held) == (split == "out_of_domain")]
+
+
 _RADIUS = 0.13  # object "radius" as a fraction of the frame side, before the ±15 % jitter
 
 
@@ -180,7 +229,15 @@ class SyntheticVideos:
     fixed "file set" and the sampler's per-sample seed (meant for augmentation) does not change it.
     """
 
-    def __init__(self, num_frames: int, image_size: int, num_classes: int, size: int, seed: int = 0):
+    def __init__(
+        self,
+        num_frames: int,
+        image_size: int,
+        num_classes: int,
+        size: int,
+        seed: int = 0,
+        split: str = "all",
+    ):
         for name, value in (("num_frames", num_frames), ("image_size", image_size), ("size", size)):
             if value < 1:
                 raise ValueError(f"SyntheticVideos: {name} must be >= 1, got {value}")
@@ -191,7 +248,9 @@ class SyntheticVideos:
         if seed < 0:
             raise ValueError(f"SyntheticVideos: seed must be >= 0, got {seed}")
         self.num_frames, self.image_size, self.num_classes = num_frames, image_size, num_classes
-        self.size, self.seed = size, seed
+        self.size, self.seed, self.split = size, seed, split
+        self.pairs = split_pairs(num_classes, split)  # [(appearance, motion)]
+        self.classes = CLASS_NAMES[:num_classes] if split == "all" else MOTION_NAMES[:num_classes]
         # Pixel-centre coordinates, shared by every clip.
         grid = np.arange(image_size, dtype=np.float32) + 0.5
         self._x, self._y = grid[None, None, :], grid[None, :, None]  # [1, 1, W], [1, H, 1]
@@ -200,11 +259,12 @@ class SyntheticVideos:
         return self.size
 
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
-        """The clip at ``index``: ``{"video": float32 [F, 3, H, W] in [-1, 1], "label": int}``."""
+        """The clip at ``index``: ``{"video": float32 [F, 3, H, W] in [-1, 1], "label": int}`` (the class;
+        the motion in a held-out-combination split, whose ``"appearance"`` is added)."""
         if not 0 <= index < self.size:
             raise IndexError(f"SyntheticVideos: index {index} out of range [0, {self.size})")
-        label = index % self.num_classes
-        spec = _CLASSES[label]
+        appearance, label = self.pairs[index % len(self.pairs)]
+        look, spec = _CLASSES[appearance], _CLASSES[label]
         gen = np.random.default_rng([self.seed, index])
         F, S = self.num_frames, self.image_size
         s = np.linspace(0.0, 1.0, F, dtype=np.float32) if F > 1 else np.zeros(1, np.float32)
@@ -215,13 +275,16 @@ class SyntheticVideos:
             dx, dy = self._x - (u * S)[:, None, None], self._y - (v * S)[:, None, None]  # [F, H, W]
             if np.any(angle):
                 dx, dy = _rotate(dx, dy, angle[:, None, None])
-            sdf = spec.shape(dx, dy, (radius * scale)[:, None, None])
+            sdf = look.shape(dx, dy, (radius * scale)[:, None, None])
             coverage = np.maximum(coverage, np.clip(0.5 - sdf, 0.0, 1.0))
         background = self._background(gen)  # [3, H, W] in [0, 1]
-        colour = np.asarray(spec.colour, np.float32)[:, None, None] / 255.0  # [3, 1, 1]
+        colour = np.asarray(look.colour, np.float32)[:, None, None] / 255.0  # [3, 1, 1]
         video = background + coverage[:, None] * (colour - background)  # [F, 3, H, W], alpha compositing
         video = video * 2.0 - 1.0
-        return {"video": torch.from_numpy(video), "label": label}
+        out = {"video": torch.from_numpy(video), "label": label}
+        if self.split != "all":
+            out["appearance"] = appearance
+        return out
 
     def _background(self, gen: np.random.Generator) -> np.ndarray:
         """Dark, low-contrast [3, H, W] background in [0, 1]: tinted base + linear gradient + static noise.

@@ -76,6 +76,10 @@ class DiTConfig:
     """Per-frame square patch (p=2 on 32x32 latents gives N = 256 tokens per frame)."""
     in_channels: int = 4
     """Input channels C (4 for SD-VAE latents, 3 in pixel space)."""
+    cond_channels: int = 0
+    """Channels of an image condition concatenated to ``x_t`` before the patch embedding
+    (``Cond.image_latents`` [B, F, cond_channels, H, W]: the condition frame's latent at frame 0, zeros after;
+    channel-concat image-to-video as CogVideoX-I2V, ``--i2v.mode first``); 0 = none (Latte)."""
     input_size: tuple[int, int] = (32, 32)
     """Latent (or pixel) frame size (H, W) the spatial position table is built for."""
     num_frames: int = 16
@@ -105,6 +109,8 @@ class DiTConfig:
         sizes = ("depth", "hidden_size", "num_heads", "patch_size", "in_channels", "num_frames")
         if small := {n: getattr(self, n) for n in sizes if getattr(self, n) < 1}:
             raise ValueError(f"DiTConfig sizes must be >= 1, got {small}")
+        if self.cond_channels < 0:
+            raise ValueError(f"DiTConfig.cond_channels must be >= 0, got {self.cond_channels}")
         if min(self.input_size) < 1 or self.num_classes < 0 or self.mlp_ratio <= 0:
             raise ValueError(
                 f"DiTConfig: input_size {self.input_size} must be >= 1, num_classes {self.num_classes} >= 0, "
@@ -153,6 +159,11 @@ class DiTConfig:
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     @property
+    def is_i2v(self) -> bool:
+        """Channel-concat image-to-video (``cond_channels > 0``)."""
+        return self.cond_channels > 0
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Token grid (h, w) of one frame."""
         return self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size
@@ -181,13 +192,14 @@ class PatchEmbed(nn.Module):
 
 class VDiT(nn.Module):
     """Video DiT. ``forward(x_t [B,F,C,H,W], t_model [B], cond: Cond, *, tap) -> DiTOutput``; it consumes
-    ``cond.label`` only (class-conditional iff ``num_classes > 0``; the null class is ``num_classes``)."""
+    ``cond.label`` (class-conditional iff ``num_classes > 0``; the null class is ``num_classes``) and, with
+    ``cond_channels > 0``, ``cond.image_latents`` concatenated to ``x_t`` along the channels."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels + cfg.cond_channels, D)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = (
             LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
@@ -257,10 +269,11 @@ class VDiT(nn.Module):
         cfg = self.cfg
         if not isinstance(cond, Cond):
             raise ValueError(f"cond must be a minivdit.models.cond.Cond (Cond(label=y)), got {type(cond)}")
+        image = ("image_latents",) if cfg.cond_channels else ()
         cond.check_uses(
-            f"VDiT (num_classes={cfg.num_classes})",
-            allowed=("label",),
-            required=("label",) if cfg.num_classes else (),
+            f"VDiT (num_classes={cfg.num_classes}, cond_channels={cfg.cond_channels})",
+            allowed=("label", *image),
+            required=(("label",) if cfg.num_classes else ()) + image,
         )
         y = cond.label
         if x_t.ndim != 5:
@@ -280,6 +293,12 @@ class VDiT(nn.Module):
             raise ValueError(f"Cond.label must be [B]=[{B}] integer labels, got shape {tuple(y.shape)}")
         if tap is not None and not 1 <= tap <= cfg.depth:
             raise ValueError(f"tap={tap} out of range: blocks are 1-indexed, 1..{cfg.depth}")
+        image = cond.image_latents
+        if image is not None and image.shape != (B, F, cfg.cond_channels, H, W):
+            raise ValueError(
+                f"Cond.image_latents must be [B, F, cond_channels, H, W]={[B, F, cfg.cond_channels, H, W]}, "
+                f"got shape {tuple(image.shape)}"
+            )
         return y
 
     def _run_block(self, i: int, x: Tensor, c: Tensor, rope: Tensor | None) -> Tensor:
@@ -297,10 +316,13 @@ class VDiT(nn.Module):
     def forward(
         self, x_t: Tensor, t_model: Tensor, cond: Cond | None = None, *, tap: int | None = None
     ) -> DiTOutput:
-        y = self._check(x_t, t_model, Cond() if cond is None else cond, tap)
+        cond = Cond() if cond is None else cond
+        y = self._check(x_t, t_model, cond, tap)
         cfg = self.cfg
         B, F, _, H, W = x_t.shape
         gh, gw = cfg.grid
+        if cfg.cond_channels:  # channel-concat image condition (CogVideoX-I2V's layout: noisy video first)
+            x_t = torch.cat([x_t, cond.image_latents.to(x_t.dtype)], dim=2)  # [B, F, C + Cc, H, W]
         x = self.x_embedder(rearrange(x_t, "b f c h w -> (b f) c h w"))  # [B·F, N, D]
         x = rearrange(x, "(b f) n d -> b f n d", b=B)  # [B, F, N, D]
         rope = None
@@ -369,7 +391,10 @@ def flops_per_sample(cfg: DiTConfig, num_frames: int | None = None) -> float:
         attn = [2 * L * L * D] * cfg.depth  # QK^T and AV over the whole clip
     else:  # spatial blocks attend over N tokens in F sequences; temporal over F tokens in N sequences
         attn = [2 * F * N * N * D if i % 2 == 0 else 2 * N * F * F * D for i in range(cfg.depth)]
-    embed = L * cfg.in_channels * cfg.patch_size**2 * D + L * D * cfg.patch_size**2 * cfg.out_channels
+    embed = (
+        L * (cfg.in_channels + cfg.cond_channels) * cfg.patch_size**2 * D
+        + L * D * cfg.patch_size**2 * cfg.out_channels
+    )
     return 2.0 * (cfg.depth * linear + sum(attn) + embed)
 
 

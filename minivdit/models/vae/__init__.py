@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 import torch.nn as nn
+from torch import Tensor
 
 from minivdit.config import check_types
 
@@ -74,6 +76,27 @@ def vae_identity(cfg: VAEConfig) -> dict:
     from minivdit.identity import folder_identity
 
     return {"kind": cfg.kind, **folder_identity(vae_folder(cfg), "--vae.path")}
+
+
+class PixelSpace(nn.Module):
+    """Pixel space in a VAE's clothes (``--vae.kind none``): ``encode`` and ``decode`` return the clip as it
+    is (fp32), one "latent" frame per frame. What the image conditions (``conditioning/i2v.py``, FlashI2V's
+    ``start_frame_latents``) encode the start frame with when a V-DiT trains on pixels."""
+
+    temporal_compression = 1
+    spatial_compression = 1
+    latent_channels = 3
+
+    def latent_frames(self, num_frames: int) -> int:
+        return num_frames
+
+    def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if video.ndim != 5 or video.shape[2] != 3:
+            raise ValueError(f"PixelSpace.encode: video must be [B, F, 3, H, W], got {tuple(video.shape)}")
+        return video.float()
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents.float()
 
 
 def build_vae(cfg: VAEConfig) -> nn.Module | None:
