@@ -1129,7 +1129,8 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     # one model in memory at a time: UMT5-XXL (11 GB in bf16), CLIP, then the VAE and the transformer
     prompts, B = list(cfg.prompt), len(cfg.prompt)
     encoder = T5TextEncoder(text_cfg).to(device)
-    # the context is zero-padded past each prompt (TextEncoderConfig.wan); Wan's cross-attention takes no mask
+    # the context is zero-padded past each prompt (TextEncoderConfig.wan), attended whole (the pipelines: no
+    # mask)
     context = encoder.encode(prompts)[0].float()  # [B, L, D]
     null_text = encoder.null()["context"].float()  # [L, D]: T5("") (or zeros, --text-null zeros)
     negative = encoder.encode(list(cfg.negative_prompt))[0].float() if cfg.negative_prompt else None

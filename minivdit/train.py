@@ -307,7 +307,7 @@ class TrainConfig:
             raise ValueError(
                 "--eval samples class-conditional clips without a start frame; an image-to-video V-DiT "
                 "(--i2v.mode, --flashi2v) is measured by tools/ablate_flashi2v.py (docs/ablations/"
-                "flashi2v.md): set --eval None"
+                "flashi2v.md): train it from a recipe without evaluation (recipes/flashi2v_ablation.py)"
             )
         if self.vae.kind == "none" and self.model.in_channels != 3:
             raise ValueError(

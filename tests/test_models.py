@@ -155,6 +155,27 @@ def test_attention_bad_shapes_raise(shapes):
         attention(q, k, v)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+def test_attention_key_mask_ignores_padding(backend):
+    """A key mask (issue 20: a context of valid tokens, then padding) gives each sample the attention over its
+    valid keys only, whatever the padded keys hold: equal to the fp64 reference on the unpadded keys, to the
+    fp32 bound of the unmasked test above (masked scores are -inf, exp(-inf) = 0 exactly, so the valid
+    keys' weights are the unpadded softmax's); flash on a CPU (or with a mask) is SDPA."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, s, 8, generator=g) for s in (5, 9, 9))
+    lengths = [4, 9]  # sample 0: 4 valid keys then 5 of garbage; sample 1: all valid
+    mask = torch.arange(9)[None] < torch.tensor(lengths)[:, None]  # [B, Lk]
+    k[0, :, 4:], v[0, :, 4:] = 1e4, -1e4  # garbage that would dominate if attended
+    out = attention(q, k, v, backend=backend, mask=mask)
+    for b, n in enumerate(lengths):
+        want = _naive_attention(q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n])
+        torch.testing.assert_close(out[b : b + 1].double(), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"samples \[1\] attend to no key"):
+        attention(q, k, v, mask=torch.stack([mask[0], torch.zeros(9, dtype=torch.bool)]))
+    with pytest.raises(ValueError, match=r"\[B, Lk\]=\[2, 9\] bool key mask"):
+        attention(q, k, v, mask=mask[:, :5])
+
+
 # ---------------------------------------------------------------------------------------------- blocks
 
 

@@ -56,8 +56,8 @@ class Conditioner:
     ``torch.bfloat16`` in bf16 runs, None for none), so condition and video latents come out of the same VAE
     numerics. ``start_frame`` + ``vae``: FlashI2V's condition, ``Cond.image_latents`` = frame 0 of the clip
     VAE-encoded alone [B, 1, C, h, w] (``models.flashi2v.start_frame_latents``), never dropped.
-    ``context_mask=False`` drops the text mask from the ``Cond``: Wan's cross-attention takes none, the
-    zero-padded context (``TextEncoderConfig.wan``) is attended whole, as in the Wan pipelines.
+    ``context_mask=False`` drops the text mask from the ``Cond``: the zero-padded Wan context
+    (``TextEncoderConfig.wan``) is attended whole, as in the Wan pipelines and FlashI2V's trainer.
 
     Every draw comes from ``generator`` on its own device: the trainer hands a generator on the training
     device, so anyframe's fill noise (``[B', F, 3, H, W]``, ~200 MB per 49×480×720 sample) is drawn where it

@@ -44,8 +44,12 @@ Deviations from diffusers:
   fused projections, LoRA hooks, caches and attention processors are not supported; the attention kernel
   is ``minivdit.models.attention``. ``qk_norm`` must be ``"rms_norm_across_heads"`` (every release; diffusers
   builds the same RMSNorms whatever the value).
-- The cross-attention has no text mask (``Cond.context_mask`` raises): the Wan pipelines zero-pad the trimmed
-  UMT5 tokens in the 4096-d space and let them attend (anchors §1.2 step 4).
+- The text cross-attention takes an optional key mask, ``Cond.context_mask`` [B, L] (True = a real token),
+  which the released models never get: the Wan pipelines zero-pad the trimmed UMT5 tokens in the 4096-d space
+  and let them attend (anchors §1.2 step 4), and so does FlashI2V / UniWorld's VLM context. With a mask the
+  padded tokens are not attended (a VLM's valid tokens, issue 20: appending padding changes nothing); without
+  one (every recipe and the samplers' Wan path) the output is diffusers' exactly. The CLIP image tokens are
+  never masked.
 - Keys named ``norm_added_q`` in a file are ignored, as diffusers does
   (``_keys_to_ignore_on_load_unexpected``); every other missing or unexpected key is an error.
 - ``attn.to_out`` and ``ffn.net`` hold no Dropout (p = 0 in every release): ``to_out`` is [Linear] and
@@ -412,14 +416,16 @@ class WanAttention(nn.Module):
         ctx: Tensor | None = None,
         image: Tensor | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """x [B, S, D]; ctx [B, L, D] (None: self-attention); image [B, Li, D]; rope (cos, sin): [B, S, D]."""
+        """x [B, S, D]; ctx [B, L, D] (None: self-attention); image [B, Li, D]; rope (cos, sin): [B, S, D];
+        mask [B, L] bool: the context's key mask (None: every token attended)."""
         kv = x if ctx is None else ctx
         q = self._heads(self.norm_q(self.to_q(x)))  # norm over D, then heads: [B, H, S, Dh]
         k, v = self._heads(self.norm_k(self.to_k(kv))), self._heads(self.to_v(kv))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q, k, v, backend=self.backend)  # [B, H, S, Dh]
+        out = attention(q, k, v, backend=self.backend, mask=mask)  # [B, H, S, Dh]
         if image is not None:  # same query, its own keys and values, no mask (anchors §1.8)
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
             out = out + attention(q, k_img, self._heads(self.add_v_proj(image)), backend=self.backend)
@@ -440,15 +446,24 @@ class WanTransformerBlock(nn.Module):
         self.norm3 = FP32LayerNorm(D, cfg.eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, D) / D**0.5)  # diffusers l.460
 
-    def forward(self, x: Tensor, ctx: Tensor, image: Tensor | None, mod: Tensor, rope: tuple[Tensor, Tensor]):
-        """x [B, S, D], ctx [B, L, D], image [B, Li, D] | None, mod [B, 6, D] -> x [B, S, D]."""
+    def forward(
+        self,
+        x: Tensor,
+        ctx: Tensor,
+        image: Tensor | None,
+        mod: Tensor,
+        rope: tuple[Tensor, Tensor],
+        ctx_mask: Tensor | None = None,
+    ):
+        """x [B, S, D], ctx [B, L, D], image [B, Li, D] | None, mod [B, 6, D], ctx_mask [B, L] | None
+        -> x [B, S, D]."""
         # chunk order (shift, scale, gate) for attention, then for the FFN; in fp32 (diffusers l.482-485)
         mod = rearrange(self.scale_shift_table + mod.float(), "b six d -> six b 1 d")
         shift, scale, gate, c_shift, c_scale, c_gate = mod
         h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
         x = (x.float() + self.attn1(h, rope=rope) * gate).type_as(x)
         h = self.norm2(x.float()).type_as(x) if self.norm2 is not None else x
-        x = x + self.attn2(h, ctx, image)  # no modulation, no gate
+        x = x + self.attn2(h, ctx, image, mask=ctx_mask)  # no modulation, no gate
         h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
 
@@ -523,15 +538,10 @@ class WanTransformer(nn.Module):
         if x_t.ndim != 5:
             raise ValueError(f"x_t must be [B, F, C, H, W], got shape {shape}")
         B, F_, C, H, W = shape
-        if cond.context_mask is not None:
-            raise ValueError(
-                f"{name} cannot use Cond.context_mask: Wan's cross-attention has no text mask (the pipelines "
-                "zero-pad the trimmed UMT5 tokens and let them attend); pass the context without a mask"
-            )
         uses = ("context",)
         uses += ("image_latents",) if cfg.concat_channels else ()
         uses += ("image_context",) if cfg.image_dim else ()
-        cond.check_uses(name, uses, required=uses)
+        cond.check_uses(name, uses + ("context_mask",), required=uses)
         if cond.context.shape[0] != B or cond.context.shape[2] != cfg.text_dim:
             raise ValueError(
                 f"Cond.context must be [B={B}, L, {cfg.text_dim}], got {tuple(cond.context.shape)}"
@@ -569,13 +579,14 @@ class WanTransformer(nn.Module):
         image = cond.image_context.to(dtype) if cfg.image_dim else None
         temb, mod, ctx, image = self.condition_embedder(t_model, cond.context.to(dtype), image)
         rope = rope_cos_sin(cfg, f, h, w, x.device)
+        mask = cond.context_mask.bool() if cond.context_mask is not None else None  # [B, L]
 
         hidden = None
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, ctx, image, mod, rope, use_reentrant=False)
+                x = checkpoint(block, x, ctx, image, mod, rope, mask, use_reentrant=False)
             else:
-                x = block(x, ctx, image, mod, rope)
+                x = block(x, ctx, image, mod, rope, mask)
             if tap == i + 1:
                 hidden = rearrange(x, "b (f n) d -> b f n d", f=f)  # [B, F', N, D]
 
