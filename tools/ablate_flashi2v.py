@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1200, help="training steps of every run (the recipe's 1200)")
-    p.add_argument("--clips", type=int, default=420, help="real clips per split (a multiple of 70 and 30)")
+    p.add_argument("--clips", type=int, default=210, help="real clips per split (a multiple of 70 and 30)")
     p.add_argument("--sample-steps", type=int, default=5, help="Euler steps (the recipe's sample.steps)")
     p.add_argument("--batch", type=int, default=105)
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
