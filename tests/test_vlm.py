@@ -1,6 +1,6 @@
 """The frozen Qwen2.5-VL condition encoder (``minivdit/conditioning/vlm.py``) on a tiny random Qwen2.5-VL
-saved in the real folder layout (``Qwen2_5_VLForConditionalGeneration.save_pretrained``), with hand-built token ids
-as anchors-conditioning §3 describes (no tokenizer download)."""
+saved in the real folder layout (``Qwen2_5_VLForConditionalGeneration.save_pretrained``), with hand-built
+token ids as anchors-conditioning §3 describes (no tokenizer download)."""
 
 from __future__ import annotations
 
