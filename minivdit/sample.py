@@ -1029,8 +1029,6 @@ def _check_wan_request(cfg: SampleConfig, mc, vc, *, flashi2v: bool = False) -> 
     for name, value in wrong.items():
         if value:
             raise ValueError(f"--{name.replace('_', '-')} is not for Wan (text, and an image for I2V)")
-    if cfg.sampler not in (None, "unipc", "euler"):
-        raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
     _check_prompts(cfg, "Wan")
     if flashi2v and cfg.image is None:
         raise ValueError(f"--ckpt {cfg.ckpt} trained FlashI2V ({kind}): give --image FILE, the start frame")
@@ -1113,6 +1111,8 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     from minivdit.models.wan import WanConfig, WanTransformer, pretrained_folder
 
     device = torch.device(cfg.device)
+    if cfg.sampler not in (None, "unipc", "euler"):  # before a flow config is built with it
+        raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
     if cfg.ckpt is not None:
         mc, vc, text_cfg, flow_cfg, run_sample, flashi2v = _wan_run(cfg)
         folder = None

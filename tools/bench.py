@@ -1205,15 +1205,15 @@ class _AttnProbe:
         self.calls, self.sdpa, self.qkv_dtypes, self.first = 0, 0, set(), None
         self._attention, self._sdpa = cvx.attention, attention_mod._sdpa
 
-        def attention(q, k, v, *, backend="sdpa"):
+        def attention(q, k, v, *, backend="sdpa", mask=None):
             self.calls += 1
             self.qkv_dtypes.add("/".join(str(t.dtype).removeprefix("torch.") for t in (q, k, v)))
             self.first = self.first or (backend, q.device, q.dtype)
-            return self._attention(q, k, v, backend=backend)
+            return self._attention(q, k, v, backend=backend, mask=mask)
 
-        def sdpa(q, k, v):
+        def sdpa(q, k, v, mask=None):
             self.sdpa += 1
-            return self._sdpa(q, k, v)
+            return self._sdpa(q, k, v, mask)
 
         cvx.attention, blocks.attention, attention_mod._sdpa = attention, attention, sdpa
         return self

@@ -109,7 +109,7 @@ def attention(
     if backend == "sdpa" or mask is not None:
         if mask is not None and backend != "sdpa":
             _warn_once(backend, "a key mask is given (masked calls run on SDPA)")
-        return _sdpa(q, k, v, mask)
+        return _sdpa(q, k, v, mask) if mask is not None else _sdpa(q, k, v)
     kernel = _load(backend)
     if kernel is None:
         _warn_once(backend, "package not importable")
