@@ -288,7 +288,32 @@ def start_frame_latents(vae: nn.Module, image: Tensor, generator: torch.Generato
 
 
 # --------------------------------------------------------------------------- the wrapper
-class FlashI2V(nn.Module):
+class BackboneWrapper(nn.Module):
+    """What callers read of a backbone, delegated to ``self.base``: ``cfg``, ``grad_checkpointing`` and
+    ``null_cond``, so the trainer, ``dist.parallelize`` and the samplers treat a wrapper (FlashI2V,
+    ``models/uniworld.py``) as the backbone it wraps."""
+
+    base: nn.Module
+
+    @property
+    def cfg(self):
+        return self.base.cfg
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.base.grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, on: bool) -> None:
+        self.base.grad_checkpointing = on
+
+    def null_cond(self, cond: Cond) -> Cond:
+        """The base's unconditional ``Cond`` (FlashI2V: the start frame stays, the reference guides the text
+        only)."""
+        return self.base.null_cond(cond)
+
+
+class FlashI2V(BackboneWrapper):
     """FlashI2V around ``base`` (any backbone with the §7 call shape and a convolutional patch embedding).
 
     ``forward(x_t [B,F,C,h,w], t_model [B], cond: Cond(image_latents=z_c [B,1,C,h,w], ...), *, tap, ratio)``
@@ -326,23 +351,6 @@ class FlashI2V(nn.Module):
         self.learnable_proj.init_weights()
         if self.fourier_embedding is not None:
             init_fourier_embedding(self.fourier_embedding)
-
-    # ------------------------------------------------------------ what callers read of a backbone
-    @property
-    def cfg(self):
-        return self.base.cfg
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        return self.base.grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, on: bool) -> None:
-        self.base.grad_checkpointing = on
-
-    def null_cond(self, cond: Cond) -> Cond:
-        """The base's unconditional ``Cond``; the start frame stays (the reference guides the text only)."""
-        return self.base.null_cond(cond)
 
     # ------------------------------------------------------------ forward
     def ratio(self, batch: int, device: torch.device) -> Tensor:

@@ -53,7 +53,7 @@ from torch import Tensor
 from minivdit.config import check_types
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
-from minivdit.models.flashi2v import FlashI2V
+from minivdit.models.flashi2v import BackboneWrapper, FlashI2V
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ class EncoderAdapter(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class UniWorld(nn.Module):
+class UniWorld(BackboneWrapper):
     """VLM-conditioned ``base`` (module docstring). ``forward(x_t, t_model, cond: Cond(context=VLM states
     [B, L, vlm_dim], context_mask?, image_latents=z_c [B, 1, C, h, w] ...), *, tap, **kw)`` → the base's
     ``DiTOutput``; ``kw`` go to the base (FlashI2V's ``ratio``)."""
@@ -135,22 +135,6 @@ class UniWorld(nn.Module):
         self.adapter.init_weights()
         if self.image_proj is not None:
             self.image_proj.init_weights()
-
-    # ------------------------------------------------------------ what callers read of a backbone
-    @property
-    def cfg(self):
-        return self.base.cfg
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        return self.base.grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, on: bool) -> None:
-        self.base.grad_checkpointing = on
-
-    def null_cond(self, cond: Cond) -> Cond:
-        return self.base.null_cond(cond)
 
     # ------------------------------------------------------------ forward
     def image_tokens(self, z_c: Tensor) -> Tensor:
