@@ -1,5 +1,7 @@
 """CogVideoX through ``minivdit.dist``: meta build → (LoRA) → ``parallelize`` → ``materialize(init=False)`` →
 ``load_pretrained`` from a sharded diffusers folder, over 2 gloo processes (FSDP2 and DDP) against 1 process.
+The same for Wan under FlashI2V (issue 19 §6): the backbone loaded shard by shard into the sharded wrapper,
+FlashI2V's own layers from full tensors, trained with and without activation checkpointing.
 
 One torchrun launch (``WORKER``) runs every distributed case and rank 0 saves what it gathered; the tests
 compare with the same functions run here in a world of one. Each rank trains on its half of the same global
@@ -28,7 +30,9 @@ from minivdit import dist
 from minivdit.dist import ParallelConfig
 from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pretrained_folder
 from minivdit.models.cond import Cond
+from minivdit.models.flashi2v import FlashI2V
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, lora_modules
+from minivdit.models.wan import WanConfig, WanTransformer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
@@ -130,8 +134,78 @@ def grads(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool) -> dict[
     return out
 
 
+# --------------------------------------------------------------------------- Wan under FlashI2V
+WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+           text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, rope_max_seq_len=32)  # fmt: skip
+WAN_SIZE, WAN_TEXT = (3, 4, 6), 7  # latent F, H, W; text tokens
+
+
+def build_wan(folder: Path, ctx: dist.DistContext, strategy: str, *, ac: bool = False):
+    """The trainer's path for ``--pretrained WAN --flashi2v`` (``train.build_models``): meta build of the
+    wrapper → parallelize → materialize → load_pretrained (the backbone, shard by shard) → FlashI2V's layers
+    drawn whole on the CPU and loaded as full tensors. Their zero-init output layers get seeded random values
+    here, so that every weight has a gradient."""
+    cfg = WanConfig.from_json(folder / "config.json")
+    with torch.device("meta"):
+        model = FlashI2V(WanTransformer(cfg))
+        reference = FlashI2V(WanTransformer(cfg))
+    pcfg = ParallelConfig(strategy=strategy, activation_checkpointing=ac)
+    model = dist.parallelize(model, pcfg, ctx, "fp32")
+    dist.materialize(model, ctx.device, init=False)
+    dist.load_pretrained(model, folder)
+    reference.learnable_proj.to_empty(device="cpu")
+    reference.fourier_embedding.to_empty(device="cpu")
+    torch.manual_seed(5)
+    reference.init_weights()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("base.")}
+    g = torch.Generator().manual_seed(6)
+    state = {k: v if v.any() else 0.05 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    set_model_state_dict(
+        dist.unwrap(model), state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    if dist.resolve_strategy(pcfg, ctx) == "fsdp":
+        assert all(dist.is_sharded(p) for p in model.parameters())
+    return model
+
+
+def wan_loss(model, step: int, ctx: dist.DistContext) -> torch.Tensor:
+    """This rank's clips of the global batch of ``step``; FlashI2V's Fourier ratio fixed per clip (in
+    training it is drawn per sample from the global RNG, which 2 ranks and 1 process draw differently)."""
+    g = torch.Generator().manual_seed(200 + step)
+    F, H, W = WAN_SIZE
+    x_t, target = (torch.randn(BATCH, F, 4, H, W, generator=g) for _ in range(2))
+    z_c = torch.randn(BATCH, 1, 4, H, W, generator=g)
+    context = torch.randn(BATCH, WAN_TEXT, 16, generator=g)
+    t, ratio = torch.tensor([900.0, 35.0]), torch.tensor([0.2, 0.7])
+    mine = slice(ctx.rank, None, ctx.world)
+    cond = Cond(context=context[mine], image_latents=z_c[mine])
+    return (model(x_t[mine], t[mine], cond, ratio=ratio[mine]).pred - target[mine]).square().mean()
+
+
+def train_wan(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool) -> dict:
+    """As ``train``: the loaded weights, ``STEPS`` AdamW steps' losses and the final weights."""
+    model = build_wan(folder, ctx, strategy, ac=ac)
+    loaded = full_state(model)
+    model.train()
+    assert dist.unwrap(model).grad_checkpointing is ac
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4, weight_decay=0.1)  # eps: see train()
+    losses = []
+    for step in range(STEPS):
+        loss = wan_loss(model, step, ctx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(dist.all_reduce_mean(loss.detach()).item())
+    return {"loaded": loaded, "losses": losses, "final": full_state(model)}
+
+
 def run_all(folders: dict[str, Path], ctx: dist.DistContext, strategies: tuple[str, ...]) -> dict:
     res = {}
+    wan = folders.pop("wan", None)
+    if wan is not None:
+        for s in strategies:
+            for ac in (False, True) if s != "ddp" else (False,):
+                res[f"wan/{s}/ac={ac}"] = train_wan(wan, ctx, s, ac)
     for s in strategies:
         for lora in (False, True):
             res[f"train/{s}/lora={lora}"] = train(folders["5B-I2V"], ctx, s, lora)
@@ -184,13 +258,13 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
 def folders(tmp_path_factory) -> dict[str, Path]:
     """A random diffusers ``CogVideoXTransformer3DModel`` per variant, saved in >= 2 safetensors shards."""
     pytest.importorskip("diffusers")
-    from diffusers import CogVideoXTransformer3DModel
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        for i, (name, kw) in enumerate(VARIANTS.items()):
-            ref = CogVideoXTransformer3DModel(**kw)
+        models = [(name, CogVideoXTransformer3DModel(**kw)) for name, kw in VARIANTS.items()]
+        for i, (name, ref) in enumerate(models + [("wan", WanTransformer3DModel(**WAN))]):
             _randomise(ref, i)
             folder = tmp_path_factory.mktemp(name)
             ref.save_pretrained(folder, max_shard_size="20KB")
@@ -211,7 +285,7 @@ def two_ranks(folders, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("torchrun")
     script, out = tmp / "worker.py", tmp / "results.pt"
     script.write_text(textwrap.dedent(WORKER))
-    args = json.dumps({"folders": {k: str(v) for k, v in folders.items()}, "out": str(out)})
+    args = json.dumps({"folders": {k: str(v) for k, v in folders.items()}, "out": str(out)})  # wan included
     launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     port = _free_port()
@@ -227,7 +301,7 @@ def two_ranks(folders, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def one_process(folders) -> dict:
-    return run_all(folders, SOLO, ("none",))
+    return run_all(dict(folders), SOLO, ("none",))
 
 
 def _same(got: dict, want: dict, atol: float, what: str) -> None:
@@ -256,6 +330,21 @@ def test_two_ranks_train_like_one_process(two_ranks, one_process, strategy, lora
         assert moved == {k for k in want["final"] if ".lora_" in k} and len(moved) == 16
     else:
         assert moved == set(want["final"]) - {"patch_embed.pos_embedding"}  # the learned PE is a buffer
+
+
+@pytest.mark.parametrize("case", ["fsdp/ac=False", "fsdp/ac=True", "ddp/ac=False"])
+def test_wan_under_flashi2v_trains_on_two_ranks_like_one_process(two_ranks, one_process, folders, case):
+    """Wan + FlashI2V, FSDP2 (with and without activation checkpointing) and DDP on 2 ranks: the backbone
+    loads exactly ``WanTransformer.from_pretrained``'s weights into the shards, FlashI2V's layers arrive
+    whole, and 2 AdamW steps give the losses and weights of one process (the bounds of the CogVideoX test
+    above: the same sizes of sums, a batch of 1 clip per rank against 2)."""
+    got, want = two_ranks[f"wan/{case}"], one_process["wan/none/ac=False"]
+    _same(got["loaded"], want["loaded"], 0, "loaded")
+    base = {f"base.{k}": v for k, v in WanTransformer.from_pretrained(folders["wan"]).state_dict().items()}
+    _same({k: v for k, v in got["loaded"].items() if k.startswith("base.")}, base, 0, "backbone")
+    assert got["losses"] == pytest.approx(want["losses"], rel=2e-6, abs=1e-7)
+    _same(got["final"], want["final"], 1e-6, "after AdamW")
+    assert all(not torch.equal(want["final"][k], want["loaded"][k]) for k in want["final"])  # all trained
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
