@@ -107,6 +107,7 @@ latent channels (DiT's "exact reproducibility" quirk).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -365,6 +366,9 @@ class SampleConfig:
     text_encoder: str | None = None
     """CogVideoX: the T5 folder (a CogVideoX folder holding text_encoder/ + tokenizer/, or one T5 folder);
     default: the run's ``text.path`` (or its ``pretrained`` folder), or the ``--pretrained`` folder."""
+    vlm: str | None = None
+    """A UniWorld run (``--ckpt``): the local Qwen2.5-VL folder its VLM loads from (default: the run's
+    ``vlm.path``)."""
     text_dtype: Literal["bfloat16", "float32", "float16"] | None = None
     """CogVideoX: the T5's dtype; default: the run's ``text.dtype``, bfloat16 with ``--pretrained``."""
     num_frames: int | None = None
@@ -516,8 +520,14 @@ def load_run(
 
         with torch.device("meta"):
             model = FlashI2V(model, from_dict(FlashI2VConfig, run_cfg["flashi2v"]))
+    if isinstance(run_cfg.get("uniworld"), dict):  # then UniWorld's adapter around it (TrainConfig.uniworld)
+        from minivdit.models.uniworld import UniWorld, UniWorldConfig
+
+        with torch.device("meta"):
+            model = UniWorld(model, from_dict(UniWorldConfig, run_cfg["uniworld"]))
     if text_to_video:
-        _load_transformer_run(model, run_cfg, lora, weights, device, dtype)
+        trained_only = meta.get("weights", "all") == "trainable"
+        _load_transformer_run(model, run_cfg, lora, weights, device, dtype, trained_only=trained_only)
     else:
         model.to_empty(device=device)
         getattr(model, "base", model).reset_buffers()  # the backbone's tables (inside FlashI2V, if wrapped)
@@ -538,22 +548,41 @@ def _run_lora(run_cfg: dict, meta: dict, weights: Path):
     if meta.get("weights", "all") != "trainable":
         return None
     lora = from_dict(LoRAConfig, run_cfg["lora"]) if run_cfg.get("lora") else LoRAConfig()
-    if not lora.enabled:
-        raise ValueError(f"{weights.parent}: holds only trained weights but the run has no LoRA config")
-    return lora
+    if lora.enabled:
+        return lora
+    if isinstance(run_cfg.get("uniworld"), dict):  # UniWorld's adapter alone trained, the DiT frozen
+        return None
+    raise ValueError(f"{weights.parent}: holds only trained weights but the run has no LoRA config")
 
 
 def _load_transformer_run(
-    model: torch.nn.Module, run_cfg: dict, lora, weights: Path, device: torch.device, dtype: torch.dtype
+    model: torch.nn.Module,
+    run_cfg: dict,
+    lora,
+    weights: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    trained_only: bool = False,
 ) -> None:
-    """Fill a meta-built CogVideoX or Wan transformer (FlashI2V-wrapped or not) from a run's checkpoint:
-    every weight (a full fine-tune), or the run's ``pretrained`` base + the trained weights (``lora`` set:
-    the adapters, and FlashI2V's layers)."""
+    """Fill a meta-built CogVideoX or Wan transformer (wrapped by FlashI2V / UniWorld or not) from a run's
+    checkpoint: every weight (a full fine-tune), or (``trained_only``) the run's ``pretrained`` base, its
+    ``init_from`` run (``train.load_init``), then the trained weights (LoRA's adapters, FlashI2V's layers,
+    UniWorld's adapter)."""
     from minivdit import ckpt as ckpt_mod
     from minivdit import dist
+    from minivdit.models.flashi2v import BackboneWrapper
 
-    backbone = getattr(model, "base", model)
-    if lora is not None:
+    backbone = model
+    while isinstance(backbone, BackboneWrapper):
+        backbone = backbone.base
+    trained_only = trained_only or lora is not None
+    wrapped = None
+    if trained_only and backbone is not model:  # the wrappers' layers as the run drew them (some stay frozen)
+        from minivdit.train import wrapper_init_state  # train imports this module: here, not at the top
+
+        wrapped = wrapper_init_state(copy.deepcopy(model), run_cfg.get("seed", 0))
+    if trained_only:
         base = run_cfg.get("pretrained")
         if not base or not Path(base).is_dir():
             raise ValueError(
@@ -564,10 +593,23 @@ def _load_transformer_run(
     model.to_empty(device=device)
     if hasattr(backbone, "reset_buffers"):  # CogVideoX's position tables (Wan stores nothing positional)
         backbone.reset_buffers()
-    if lora is not None:
+    if trained_only:
         dist.load_pretrained(backbone, base)  # the base, shard by shard (ValueError naming a missing folder)
-        ckpt_mod.load_weights(model, weights, keys=ckpt_mod.trainable_keys(model))  # the adapters
-        log.info(f"sampling the LoRA adapters of {weights} (rank {lora.rank}) on the base {base}")
+        if wrapped is not None:
+            model.load_state_dict(wrapped, strict=False)
+        if run_cfg.get("init_from"):
+            from minivdit.train import load_init  # train imports this module: here, not at the top
+
+            load_init(model, run_cfg["init_from"])  # the frozen DiT the run started from
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            keys = set(f.keys())
+        if unexpected := sorted(keys - set(model.state_dict())):
+            raise ValueError(f"{weights}: weights the rebuilt run lacks ({unexpected[:5]})")
+        ckpt_mod.load_weights(model, weights, keys=keys)  # the trained weights
+        what = f"the LoRA adapters (rank {lora.rank})" if lora is not None else "the trained weights"
+        log.info(f"sampling {what} of {weights} on the base {base}")
     else:
         ckpt_mod.load_weights(model, weights)
 
@@ -1074,6 +1116,16 @@ def wan_image_condition(vae: torch.nn.Module, image: Tensor, num_frames: int) ->
     return torch.cat([mask, latents], dim=2)
 
 
+# UniWorld-OSP2.0's default negative prompt (``ultrai2v/utils/constant.py`` NEGATIVE_PROMOPT, Wan's English
+# one), used when the request gives none (``uniworld_osp2_pipeline.py``)
+UNIWORLD_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+    "picture, messy background, three legs, many people in the background, walking backwards"
+)
+
+
 def _wan_run(cfg: SampleConfig):
     """What a Wan ``--ckpt`` request samples with, read from the run's config (no weights loaded): the
     transformer config, the VAE config, the text encoder config, the flow config (the run's, with
@@ -1094,7 +1146,14 @@ def _wan_run(cfg: SampleConfig):
         flow_cfg = dataclasses.replace(flow_cfg, shift=cfg.flow_shift)
     sample = run_cfg.get("sample", {})
     flashi2v = isinstance(run_cfg.get("flashi2v"), dict)
-    return mc, vc, _text_config(cfg, mc, run_cfg), flow_cfg, sample, flashi2v
+    if not isinstance(run_cfg.get("uniworld"), dict):
+        return mc, vc, _text_config(cfg, mc, run_cfg), flow_cfg, sample, flashi2v, None
+    from minivdit.conditioning.vlm import VLMConfig
+
+    vlm = from_dict(VLMConfig, run_cfg["vlm"])  # UniWorld: the VLM reads prompt + image, no T5
+    if cfg.vlm is not None:
+        vlm = dataclasses.replace(vlm, path=cfg.vlm, tokenizer=None)
+    return mc, vc, None, flow_cfg, sample, flashi2v, vlm
 
 
 def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
@@ -1102,7 +1161,9 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     a record of what made them: a diffusers Wan folder (``--pretrained``), or a Wan training run
     (``--ckpt``: its weights, full or LoRA on its ``pretrained`` base, its VAE, text encoder, flow and
     ``sample.*`` settings; a FlashI2V run starts every video from ``--image``, encoded alone as its start
-    frame, ``models.flashi2v.start_frame_latents``)."""
+    frame, ``models.flashi2v.start_frame_latents``; a UniWorld run reads each prompt with ``--image``
+    through its VLM, as the released pipeline: the image Lanczos-resized to the VLM's frame size, the
+    prompt whole, the negative ``--negative-prompt`` or ``UNIWORLD_NEGATIVE_PROMPT`` with the same image)."""
     from PIL import Image
 
     from minivdit.conditioning.clip_image import CLIPImageEncoder, ImageEncoderConfig
@@ -1113,10 +1174,13 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     device = torch.device(cfg.device)
     if cfg.sampler not in (None, "unipc", "euler"):  # before a flow config is built with it
         raise ValueError(f"--sampler {cfg.sampler} is a CogVideoX sampler; Wan samples with unipc or euler")
+    vlm_cfg = None
     if cfg.ckpt is not None:
-        mc, vc, text_cfg, flow_cfg, run_sample, flashi2v = _wan_run(cfg)
+        mc, vc, text_cfg, flow_cfg, run_sample, flashi2v, vlm_cfg = _wan_run(cfg)
         folder = None
     else:
+        if cfg.vlm is not None:
+            raise ValueError("--vlm is for a UniWorld run (--ckpt RUN): its adapter maps the VLM's states")
         folder, run_sample, flashi2v = Path(cfg.pretrained), {}, False
         mc = WanConfig.from_json(pretrained_folder(folder) / "config.json")
         vc = _wan_vae_config(folder)
@@ -1124,17 +1188,31 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
         text_cfg = TextEncoderConfig.wan(
             cfg.text_encoder or str(folder), dtype=cfg.text_dtype or "bfloat16", null=cfg.text_null or "empty"
         )
-    req = _check_wan_request(cfg, mc, vc, flashi2v=flashi2v)
+    uniworld = vlm_cfg is not None
+    req = _check_wan_request(cfg, mc, vc, flashi2v=flashi2v or uniworld)
 
-    # one model in memory at a time: UMT5-XXL (11 GB in bf16), CLIP, then the VAE and the transformer
+    # one model in memory at a time: UMT5-XXL (11 GB in bf16) or the VLM, CLIP, then the VAE and the
+    # transformer
     prompts, B = list(cfg.prompt), len(cfg.prompt)
-    encoder = T5TextEncoder(text_cfg).to(device)
-    # the context is zero-padded past each prompt (TextEncoderConfig.wan), attended whole (the pipelines: no
-    # mask)
-    context = encoder.encode(prompts)[0].float()  # [B, L, D]
-    null_text = encoder.null()["context"].float()  # [L, D]: T5("") (or zeros, --text-null zeros)
-    negative = encoder.encode(list(cfg.negative_prompt))[0].float() if cfg.negative_prompt else None
-    del encoder
+    mask = negative_mask = None
+    if uniworld:  # UniWorld's pipeline: prompt + image through the VLM; negative = Wan's, the same image
+        from minivdit.conditioning.vlm import VLMEncoder, inference_image
+
+        vlm = VLMEncoder(vlm_cfg).to(device)
+        image = inference_image(cfg.image, vlm_cfg.frame_size)
+        context, mask = vlm.encode(prompts, [image] * B, truncate=False)  # [B, L, D_vlm] (the states)
+        negatives = list(cfg.negative_prompt) or [UNIWORLD_NEGATIVE_PROMPT]
+        negative, negative_mask = vlm.encode(negatives, [image] * len(negatives), truncate=False)
+        null_text = None
+        del vlm
+    else:
+        encoder = T5TextEncoder(text_cfg).to(device)
+        # the context is zero-padded past each prompt (TextEncoderConfig.wan), attended whole (the
+        # pipelines: no mask)
+        context = encoder.encode(prompts)[0].float()  # [B, L, D]
+        null_text = encoder.null()["context"].float()  # [L, D]: T5("") (or zeros, --text-null zeros)
+        negative = encoder.encode(list(cfg.negative_prompt))[0].float() if cfg.negative_prompt else None
+        del encoder
     image_context = None
     if mc.image_dim is not None:  # the CLIP tokens of the file as read (encode_image gets the PIL image,
         # RGB as diffusers.utils.load_image converts it), not of the resized one
@@ -1152,11 +1230,12 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
     else:
         model, _, vae, run = load_run(cfg.ckpt, use_ema=cfg.use_ema, device=device, dtype=dtype)
     image_latents = None
-    if mc.concat_channels or flashi2v:
+    if mc.concat_channels or flashi2v or uniworld:
         image = load_image(cfg.image, (req.height, req.width)).to(device)
         with torch.no_grad():
-            if flashi2v:  # z_c: the start frame encoded alone, the posterior mean whatever the run trained
-                # with (FlashI2V's pipeline; models.flashi2v.start_frame_latents with sample_posterior=False)
+            # z_c (UniWorld's f_img reads it too): the start frame encoded alone, the posterior mean whatever
+            # the run trained with (FlashI2V's pipeline; models.flashi2v.start_frame_latents, no sampling)
+            if flashi2v or uniworld:
                 z_c = vae.encode(image[:, None], sample=False).float()  # [1, 1, C, h, w]
                 image_latents = z_c.expand(B, -1, -1, -1, -1)
             else:
@@ -1170,10 +1249,14 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
         draw = torch.randn(shape, generator=g)
         noise.append(rearrange(draw, "b c f h w -> b f c h w"))
     noise = torch.cat(noise)  # [B, F', C, h, w]
-    cond = Cond(context=context, image_latents=image_latents, image_context=image_context)
-    null = cond.null(context=null_text)  # the image condition is kept (the pipelines: text-only guidance)
+    cond = Cond(context=context, context_mask=mask, image_latents=image_latents, image_context=image_context)
+    if uniworld:
+        null = dataclasses.replace(cond, context=None, context_mask=None)
+    else:
+        null = cond.null(context=null_text)  # the image condition is kept (the pipelines: text-only guidance)
     if negative is not None:  # one per sample (a single one repeated)
-        null = dataclasses.replace(null, context=negative.expand(B, -1, -1))
+        negative_mask = negative_mask.expand(B, -1) if negative_mask is not None else None
+        null = dataclasses.replace(null, context=negative.expand(B, -1, -1), context_mask=negative_mask)
     default_scale = run_sample.get("cfg_scale", WAN_CFG_SCALE)
     cfg_scale = default_scale if cfg.cfg_scale is None else cfg.cfg_scale
     # the pipelines guide only when guidance_scale > 1 (do_classifier_free_guidance)
@@ -1198,14 +1281,15 @@ def sample_wan(cfg: SampleConfig) -> tuple[Tensor, torch.nn.Module, dict]:
             ).cpu()
         )
     kind = ("wan-i2v" if mc.is_i2v else "wan-t2v") + ("+flashi2v" if flashi2v else "")
+    kind += "+uniworld" if uniworld else ""
     record = {
         **({"pretrained": str(folder)} if folder is not None else {"ckpt": run["_ckpt"]}),
         "model": kind,
         "sampler": flow_cfg.sampler,
         "flow_shift": flow_cfg.shift,
         "prompts": prompts,
-        "negative_prompts": list(cfg.negative_prompt),
-        "text_null": text_cfg.null,
+        "negative_prompts": negatives if uniworld else list(cfg.negative_prompt),
+        **({"vlm": vlm_cfg.path} if uniworld else {"text_null": text_cfg.null}),
         "seeds": [cfg.seed + i for i in range(B)],
         "image": cfg.image,
         "num_frames": req.num_frames,
@@ -1271,6 +1355,8 @@ def sample(cfg: SampleConfig) -> Path:
         _refuse_vdit_flags(cfg, "a Wan model")
         return _sample_text(cfg, wan=True)
     folder = vdit_pretrained_folder(source, flag)  # None: a run, a checkpoint or a CogVideoX folder
+    if cfg.vlm is not None:
+        raise ValueError(f"--vlm {cfg.vlm} is for a UniWorld run (a Wan run trained with --uniworld)")
     if folder is None and _is_cogvideox(cfg):
         _refuse_vdit_flags(cfg, "a CogVideoX model")
         return _sample_text(cfg)

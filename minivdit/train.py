@@ -39,6 +39,7 @@ from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_
 from minivdit.conditioning import Conditioner, batch_cond
 from minivdit.conditioning.i2v import I2VConfig
 from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, null_context, text_identity
+from minivdit.conditioning.vlm import VLMConfig, VLMEncoder
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
@@ -49,8 +50,9 @@ from minivdit.models import dit as dit_model
 from minivdit.models import wan as wan_model
 from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pretrained_folder
 from minivdit.models.dit import DiTConfig, VDiT, num_params
-from minivdit.models.flashi2v import FlashI2V, FlashI2VConfig
+from minivdit.models.flashi2v import BackboneWrapper, FlashI2V, FlashI2VConfig
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights
+from minivdit.models.uniworld import UniWorld, UniWorldConfig
 from minivdit.models.vae import PixelSpace, VAEConfig, build_vae
 from minivdit.models.wan import WanConfig, WanTransformer
 from minivdit.objectives.ddpm import DDPM, DDPMConfig
@@ -203,6 +205,11 @@ class TrainConfig:
     ``transformer/``) or a V-DiT folder (``tools/convert_weights.py latte``), loaded shard by shard into the
     (sharded) model; None: a fresh init. The architecture is read from the folder's ``config.json``; only
     the run's runtime choices (attention backend, the frames and size it trains at) are kept."""
+    init_from: str | None = None
+    """A run directory (its newest verified checkpoint) or a checkpoint folder whose EMA weights the model
+    starts from, after ``pretrained``: a run with the inner wrappers of this one (UniWorld's frozen DiT from
+    a ``FlashI2V`` run; the same architecture, loaded strictly). A checkpoint of trained weights only (LoRA)
+    needs this run's LoRA settings. None: ``pretrained`` or a fresh init."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters (``minivdit/models/lora.py``); ``--lora.rank 0`` trains every weight. With LoRA only the
     adapters are trained and checkpointed; the base weights come from ``pretrained``."""
@@ -211,6 +218,14 @@ class TrainConfig:
     caption dropout; not needed when the shards carry cached text (``tools/cache_text.py``)."""
     i2v: I2VConfig = field(default_factory=I2VConfig)
     """Image-to-video / anyframe conditioning (``minivdit/conditioning/i2v.py``); needs the VAE."""
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    """A frozen Qwen2.5-VL (``minivdit/conditioning/vlm.py``) in place of the text encoder: each caption with
+    its clip's first frame, encoded online (``--vlm.path``); with ``uniworld``. Caption dropout:
+    ``--text.dropout``."""
+    uniworld: UniWorldConfig | None = None
+    """UniWorld-OSP2.0's adapter (``minivdit/models/uniworld.py``) between the VLM's states and the
+    backbone's frozen text projection, around the (FlashI2V-wrapped) backbone; ``uniworld.train`` says what
+    trains. None: off."""
     objective: DDPMConfig | FlowConfig = field(default_factory=FlowConfig)
     """Diffusion objective; the recipe picks the class, the CLI tweaks its fields."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -274,6 +289,7 @@ class TrainConfig:
                 f"global_batch={self.global_batch} must be a positive multiple of data.batch_size="
                 f"{self.data.batch_size}"
             )
+        self._check_uniworld()
         if isinstance(self.model, CogVideoXConfig):
             self._check_cogvideox()
             self._check_flashi2v()
@@ -387,7 +403,7 @@ class TrainConfig:
                 f"--i2v.mode {self.i2v.mode!r} on Wan is not supported: train a text-to-video Wan, with "
                 "--flashi2v for image-to-video"
             )
-        if not self.text.enabled and self.data.dataset != "shards":
+        if not self.text.enabled and self.vlm.path is None and self.data.dataset != "shards":
             raise ValueError(
                 "Wan is text-conditioned: give --text.path (the Wan pipeline folder: UMT5) or train on "
                 "shards with cached text (tools/cache_text.py)"
@@ -399,6 +415,35 @@ class TrainConfig:
         if self.validation.enabled:
             raise ValueError(
                 "--validation.prompts during a Wan run is not supported yet: sample its checkpoints with "
+                "python -m minivdit.sample"
+            )
+
+    def _check_uniworld(self) -> None:
+        if (self.uniworld is None) != (self.vlm.path is None):
+            raise ValueError(
+                "--vlm.path and --uniworld go together: the VLM's states reach the backbone through "
+                f"UniWorld's adapter (got vlm.path={self.vlm.path!r}, uniworld={self.uniworld})"
+            )
+        if self.uniworld is None:
+            return
+        if not isinstance(self.model, (WanConfig, CogVideoXConfig)):
+            raise ValueError("--uniworld conditions a text-to-video backbone (Wan, CogVideoX), not a V-DiT")
+        if self.text.enabled:
+            raise ValueError(
+                f"--vlm.path replaces the text encoder: drop --text.path {self.text.path} (its dropout, "
+                "--text.dropout, still blanks captions before the VLM)"
+            )
+        width = self.model.text_dim if isinstance(self.model, WanConfig) else self.model.text_embed_dim
+        if self.uniworld.out_dim != width:
+            raise ValueError(
+                f"uniworld.out_dim={self.uniworld.out_dim} must be the backbone's text width {width} (the "
+                f"adapter feeds its frozen text projection): --uniworld.out-dim {width}"
+            )
+        if self.data.dataset == "shards":
+            raise ValueError("--vlm.path encodes captions and first frames online: train on a caption folder")
+        if self.validation.enabled:
+            raise ValueError(
+                "--validation.prompts with a VLM is not supported yet: sample the checkpoints with "
                 "python -m minivdit.sample"
             )
 
@@ -565,9 +610,35 @@ def model_class(model_cfg: ModelConfig) -> type:
 
 
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The backbone inside a (FlashI2V-)wrapped model: what ``--pretrained`` weights load into."""
+    """The backbone inside a wrapped model (``FlashI2V``, ``UniWorld``): what ``--pretrained`` weights load
+    into."""
     inner = dist.unwrap(model)
-    return inner.base if isinstance(inner, FlashI2V) else inner
+    while isinstance(inner, BackboneWrapper):
+        inner = inner.base
+    return inner
+
+
+def wrappers(model: torch.nn.Module) -> list[BackboneWrapper]:
+    """The wrappers around the backbone, innermost first (``UniWorld(FlashI2V(base))`` → [FlashI2V,
+    UniWorld])."""
+    chain, inner = [], dist.unwrap(model)
+    while isinstance(inner, BackboneWrapper):
+        chain.append(inner)
+        inner = inner.base
+    return chain[::-1]
+
+
+def wrap(cfg: TrainConfig, m: torch.nn.Module) -> torch.nn.Module:
+    """The backbone ``m`` in the run's wrappers: FlashI2V, then UniWorld (frozen but for its own layers and
+    LoRA's under ``uniworld.train="adapter"``)."""
+    if cfg.flashi2v is not None:
+        m = FlashI2V(m, cfg.flashi2v)
+    if cfg.uniworld is not None:
+        if cfg.uniworld.train == "adapter":
+            for name, p in m.named_parameters():
+                p.requires_grad_(".lora_" in name)  # the DiT frozen, as released; its LoRA adapters train
+        m = UniWorld(m, cfg.uniworld)
+    return m
 
 
 def pretrained_architecture(model: ModelConfig, folder: str) -> ModelConfig:
@@ -614,18 +685,16 @@ def build_models(
         m = model_cls(cfg.model)
         if lora is not None:
             apply_lora(m, lora)  # freezes every non-LoRA weight of the backbone (FlashI2V's layers train)
-        return FlashI2V(m, cfg.flashi2v) if cfg.flashi2v is not None else m
+        return wrap(cfg, m)
 
     with torch.device("meta"):
         model = build()
         ema = build() if cfg.ema.enabled else None
         # The reference too: a CPU constructor's default init would consume the seeded RNG. With a
-        # pretrained backbone FlashI2V's own layers (φ, Fourier embedding) still start from the seed.
-        reference = build() if cfg.pretrained is None or cfg.flashi2v is not None else None
-    if reference is not None and cfg.pretrained is not None:  # only the wrapper's layers leave meta
-        reference.learnable_proj.to_empty(device="cpu")
-        if reference.fourier_embedding is not None:
-            reference.fourier_embedding.to_empty(device="cpu")
+        # pretrained backbone the wrappers' own layers (FlashI2V's φ, UniWorld's adapter) still start from
+        # the seed.
+        wrapped = cfg.flashi2v is not None or cfg.uniworld is not None
+        reference = build() if cfg.pretrained is None or wrapped else None
     model = dist.parallelize(model, cfg.parallel, ctx, cfg.precision)
     if ema is not None:
         ema = dist.parallelize(ema, cfg.parallel, ctx, cfg.precision, trainable=False)
@@ -636,12 +705,11 @@ def build_models(
         backbone(reference).init_weights()
         if lora is not None:
             init_lora_weights(backbone(reference))  # init_weights re-initialised every Linear, LoRA's too
-        if cfg.flashi2v is not None:
-            reference.init_weights()  # FlashI2V's own layers only (after the backbone's draws)
+        for wrapper in wrappers(reference):
+            wrapper.init_weights()  # its own layers only, innermost first (after the backbone's draws)
         state = reference.state_dict()
-    elif reference is not None:  # pretrained + FlashI2V: the wrapper's layers, drawn whole on the CPU
-        reference.init_weights()
-        state = {k: v for k, v in reference.state_dict().items() if not k.startswith("base.")}
+    elif reference is not None:  # pretrained + wrappers: their layers, drawn whole on the CPU
+        state = wrapper_init_state(reference, cfg.seed)
     for m in (model, ema):
         if m is None:
             continue
@@ -655,12 +723,78 @@ def build_models(
         dist.load_pretrained(backbone(inner), cfg.pretrained)  # the base weights, shard file by shard file
         if lora is not None:
             dist.init_lora(inner, cfg.seed)  # drawn whole on the CPU: the same for any sharding
-        if state is not None:  # FlashI2V's layers; strict=False: the backbone's keys came from the files
+        if state is not None:  # the wrappers' layers; strict=False: the backbone's keys came from the files
             set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=False))
     del reference, state
+    if cfg.init_from is not None:
+        for m in (model, ema):
+            if m is not None:
+                load_init(dist.unwrap(m), cfg.init_from)
     if ema is not None:
         ema.requires_grad_(False).eval()
     return model, ema
+
+
+def wrapper_init_state(reference: torch.nn.Module, seed: int) -> dict[str, Tensor]:
+    """The wrappers' own layers (FlashI2V's φ, UniWorld's adapter) of a run on ``--pretrained`` weights as
+    it starts them: ``reference`` is the model built on meta; only those layers are materialised, on the
+    CPU, and drawn from ``seed``, innermost wrapper first. Keys outside the backbone. ``sample.load_run``
+    redraws them for a run whose checkpoint does not hold them (UniWorld's frozen FlashI2V layers)."""
+    chain = wrappers(reference)
+    for wrapper in chain:
+        for name, child in wrapper.named_children():
+            if name != "base":
+                child.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    for wrapper in chain:
+        wrapper.init_weights()
+    inside = "base." * len(chain)  # the backbone's keys: from the files
+    return {k: v for k, v in reference.state_dict().items() if not k.startswith(inside)}
+
+
+def load_init(model: torch.nn.Module, source: str) -> Path:
+    """``--init-from``: the EMA weights (else the model's) of a run or checkpoint folder into ``model``, or
+    into the part of it the run trained (its wrappers, counted from the inside: a ``FlashI2V`` run fills
+    ``UniWorld.base``). Returns the checkpoint. ``ValueError`` naming the folder for anything that does not
+    match."""
+    path = Path(source)
+    if (path / "checkpoints").is_dir():
+        found = ckpt.latest_verified(path / "checkpoints")
+        if found is None:
+            raise ValueError(f"--init-from {source}: no verified checkpoint in {path / 'checkpoints'}")
+        path = found
+    if not (path / "meta.json").is_file():
+        raise ValueError(f"--init-from {source}: not a run directory or a checkpoint folder (no meta.json)")
+    meta = json.loads((path / "meta.json").read_text())
+    theirs = meta.get("config", {})
+    depth = sum(theirs.get(k) is not None for k in ("flashi2v", "uniworld"))
+    target = model
+    while len(wrappers(target)) > depth:
+        target = target.base
+    if len(wrappers(target)) != depth:
+        raise ValueError(
+            f"--init-from {path}: that run has {depth} wrapper(s) around its backbone (flashi2v, uniworld), "
+            f"this one {len(wrappers(model))}: it cannot hold those weights"
+        )
+    file = path / "ema.safetensors" if (path / "ema.safetensors").is_file() else path / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        keys = set(f.keys())
+    ours = set(target.state_dict())
+    if unexpected := sorted(keys - ours):
+        raise ValueError(
+            f"--init-from {file}: weights this model lacks ({unexpected[:5]}): a different architecture, "
+            "wrapper or --lora setting"
+        )
+    if meta.get("weights", "all") == "all" and (missing := sorted(ours - keys)):
+        raise ValueError(f"--init-from {file}: the checkpoint lacks {missing[:5]}")
+    try:
+        ckpt.load_weights(target, file, keys=None if keys == ours else keys)
+    except RuntimeError as e:  # shapes
+        raise ValueError(f"--init-from {file}: {e}") from e
+    log.info(f"--init-from: {len(keys)} tensors from {file}")
+    return path
 
 
 def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> Conditioner | None:
@@ -676,6 +810,21 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
             i2v=cfg.i2v,
             start_frame=cfg.flashi2v is not None,
             vae=vae if vae is not None else PixelSpace(),
+            autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+        )
+    if cfg.vlm.path is not None:  # UniWorld: the VLM reads caption + first frame (online; frozen)
+        vlm = VLMEncoder(cfg.vlm).to(ctx.device)
+        dim = vlm.dim
+        if dim != cfg.uniworld.vlm_dim:
+            raise ValueError(
+                f"--vlm.path {cfg.vlm.path}: hidden size {dim}, but uniworld.vlm_dim={cfg.uniworld.vlm_dim}: "
+                f"--uniworld.vlm-dim {dim}"
+            )
+        return Conditioner(
+            vlm=vlm,
+            text_dropout=cfg.text.dropout,
+            start_frame=cfg.flashi2v is not None or cfg.uniworld.f_img != "off",  # z_c: FlashI2V's, f_img's
+            vae=vae,
             autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
         )
     encoder = build_text_encoder(cfg.text)
@@ -1060,7 +1209,7 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
     ctx = dist.init()
     cfg = with_global_batch(cfg, ctx.world)
     run_dir = cfg.run_dir
-    resume_from = start_run(cfg, ctx, structural=("model", "lora", "align"))
+    resume_from = start_run(cfg, ctx, structural=("model", "lora", "align", "uniworld"))
 
     loader = build_loader(cfg.data, ctx.rank, ctx.world)  # first: a wrong --data.root fails fast
     check_dataset(cfg, loader.dataset)
@@ -1415,7 +1564,7 @@ def _prepare_train(default: TrainConfig, args: list[str]) -> tuple[dict, tuple[s
         # recipe's /models/... default on a laptop, --help) is left to train(), which names it.
         overrides["model"] = pretrained_architecture(default.model, folder)
     text_to_video = isinstance(default.model, (CogVideoXConfig, WanConfig))
-    hide = ("eval",) if text_to_video else ("lora", "text", "validation")
+    hide = ("eval",) if text_to_video else ("lora", "text", "validation", "vlm", "uniworld")
     return overrides, hide
 
 

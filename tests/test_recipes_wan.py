@@ -61,8 +61,11 @@ def _randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Wan2.1-T2V pipeline folder and a captioned folder of 4 clips."""
-    root = tmp_path_factory.mktemp("wan")
+    return make_tiny(tmp_path_factory.mktemp("wan"))
+
+
+def make_tiny(root: Path) -> dict[str, Path]:
+    """A tiny Wan2.1-T2V pipeline folder and a captioned folder of 4 clips in ``root``."""
     pipe = root / "Wan-tiny-T2V"
     gen = torch.Generator().manual_seed(0)
     transformer = diffusers.WanTransformer3DModel(**TRANSFORMER)

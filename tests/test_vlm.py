@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, qwen_image_inputs, smart_resize
+from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, VLMPrompt, qwen_image_inputs, smart_resize
 
 transformers = pytest.importorskip("transformers")
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
@@ -115,3 +115,87 @@ def test_missing_folder_and_weights_are_named(folder, tmp_path):
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="the weights lack"):
         VLMEncoder(VLMConfig(path=str(broken)))
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A tiny random Qwen2.5-VL with a real (tiny) Qwen2 tokenizer in the folder (``tests/tiny_qwen.py``)."""
+    from tiny_qwen import save_qwen_vl
+
+    return save_qwen_vl(tmp_path_factory.mktemp("qwen") / "Qwen2.5-VL-tok")
+
+
+def _released_inputs(processor, caption: str, frame, caption_tokens: int, max_length: int):
+    """``flashi2v_dataset.py`` l.111-177 with the real processor: the caption tokenised with padding to
+    ``caption_tokens``, truncated and decoded; the first frame resized to 240 × 416 on 0-255 floats
+    (torchvision's tensor ``resize(BICUBIC)`` is ``interpolate(bicubic, antialias=True)``), rounded to uint8;
+    the chat template with the generation prompt; ``processor(padding="max_length")``."""
+    tok = processor.tokenizer
+    ids = tok(caption, padding="max_length", max_length=caption_tokens, truncation=True, return_tensors="pt")
+    text = tok.decode(ids["input_ids"].squeeze()[:caption_tokens], skip_special_tokens=True)
+    content = [{"type": "text", "text": text}]
+    images = None
+    if frame is not None:
+        x = torch.nn.functional.interpolate((frame[None] + 1) * 127.5, size=(240, 416), mode="bicubic",
+                                            antialias=True)  # fmt: skip
+        x = x.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        images, content = [Image.fromarray(x)], [{"type": "image", "image": "1f.jpg"}] + content
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    kw = dict(padding="max_length", max_length=max_length, return_tensors="pt")
+    return processor(text=[chat], images=images, **kw)
+
+
+def test_prompt_is_the_released_datasets(qwen):
+    from tiny_qwen import reference_processor
+
+    processor = reference_processor(qwen)
+    prompt = VLMPrompt(VLMConfig(path=str(qwen), caption_tokens=6, max_length=200))
+    frames = torch.rand(2, 3, 30, 52, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    captions = ["a red disc moving right, then a blue square moving left", ""]  # truncated; dropped
+    got = prompt(captions, frames)
+    rows = 0
+    for i, caption in enumerate(captions):
+        want = _released_inputs(processor, caption, frames[i], caption_tokens=6, max_length=200)
+        assert torch.equal(got["input_ids"][i], want["input_ids"][0])
+        assert torch.equal(got["attention_mask"][i], want["attention_mask"][0])
+        assert torch.equal(got["image_grid_thw"][i], want["image_grid_thw"][0])
+        n = len(want["pixel_values"])
+        assert torch.equal(got["pixel_values"][rows : rows + n], want["pixel_values"])
+        rows += n
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (got["input_ids"] == image_pad).sum(1).tolist() == [135, 135]  # 240 × 416 → 252 × 420 → 9 × 15
+    assert got["attention_mask"][0].sum() > got["attention_mask"][1].sum()  # the caption's tokens
+    text_only = prompt(captions[:1])  # no frame: the template without the image
+    want = _released_inputs(processor, captions[0], None, caption_tokens=6, max_length=200)
+    assert set(text_only) == {"input_ids", "attention_mask"}
+    assert torch.equal(text_only["input_ids"], want["input_ids"])
+    with pytest.raises(ValueError, match="over VLMConfig.max_length=100"):
+        VLMPrompt(VLMConfig(path=str(qwen), max_length=100))(captions, frames)
+
+
+def test_encode_is_the_released_text_models_state(qwen):
+    from tiny_qwen import reference_processor
+
+    cfg = VLMConfig(path=str(qwen), dtype="float32", max_length=200)
+    encoder = VLMEncoder(cfg)
+    frames = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    tokens, mask = encoder.encode(["a green triangle moving up"], frames)
+    inputs = _released_inputs(reference_processor(qwen), "a green triangle moving up", frames[0], 512, 200)
+    text_model = transformers.Qwen2_5_VLTextModel.from_pretrained(qwen).eval()
+    with torch.no_grad():  # train l.500: vlm_encoder(**vlm_inputs, return_dict=False, use_cache=False)[0]
+        want = text_model(**inputs, return_dict=False, use_cache=False)[0]
+    assert mask is None and tokens.shape == (1, 200, 16)
+    assert torch.equal(tokens, want)  # the same ids and operations
+    seen = VLMEncoder(VLMConfig(path=str(qwen), dtype="float32", max_length=200, use_vision=True))
+    a, _ = seen.encode(["a green triangle moving up"], frames)
+    b, _ = seen.encode(["a green triangle moving up"], -frames)
+    changed = (a - b).abs().amax(-1)[0] > 0  # [L]: the rows from the first image token on see the pixels
+    pad = transformers.AutoTokenizer.from_pretrained(qwen).convert_tokens_to_ids("<|image_pad|>")
+    first = int((inputs["input_ids"][0] == pad).nonzero()[0])
+    assert not changed[:first].any() and changed[first : first + 135].all()
+    assert torch.equal(encoder.encode(["a green triangle moving up"], -frames)[0], tokens)  # released: blind

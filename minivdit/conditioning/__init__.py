@@ -58,6 +58,10 @@ class Conditioner:
     VAE-encoded alone [B, 1, C, h, w] (``models.flashi2v.start_frame_latents``), never dropped.
     ``context_mask=False`` drops the text mask from the ``Cond``: the zero-padded Wan context
     (``TextEncoderConfig.wan``) is attended whole, as in the Wan pipelines and FlashI2V's trainer.
+    ``vlm``: a frozen VLM (``vlm.VLMEncoder``) in place of the text encoder (UniWorld-OSP2.0): each caption
+    with its clip's frame 0 goes through the VLM's prompt; a dropped caption becomes "" *before* the VLM, with
+    the same image (the released dataset blanks the caption, ``flashi2v_dataset.py`` l.115-145), so the null
+    is per sample and no fixed null context is needed.
 
     Every draw comes from ``generator`` on its own device: the trainer hands a generator on the training
     device, so anyframe's fill noise (``[B', F, 3, H, W]``, ~200 MB per 49×480×720 sample) is drawn where it
@@ -75,6 +79,7 @@ class Conditioner:
         context_mask: bool = True,
         vae=None,
         autocast_dtype: torch.dtype | None = None,
+        vlm=None,
     ):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text dropout must be in [0, 1), got {text_dropout}")
@@ -85,7 +90,9 @@ class Conditioner:
             raise ValueError("FlashI2V (--flashi2v) needs the frozen VAE (--vae.kind, --vae.path)")
         self.i2v = i2v if i2v is not None and i2v.enabled else None
         self.start_frame, self.context_mask = start_frame, context_mask
-        self.vae, self.autocast_dtype = vae, autocast_dtype
+        self.vae, self.autocast_dtype, self.vlm = vae, autocast_dtype, vlm
+        if vlm is not None and text_encoder is not None:
+            raise ValueError("one context source: a VLM (--vlm.path) or a text encoder (--text.path)")
         if text_null is None and text_encoder is not None:
             null = text_encoder.null()  # TextEncoderConfig.null: T5("") or zeros (SAT)
             text_null = (null["context"], null["context_mask"])
@@ -94,7 +101,7 @@ class Conditioner:
     @property
     def needs_prompts(self) -> bool:
         """Text-conditioned: samples need prompts (the in-training class grid does not apply)."""
-        return self.text_encoder is not None or self.text_null is not None
+        return self.text_encoder is not None or self.text_null is not None or self.vlm is not None
 
     def __call__(self, batch: Batch, generator: torch.Generator, device: torch.device) -> Cond:
         cond = batch_cond(batch, num_classes=self.num_classes)
@@ -105,8 +112,14 @@ class Conditioner:
             cond = Cond(label=cond.label, context=context.float(), context_mask=mask)
         B = batch.label.shape[0]
         keep = torch.rand(B, generator=generator, device=generator.device) >= self.text_dropout  # always
+        if self.vlm is not None:
+            if batch.caption is None or batch.video is None:
+                raise ValueError("the VLM (--vlm.path) needs captions and pixel clips (frame 0) in the batch")
+            captions = [c if k else "" for c, k in zip(batch.caption, keep.tolist(), strict=True)]
+            context, mask = self.vlm.encode(captions, batch.video[:, 0])  # [B, L, D_vlm], [B, L] | None
+            cond = Cond(label=cond.label, context=context, context_mask=mask)
         cond = cond.to(device)
-        if cond.context is not None and self.text_dropout > 0:
+        if cond.context is not None and self.text_dropout > 0 and self.vlm is None:
             if self.text_null is None:
                 raise ValueError("caption dropout needs the empty-prompt tokens (cache them, or --text.path)")
             null, null_mask = self.text_null

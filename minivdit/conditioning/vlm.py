@@ -29,8 +29,11 @@ multiples of 28 within [min_pixels, max_pixels], PIL bicubic, rescale in float64
 CLIP normalisation, 14 × 14 patches merged 2 × 2 and repeated over 2 temporal frames) so that no torchvision
 backend is needed; it equals the PIL processor bit for bit (``tests/test_vlm.py``).
 
-Not in this file yet (issue 20): the tokenizer and chat-template step and the 240 × 416 first-frame resize
-(1, 2), the shard cache of the features, and FSDP sharding of the frozen VLM.
+``VLMPrompt`` runs steps 1-2 (``VLMEncoder.encode(captions, frames)`` = prompt, then features). Deviations:
+the first frame is the training clip's frame 0 (already resized and cropped to the training size, in
+[-1, 1]), not the source video's frame; and it goes to the image processor directly, not through a JPEG file
+written and read back (quality 75: the released code's ``<video>_1f.jpg``). Neither matters to the released
+``use_vision=False``, where only the number of image tokens (135) reaches the model.
 
 Folders (never downloaded, never ``trust_remote_code``): ``path`` is a Qwen2.5-VL folder
 (``Qwen2_5_VLForConditionalGeneration`` weights and config). Loading is strict: a weight the model needs and
@@ -49,6 +52,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
@@ -78,13 +82,41 @@ class VLMConfig:
     """Positions per prompt (``padding="max_length"``; released: 1024)."""
     dtype: str = "bfloat16"
     """Weights' dtype (released: bf16)."""
+    tokenizer: str | None = None
+    """The folder of the Qwen2 tokenizer (``tokenizer.json`` + ``tokenizer_config.json``); None: ``path``
+    (a Qwen2.5-VL hub folder holds both)."""
+    caption_tokens: int = 512
+    """A caption is truncated to this many tokens and decoded back before the template (released: 512);
+    0: not truncated."""
+    frame_size: tuple[int, int] = (240, 416)
+    """(H, W) the first frame is resized to (bicubic, antialiased) before the image processor (released:
+    240 × 416 → smart_resize 252 × 420 → 135 ``<|image_pad|>`` tokens)."""
+    system_prompt: str = "You are a helpful assistant."
+    """The chat template's default system prompt (Qwen2.5-VL's template adds it when no system turn is
+    given, as in the released prompts)."""
 
     def __post_init__(self):
         check_types(self)
         if self.dtype not in DTYPES:
             raise ValueError(f"VLMConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.max_length < 1:
-            raise ValueError(f"VLMConfig.max_length must be >= 1, got {self.max_length}")
+        if self.max_length < 1 or self.caption_tokens < 0:
+            raise ValueError(
+                f"VLMConfig.max_length must be >= 1 and caption_tokens >= 0, got {self.max_length} and "
+                f"{self.caption_tokens}"
+            )
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"VLMConfig.frame_size must be (H, W) >= 1, got {self.frame_size}")
+
+    @property
+    def identity(self) -> dict:
+        """What the features depend on beyond the prompt and the image (the stamp of a feature cache)."""
+        return {
+            "path": str(Path(self.path).resolve()) if self.path else None,
+            **{k: getattr(self, k) for k in ("use_vision", "layer", "keep", "max_length", "dtype")},
+            "caption_tokens": self.caption_tokens,
+            "frame_size": list(self.frame_size),
+            "system_prompt": self.system_prompt,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -147,6 +179,103 @@ def qwen_image_inputs(
     return torch.cat(rows), torch.tensor(grids, dtype=torch.int64)
 
 
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def first_frames(frames: Tensor, size: tuple[int, int]) -> list[Image.Image]:
+    """``[B, 3, H, W]`` in ``[-1, 1]`` → B PIL images of ``size`` (H, W): the released dataset's step 2 on
+    0-255 floats (torchvision ``resize(BICUBIC)``, antialiased on tensors = ``interpolate(antialias=True)``;
+    its center crop to the same size is the identity), clamped, rounded to uint8."""
+    if frames.ndim != 4 or frames.shape[1] != 3 or not frames.is_floating_point():
+        raise ValueError(f"first frames must be float [B, 3, H, W] in [-1, 1], got {tuple(frames.shape)}")
+    x = (frames.detach().float().cpu() + 1) * 127.5  # [B, 3, H, W] in 0-255
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+    x = rearrange(x.clamp(0, 255).round().to(torch.uint8), "b c h w -> b h w c").numpy()
+    return [Image.fromarray(frame) for frame in x]
+
+
+def inference_image(path: str | Path, size: tuple[int, int]) -> Image.Image:
+    """The image file as the released pipeline gives it to the VLM: RGB, resized to ``size`` (H, W) with
+    PIL's Lanczos (``uniworld_osp2_pipeline.py`` ``resize_and_save_image``; its JPEG round trip skipped)."""
+    with Image.open(path) as im:
+        return _rgb(im).resize((size[1], size[0]), Image.Resampling.LANCZOS)
+
+
+class VLMPrompt:
+    """Captions (and first frames) → the processor's tensors, as the released dataset builds them (module
+    docstring steps 1-2): ``__call__(captions, frames) -> {input_ids, attention_mask [B, max_length],
+    pixel_values [Σ patches, 1176], image_grid_thw [B, 3]}`` (the last two only with frames).
+
+    The Qwen2.5-VL chat template is written out (``template``) rather than rendered by
+    ``Qwen2_5_VLProcessor``, whose construction needs torchvision (its video processor); the image
+    placeholder is expanded to ``t·h·w / merge²`` tokens as the processor does. ``tests/test_vlm.py`` checks
+    the ids, mask and pixels against the processor's own ``apply_chat_template`` and ``__call__``."""
+
+    IMAGE_TOKEN = "<|image_pad|>"
+
+    def __init__(self, cfg: VLMConfig):
+        folder = Path(cfg.tokenizer or cfg.path or "")
+        if not (folder / "tokenizer_config.json").is_file():
+            raise ValueError(
+                f"--vlm.tokenizer {folder}: no tokenizer_config.json (expected a Qwen2.5-VL folder, or give "
+                "--vlm.tokenizer the folder of its tokenizer)"
+            )
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if self.tokenizer.convert_tokens_to_ids(self.IMAGE_TOKEN) in (None, self.tokenizer.unk_token_id):
+            raise ValueError(f"--vlm.tokenizer {folder}: the tokenizer has no {self.IMAGE_TOKEN} token")
+
+    def caption(self, text: str) -> str:
+        """Truncated to ``caption_tokens`` and decoded back, special tokens dropped (released step 1)."""
+        if not self.cfg.caption_tokens:
+            return text
+        ids = self.tokenizer(text, truncation=True, max_length=self.cfg.caption_tokens)["input_ids"]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def template(self, caption: str, image: bool) -> str:
+        """Qwen2.5-VL's chat template for one user turn ``[image?, caption]`` with the generation prompt."""
+        vision = "<|vision_start|><|image_pad|><|vision_end|>" if image else ""
+        return (
+            f"<|im_start|>system\n{self.cfg.system_prompt}<|im_end|>\n"
+            f"<|im_start|>user\n{vision}{caption}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    def __call__(
+        self,
+        captions: Sequence[str],
+        frames: Tensor | Sequence[Image.Image] | None = None,
+        *,
+        truncate: bool = True,
+    ) -> dict[str, Tensor]:
+        """``frames``: training frames ``[B, 3, H, W]`` in [-1, 1] (resized by ``first_frames``) or PIL images
+        taken as they are (``inference_image``). ``truncate=False``: captions whole (the released pipeline
+        does not truncate at inference)."""
+        captions = list(captions)
+        image = frames is not None
+        texts = [self.template(self.caption(c) if truncate else c, image=image) for c in captions]
+        out = {}
+        if frames is not None:
+            if len(frames) != len(captions):
+                raise ValueError(f"{len(captions)} captions but {len(frames)} first frames")
+            images = first_frames(frames, self.cfg.frame_size) if isinstance(frames, Tensor) else frames
+            out["pixel_values"], grid = qwen_image_inputs(images)
+            out["image_grid_thw"] = grid
+            pads = (grid.prod(-1) // 4).tolist()  # merged 2 × 2 patches per image
+            texts = [t.replace(self.IMAGE_TOKEN, self.IMAGE_TOKEN * n) for t, n in zip(texts, pads)]
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.cfg.max_length)
+        if (longest := max(len(ids) for ids in tokens["input_ids"])) > self.cfg.max_length:
+            raise ValueError(
+                f"a prompt has {longest} tokens, over VLMConfig.max_length={self.cfg.max_length} (the "
+                "released code does not truncate it: raise --vlm.max-length or lower --vlm.caption-tokens)"
+            )
+        out["input_ids"] = torch.tensor(tokens["input_ids"])  # [B, max_length]
+        out["attention_mask"] = torch.tensor(tokens["attention_mask"])
+        return out
+
+
 # ---------------------------------------------------------------------------------------------- encoder
 
 
@@ -179,6 +308,7 @@ class VLMEncoder(nn.Module):
                 f"folder holds the {'full model' if cfg.use_vision else 'text decoder'})"
             )
         self.cfg, self.model = cfg, model.eval().requires_grad_(False)
+        self.prompt: VLMPrompt | None = None
 
     @property
     def dim(self) -> int:
@@ -214,5 +344,23 @@ class VLMEncoder(nn.Module):
         mask = attention_mask.to(device).bool() if self.cfg.keep == "valid" else None
         return hidden.float(), mask
 
+    def encode(
+        self, captions: Sequence[str], frames=None, *, truncate: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Captions and their first frames (``[B, 3, H, W]`` in ``[-1, 1]``, PIL images, or None: text
+        only) → the features of ``features`` (the released prompt, ``VLMPrompt``). A dropped caption is
+        ""."""
+        if self.prompt is None:
+            self.prompt = VLMPrompt(self.cfg)  # the tokenizer, on first use: features() needs none
+        return self.features(**self.prompt(captions, frames, truncate=truncate))
 
-__all__ = ["VLMConfig", "VLMEncoder", "qwen_image_inputs", "smart_resize"]
+
+__all__ = [
+    "VLMConfig",
+    "VLMEncoder",
+    "VLMPrompt",
+    "first_frames",
+    "inference_image",
+    "qwen_image_inputs",
+    "smart_resize",
+]

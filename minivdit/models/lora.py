@@ -230,11 +230,11 @@ def _wrapper_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def peft_root(model: nn.Module) -> nn.Module:
-    """The module whose names a diffusers LoRA file uses: the backbone under a ``FlashI2V`` wrapper
-    (``base.blocks.0…`` → ``blocks.0…``, diffusers' ``transformer`` names), else the model itself."""
-    from minivdit.models.flashi2v import FlashI2V
+    """The module whose names a diffusers LoRA file uses: the backbone under wrappers (``FlashI2V``,
+    ``UniWorld``: ``base.blocks.0…`` → ``blocks.0…``, diffusers' ``transformer`` names), else the model."""
+    from minivdit.models.flashi2v import BackboneWrapper
 
-    while isinstance(model, FlashI2V):
+    while isinstance(model, BackboneWrapper):
         model = model.base
     return model
 

@@ -75,6 +75,10 @@ class UniWorldConfig:
     """Channels of the start-frame latent (the Wan VAE's 16)."""
     zero_init_adapter: bool = False
     """Zero-init the adapter's output layer (not released: xavier everywhere, zero biases)."""
+    train: Literal["adapter", "all"] = "adapter"
+    """What the trainer trains: "adapter" = the wrapper's own layers (the adapter; f_img when on) and LoRA's
+    adapters when ``--lora.rank`` > 0, the base frozen (released: ``model.requires_grad_(False)``, only the
+    adapter in the optimizer); "all" = every weight, the base's too."""
 
     def __post_init__(self) -> None:
         check_types(self)
