@@ -39,7 +39,7 @@ from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_
 from minivdit.conditioning import Conditioner, batch_cond
 from minivdit.conditioning.i2v import I2VConfig
 from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, null_context, text_identity
-from minivdit.conditioning.vlm import VLMConfig, VLMEncoder
+from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, vlm_identity
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
 from minivdit.data.shards import cache_mismatches
@@ -433,14 +433,17 @@ class TrainConfig:
                 f"--vlm.path replaces the text encoder: drop --text.path {self.text.path} (its dropout, "
                 "--text.dropout, still blanks captions before the VLM)"
             )
+        if self.uniworld.f_img == "decoupled" and not isinstance(self.model, WanConfig):
+            raise ValueError(
+                "--uniworld.f-img decoupled adds an image branch to each cross-attention: Wan only "
+                "(CogVideoX attends text and video jointly); use --uniworld.f-img concat"
+            )
         width = self.model.text_dim if isinstance(self.model, WanConfig) else self.model.text_embed_dim
         if self.uniworld.out_dim != width:
             raise ValueError(
                 f"uniworld.out_dim={self.uniworld.out_dim} must be the backbone's text width {width} (the "
                 f"adapter feeds its frozen text projection): --uniworld.out-dim {width}"
             )
-        if self.data.dataset == "shards":
-            raise ValueError("--vlm.path encodes captions and first frames online: train on a caption folder")
         if self.validation.enabled:
             raise ValueError(
                 "--validation.prompts with a VLM is not supported yet: sample the checkpoints with "
@@ -812,6 +815,20 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
             vae=vae if vae is not None else PixelSpace(),
             autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
         )
+    cached = "text" in (getattr(dataset, "meta", None) or {}).get("fields", {})
+    if cfg.vlm.path is not None and cached:  # the shards carry this VLM's features (check_dataset)
+        log.info(
+            f"VLM not loaded: the shards carry its features ({cfg.data.root}, tools/cache_text.py "
+            '--vlm.path); a dropped caption takes the cached null, VLM("" + frame)'
+        )
+        return Conditioner(
+            text_null=null_context("empty", *dataset.text_null()),
+            text_dropout=cfg.text.dropout,
+            start_frame=cfg.flashi2v is not None or cfg.uniworld.f_img != "off",
+            context_mask=cfg.vlm.keep == "valid",
+            vae=vae,
+            autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+        )
     if cfg.vlm.path is not None:  # UniWorld: the VLM reads caption + first frame (online; frozen)
         vlm = VLMEncoder(cfg.vlm).to(ctx.device)
         dim = vlm.dim
@@ -885,6 +902,13 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
         )
     teacher = to_dict(cfg.teacher) if cfg.align is not None and cfg.teacher.enabled else None
     text = text_identity(cfg.text) if cfg.text.enabled else None
+    if cfg.vlm.path is not None:  # UniWorld: the shards' cached text must be this VLM's features
+        text = vlm_identity(cfg.vlm)
+        if "text" not in fields and not {"caption", "video"} <= set(fields):
+            raise ValueError(
+                f"{cfg.data.root}: no cached VLM features (tools/cache_text.py --vlm.path ...) and no "
+                "captions with clips to encode online"
+            )
     problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid, text=text)
     if problems:
         raise ValueError(f"the caches in {cfg.data.root} do not fit this run: " + "; ".join(problems))

@@ -34,7 +34,8 @@ variants are flags:
 - The paper's VLM(T, I) sees the image (eq. 1); the code's text decoder does not: ``--vlm.use-vision`` runs
   the full ``Qwen2_5_VLModel`` with the pixels.
 - The paper adds first-frame VAE tokens f_img through an MLP (eq. 3-5); the code has none:
-  ``--uniworld.f-img concat`` (zero-init output layer; ``minivdit/models/uniworld.py`` lists its choices).
+  ``--uniworld.f-img concat`` (after the VLM tokens) or ``decoupled`` (a gated branch in each
+  cross-attention); both start as no-ops (``minivdit/models/uniworld.py`` lists the choices).
 - ``--uniworld.train all`` or ``--lora.rank N`` also trains the DiT (the paper trains the adapter only).
 
 Deviations:
@@ -43,7 +44,8 @@ Deviations:
   without it the DiT is Wan2.1-T2V-14B (``--pretrained``) with FlashI2V's layers at their zero init, which
   makes it a text-to-video model that sees the start frame only through the VLM.
 - The VLM runs online on every step, replicated on each rank (the release FSDP-shards it per decoder layer);
-  feature caching and sharding of the VLM are not built yet (issue 20).
+  at scale, cache its features once instead (``tools/cache_text.py --vlm.path``; the run then never loads
+  it).
 - The VLM's first frame is the training clip's frame 0 (already resized and cropped to 480 × 832), not the
   source video's, and it is not written to and read back from a JPEG file; with ``use_vision=False`` only the
   number of image tokens reaches the model, so neither changes the released features.

@@ -257,3 +257,55 @@ def test_sample_a_uniworld_run_through_its_vlm(tiny, qwen, tmp_path):
     assert json.loads((out / "samples.json").read_text())["model"] == "wan-t2v+flashi2v+uniworld"
     with pytest.raises(ValueError, match="give --image FILE"):
         sample_wan(dataclasses.replace(request, image=None))
+
+
+def test_cached_vlm_features_train_without_the_vlm(tiny, qwen, tmp_path, monkeypatch):
+    """``tools/cache_text.py --vlm.path``: the features of each caption (with a black frame: the released
+    text decoder never reads pixels) and the null VLM("" + frame) go into the shards, stamped; a run on them
+    never loads the VLM; a cache made with other VLM settings, or with ``--vlm.use-vision``, is refused."""
+    from test_text import load_tool
+
+    import minivdit.train as train_mod
+    from minivdit.data import shards as S
+
+    cfg = uniworld_config(tiny, qwen, tmp_path, max_steps=2)
+    out = S.write_clip_shards(cfg.data, tmp_path / "shards", samples_per_shard=2)
+    tool = load_tool("cache_text")
+    flags = ["--vlm.path", str(qwen), "--vlm.dtype", "float32", "--vlm.max-length", str(VLM_LEN)]
+    tool.main(["--root", str(out), *flags, "--dtype", "float32", "--batch-size", "2"])
+    dataset = S.ShardDataset(out)
+    first = [dataset.get(i) for i in range(2)]  # shard 0, encoded as one batch of its two captions
+    vlm = VLMEncoder(VLMConfig(path=str(qwen), dtype="float32", max_length=VLM_LEN))
+    want, _ = vlm.encode([s["caption"] for s in first], torch.zeros(2, 3, 240, 416))
+    # the same ids through the same weights; only the batch the kernels see may differ: fp32 ulps
+    for s, w in zip(first, want):
+        torch.testing.assert_close(s["text"].float(), w, rtol=1e-5, atol=1e-5 * w.abs().max().item())
+    null, _ = dataset.text_null()
+    torch.testing.assert_close(null.float(), vlm.encode([""], torch.zeros(1, 3, 240, 416))[0][0])
+
+    def no_vlm(*a, **k):
+        raise AssertionError("the VLM was loaded for a run on cached features")
+
+    monkeypatch.setattr(train_mod, "VLMEncoder", no_vlm)
+    data = dataclasses.replace(cfg.data, dataset="shards", root=str(out), labels_csv=None)
+    run_dir = train(dataclasses.replace(cfg, data=data))
+    assert [r["step"] for r in _rows(run_dir)] == [1, 2]
+    other = dataclasses.replace(cfg, data=data, vlm=dataclasses.replace(cfg.vlm, layer=-2), run_name="b")
+    with pytest.raises(ValueError, match=r"cached by another text encoder \(differing: layer\)"):
+        train(other)
+    with pytest.raises(ValueError, match="computes them online"):
+        tool.CacheTextConfig(root=str(out), vlm=VLMConfig(path=str(qwen), use_vision=True))
+
+
+def test_decoupled_f_img_trains_from_the_released_model(tiny, qwen, tmp_path):
+    """``--uniworld.f-img decoupled``: the first loss is the released (f_img off) run's bit for bit (zero
+    gates; the adapter's draws come first either way); its MLP and gated branches train with the adapter and
+    are checkpointed."""
+    off = train(uniworld_config(tiny, qwen, tmp_path, max_steps=1, run_name="off"))
+    uw = dataclasses.replace(load(RECIPE).config().uniworld, vlm_dim=16, hidden_dim=24, out_dim=32,
+                             latent_channels=4, f_img="decoupled")  # fmt: skip
+    on = train(uniworld_config(tiny, qwen, tmp_path, max_steps=1, run_name="on", uniworld=uw))
+    assert _rows(on)[0]["loss"] == _rows(off)[0]["loss"]
+    saved = load_file(str(on / "checkpoints" / "step_0000001" / "model.safetensors"))
+    assert {k.split(".")[0] for k in saved} == {"adapter", "image_proj", "image_attn"}
+    assert all(saved[f"image_attn.{i}.gate"].abs().max() > 0 for i in range(2))  # trained away from 0

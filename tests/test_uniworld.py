@@ -95,3 +95,46 @@ def test_errors():
         uw(x_t, t, Cond(context=vlm))
     with pytest.raises(ValueError, match="sizes must be >= 1"):
         dataclasses.replace(uw.uw_cfg, hidden_dim=0)
+
+
+def test_decoupled_image_branch_is_an_exact_no_op_at_init_and_learns():
+    """f_img="decoupled": at init (zero gates) the output is the base's on the adapted context bit for bit;
+    the gates get gradients at once (the branch's own keys and values once a gate moves); the backbone's keys
+    are untouched; with activation checkpointing the gradients are the same."""
+    uw, base, x_t, t, vlm, z_c = _setup(f_img="decoupled")
+    cond = Cond(context=vlm, image_latents=z_c)
+    with torch.no_grad():
+        ours = uw(x_t, t, cond).pred
+        ref = base(x_t, t, Cond(context=uw.adapter(vlm))).pred
+    assert torch.equal(ours, ref)  # + exact zeros
+    assert set(base.state_dict()) == set(WanTransformer(WanConfig(**TINY)).state_dict())
+    assert len(uw.image_attn) == TINY["num_layers"] and uw.image_proj.fc2.out_features == 24  # D = 2 × 12
+
+    uw.train()
+    uw(x_t, t, cond).pred.square().mean().backward()
+    gates = [b.gate.grad for b in uw.image_attn]
+    assert all(g is not None and g.abs().max() > 0 for g in gates)
+    assert not uw.image_attn[0].to_v.weight.grad.any()  # scaled by the zero gate
+    with torch.no_grad():
+        for b in uw.image_attn:
+            b.gate.fill_(0.5)
+        moved = uw(x_t, t, cond).pred
+    assert not torch.equal(moved, ours)
+    grads = {}
+    for ckpt in (False, True):
+        uw.zero_grad()
+        base.grad_checkpointing = ckpt
+        uw(x_t, t, cond).pred.square().mean().backward()
+        grads[ckpt] = [p.grad.clone() for p in uw.image_attn.parameters()]
+    # the same operations recomputed (the hooks read the tokens kept for this forward)
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True], strict=True))
+
+
+def test_decoupled_needs_a_cross_attention():
+    from minivdit.models.dit import DiTConfig, VDiT
+
+    vdit = VDiT(
+        DiTConfig(depth=2, hidden_size=32, num_heads=2, patch_size=1, input_size=(2, 2), num_frames=2)
+    )
+    with pytest.raises(ValueError, match="a text cross-attention per block"):
+        UniWorld(vdit, UniWorldConfig(f_img="decoupled", vlm_dim=8, out_dim=8))

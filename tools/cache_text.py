@@ -32,6 +32,18 @@ the shards not yet done. A folder already holding text of another encoder (or an
 unless ``--overwrite``. Shards made by a tool rerun later with the same flags are refused as "other settings"
 (their meta.json now records text): cache the text last.
 
+With ``--vlm.path`` (UniWorld-OSP2.0, ``recipes/uniworld_osp2.py``) the features are a frozen Qwen2.5-VL's
+instead, of the caption with the clip's first frame (``VLMEncoder.encode``; ``[1024, 3584]`` bf16 per sample
+for the 7B, 7.3 MB), stamped with ``vlm_identity`` (the folder's hashes, the layer, the template and the frame
+size); the null is VLM("" + the frame), what a dropped caption becomes. Only the released
+``use_vision=False`` is cached: that text decoder never reads the pixels (the frame reaches it as 135
+``<|image_pad|>`` tokens whatever it shows), so a black frame of ``--vlm.frame-size`` stands for every clip
+and the shards need no pixels (latents-only shards work); the features with ``--vlm.use-vision`` depend on
+each image, the null too, and are computed online by the trainer. A run on such shards never loads the VLM.
+
+    python tools/cache_text.py --root /data/cache/uniworld-49x480x832 \
+        --vlm.path /models/Qwen2.5-VL-7B-Instruct --device cuda
+
 Import from Python: ``main([...])`` or ``cache_text(CacheTextConfig(...))`` (tests load this file with
 ``importlib``).
 """
@@ -48,6 +60,7 @@ import torch
 import tyro
 
 from minivdit.conditioning.text import T5TextEncoder, TextEncoderConfig, text_identity
+from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, vlm_identity
 from minivdit.data.shards import (
     extend_shards,
     read_meta,
@@ -69,6 +82,8 @@ class CacheTextConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """The text encoder (``--text.path /models/CogVideoX-5b-I2V``; ``--text.max-length``, ``--text.use-mask``,
     ``--text.dtype`` of the encoder)."""
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    """Instead of ``text``: a frozen Qwen2.5-VL (``--vlm.path``; its settings as the run's ``--vlm.*``)."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Stored dtype of the tokens."""
     batch_size: int = 16
@@ -81,8 +96,16 @@ class CacheTextConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.text.enabled:
-            raise ValueError("no text encoder: give --text.path (a CogVideoX or Wan diffusers folder)")
+        if self.text.enabled == (self.vlm.path is not None):
+            raise ValueError(
+                "give one encoder: --text.path (a CogVideoX or Wan diffusers folder) or --vlm.path (a "
+                "Qwen2.5-VL folder)"
+            )
+        if self.vlm.use_vision:
+            raise ValueError(
+                "--vlm.use-vision: the features (and the null) depend on each clip's pixels; the trainer "
+                "computes them online (cache only the released use_vision=False)"
+            )
 
 
 def _device(name: str) -> torch.device:
@@ -100,8 +123,11 @@ def cache_text(cfg: CacheTextConfig) -> Path:
             f"{root}: the shards store no captions (fields {sorted(meta['fields'])}); make them from a "
             f"captioned dataset (e.g. --data.dataset folder --data.labels-csv with a caption column)"
         )
-    identity = text_identity(cfg.text)  # validates the folders before the weights are loaded
-    L = cfg.text.max_length
+    vlm = cfg.vlm.path is not None
+    # validates the folders before the weights are loaded
+    identity = vlm_identity(cfg.vlm) if vlm else text_identity(cfg.text)
+    L = cfg.vlm.max_length if vlm else cfg.text.max_length
+    use_mask = cfg.vlm.keep == "valid" if vlm else cfg.text.use_mask
     redo, drop = False, []
     if "text" in meta["fields"]:
         problem = text_cache_mismatch(meta, identity)
@@ -113,20 +139,30 @@ def cache_text(cfg: CacheTextConfig) -> Path:
                 )
                 raise ValueError(f"{root}: {why}; use --overwrite to replace them")
             redo = True
-            if "text_mask" in meta["fields"] and not cfg.text.use_mask:
+            if "text_mask" in meta["fields"] and not use_mask:
                 drop = ["text_mask"]
     device = _device(cfg.device)
-    encoder = T5TextEncoder(cfg.text).to(device)
+    if vlm:
+        encoder = VLMEncoder(cfg.vlm).to(device)
+        black = torch.zeros(1, 3, *cfg.vlm.frame_size)  # the pixels are never read (module docstring)
+        null, null_mask = encoder.encode([""], black)  # [1, L, D]: a dropped caption, with its frame
+        null, null_mask = null[0], (None if null_mask is None else null_mask[0])
+
+        def encode(captions: list[str]):
+            return encoder.encode(captions, black.expand(len(captions), -1, -1, -1))
+    else:
+        encoder = T5TextEncoder(cfg.text).to(device)
+        null, null_mask, encode = encoder.empty(), encoder.empty_mask(), encoder.encode
     fields = {"text": {"member": "text.npy", "dtype": cfg.dtype, "shape": [L, encoder.dim]}}
-    if cfg.text.use_mask:
+    if use_mask:
         fields["text_mask"] = {"member": "text_mask.npy", "dtype": "bool", "shape": [L]}
-    null = write_text_null(root, encoder.empty().cpu(), encoder.empty_mask(), fields)
+    null = write_text_null(root, null.cpu(), None if null_mask is None else null_mask.cpu(), fields)
     store = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[cfg.dtype]
 
     def compute(samples: list[dict]) -> list[dict]:
         captions = [s["caption"] for s in samples]
         unique = list(dict.fromkeys(captions))
-        context, mask = encoder.encode(unique)  # [U, L, D], [U, L] | None
+        context, mask = encode(unique)  # [U, L, D], [U, L] | None
         row = {c: i for i, c in enumerate(unique)}
         out = []
         for c in captions:
@@ -141,7 +177,7 @@ def cache_text(cfg: CacheTextConfig) -> Path:
 
     log.info(
         f"{root}: encoding the captions of {meta['num_samples']} samples with {identity['name']} "
-        f"({identity['model_type']}, {L} tokens x {encoder.dim}, mask={cfg.text.use_mask}) on {device}; "
+        f"({identity['model_type']}, {L} tokens x {encoder.dim}, mask={use_mask}) on {device}; "
         f"{L * encoder.dim * store.itemsize} bytes per sample"
     )
     extend_shards(

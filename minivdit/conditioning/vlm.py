@@ -43,6 +43,7 @@ as the released code does).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,16 +108,52 @@ class VLMConfig:
         if len(self.frame_size) != 2 or min(self.frame_size) < 1:
             raise ValueError(f"VLMConfig.frame_size must be (H, W) >= 1, got {self.frame_size}")
 
-    @property
-    def identity(self) -> dict:
-        """What the features depend on beyond the prompt and the image (the stamp of a feature cache)."""
-        return {
-            "path": str(Path(self.path).resolve()) if self.path else None,
-            **{k: getattr(self, k) for k in ("use_vision", "layer", "keep", "max_length", "dtype")},
-            "caption_tokens": self.caption_tokens,
-            "frame_size": list(self.frame_size),
-            "system_prompt": self.system_prompt,
-        }
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
+"""Files of a Qwen2 tokenizer folder that decide its ids (hashed into the identity)."""
+
+
+def vlm_identity(cfg: VLMConfig) -> dict:
+    """What made (or would make) cached VLM features, without loading the model: the folder's config,
+    weight headers and tokenizer hashed, and every setting that changes the features (the prompt's template
+    and frame size, the layer, the positions kept). ``tools/cache_text.py --vlm.path`` stamps shards with it;
+    a run compares it with its own (``minivdit.data.shards.text_cache_mismatch``)."""
+    from minivdit.identity import config_sha256, sha, weight_files, weights_sha256
+
+    if cfg.path is None:
+        raise ValueError("VLM identity: no --vlm.path")
+    folder, tokenizer = Path(cfg.path), Path(cfg.tokenizer or cfg.path)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--vlm.path {folder}: no config.json (expected a Qwen2.5-VL folder)")
+    weights = weight_files(folder)
+    if not weights:
+        raise ValueError(f"--vlm.path {folder}: no weight files (*.safetensors / *.bin) in it")
+    config = json.loads((folder / "config.json").read_text())
+    tok_files = [tokenizer / n for n in TOKENIZER_FILES if (tokenizer / n).is_file()]
+    return {
+        "class": "VLMEncoder",
+        "model_type": config.get("model_type"),
+        "name": folder.name,
+        "d_model": (config.get("text_config") or config).get("hidden_size"),
+        "config_sha256": config_sha256(config),
+        "weights_sha256": weights_sha256(weights),
+        "tokenizer_sha256": sha([b for p in tok_files for b in (p.name.encode(), p.read_bytes())]),
+        "max_length": cfg.max_length,
+        "use_mask": cfg.keep == "valid",
+        "dtype": cfg.dtype,
+        "use_vision": cfg.use_vision,
+        "layer": cfg.layer,
+        "caption_tokens": cfg.caption_tokens,
+        "frame_size": list(cfg.frame_size),
+        "system_prompt": cfg.system_prompt,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -356,6 +393,7 @@ class VLMEncoder(nn.Module):
 
 
 __all__ = [
+    "vlm_identity",
     "VLMConfig",
     "VLMEncoder",
     "VLMPrompt",

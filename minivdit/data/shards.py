@@ -967,10 +967,17 @@ TEXT_IDENTITY_KEYS = (
     "max_length",
     "use_mask",
     "clean",
+    "use_vision",
+    "layer",
+    "caption_tokens",
+    "frame_size",
+    "system_prompt",
 )
 """The keys of a text encoder's identity that decide its tokens (the folder names and dtype are recorded in
 meta.json but not compared: folders move between machines, and the cache has its own dtype). ``clean`` (the
-Wan prompt cleaning) is present only when True, so identities made before it existed still match."""
+Wan prompt cleaning) is present only when True, so identities made before it existed still match; the last
+five are a VLM's (``minivdit.conditioning.vlm.vlm_identity``: the prompt's template and frame, the layer),
+absent from a T5's."""
 
 
 def _short_identity(identity: Mapping | None) -> str:
@@ -979,6 +986,8 @@ def _short_identity(identity: Mapping | None) -> str:
     parts = [f"{identity.get('class')}({identity.get('name') or '?'})"]
     for k in TEXT_IDENTITY_KEYS[1:]:
         v = identity.get(k)
+        if v is None and k not in ("max_length", "use_mask"):  # a key the other kind of encoder lacks
+            continue
         parts.append(f"{k}={v[:12] if isinstance(v, str) and k.endswith('sha256') else v}")
     return " ".join(parts)
 

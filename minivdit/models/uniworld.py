@@ -30,8 +30,13 @@ Deviations and choices:
   zero bias like it, but the output layer zero-init: at init the f_img tokens are exact zero rows in the 4096
   space, the rows the Wan pipelines already zero-pad the text with (``TextEncoderConfig.wan``) and that Wan
   attends unmasked, so turning f_img on starts from the context the backbone knows. Concatenated keys are
-  never an exact no-op (a zero row still has the key ``to_k(text_embedding(0))``); the decoupled-attention
-  alternative (anchors §6.1.6) is not implemented yet.
+  never an exact no-op (a zero row still has the key ``to_k(text_embedding(0))``).
+- ``f_img="decoupled"`` (anchors §6.1.6; Wan only): the same patches through an MLP to the blocks' width D,
+  and in every block a ``GatedImageAttention``: the cross-attention's query, the tokens' own keys (RMS-normed)
+  and values, summed into the cross-attention's output through its ``to_out`` weight, as Wan2.1-I2V's image
+  branch, but scaled per channel by a zero-init gate, so the wrapped model is the base bit for bit at init.
+  It is installed as forward hooks on the base's ``attn2`` modules: the backbone's code and keys stay
+  untouched (a pretrained folder loads as it is); the wrapper hands the tokens to the hooks per forward.
 - ``EncoderAdapter``'s ``p_drop`` argument is accepted and unused by the reference; not carried.
 - ``zero_init_adapter=True`` (not released) zero-inits the adapter's output layer: the context starts as the
   backbone's ``text_embedding(0)`` rows (not the T5 output: every prompt then gives the same context).
@@ -66,9 +71,9 @@ class UniWorldConfig:
     """EncoderAdapter's hidden width (released: 4096)."""
     out_dim: int = 4096
     """Context width the backbone's text projection takes (Wan: T5-XXL's 4096)."""
-    f_img: Literal["off", "concat"] = "off"
-    """The paper's first-frame image tokens: "off" (the public code) or "concat" (eq. 5, after the VLM
-    tokens)."""
+    f_img: Literal["off", "concat", "decoupled"] = "off"
+    """The paper's first-frame image tokens: "off" (the public code), "concat" (eq. 5, after the VLM tokens)
+    or "decoupled" (their own keys and values in every cross-attention, gated; Wan only)."""
     f_img_patch: int = 2
     """Spatial patch of the start-frame latent for f_img (the backbone's: Wan (1, 2, 2))."""
     latent_channels: int = 16
@@ -114,6 +119,43 @@ class EncoderAdapter(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class GatedImageAttention(nn.Module):
+    """One block's decoupled f_img branch (Wan2.1-I2V's layout, anchors §1.8 / §6.1.6, plus a gate): the
+    cross-attention's own query (recomputed from its input: ``norm_q(to_q(x))``), keys and values of the
+    f_img tokens from this module's ``to_k`` / ``to_v`` (keys RMS-normed, as ``norm_added_k``), the result
+    scaled per channel by ``gate`` (zero-init) and sent through the cross-attention's ``to_out`` weight (its
+    bias is already in the text branch). ``gate = 0`` adds exact zeros: the base's output bit for bit."""
+
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.gate = nn.Parameter(torch.zeros(dim))
+        if self.gate.device.type != "meta":
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        for fc in (self.to_k, self.to_v):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        nn.init.ones_(self.norm_k.weight)
+        nn.init.zeros_(self.gate)
+
+    def forward(self, attn: nn.Module, x: Tensor, tokens: Tensor) -> Tensor:
+        """``attn``: the block's cross-attention (``WanAttention``), x [B, S, D] its input, tokens [B, N, D]
+        → what its output gains [B, S, D]."""
+        from minivdit.models.attention import attention
+
+        heads = "b s (h d) -> b h s d"
+        q = rearrange(attn.norm_q(attn.to_q(x)), heads, h=self.heads)  # [B, H, S, Dh]
+        k = rearrange(self.norm_k(self.to_k(tokens)), heads, h=self.heads)
+        v = rearrange(self.to_v(tokens), heads, h=self.heads)
+        out = rearrange(attention(q, k, v, backend=attn.backend), "b h s d -> b s (h d)")
+        return nn.functional.linear(out * self.gate.to(out.dtype), attn.to_out[0].weight)
+
+
 class UniWorld(BackboneWrapper):
     """VLM-conditioned ``base`` (module docstring). ``forward(x_t, t_model, cond: Cond(context=VLM states
     [B, L, vlm_dim], context_mask?, image_latents=z_c [B, 1, C, h, w] ...), *, tap, **kw)`` → the base's
@@ -128,10 +170,43 @@ class UniWorld(BackboneWrapper):
             self.adapter = EncoderAdapter(
                 cfg.vlm_dim, cfg.hidden_dim, cfg.out_dim, zero_out=cfg.zero_init_adapter
             )
-            self.image_proj = None
+            self.image_proj, self.image_attn = None, None
+            patch_dim = cfg.latent_channels * cfg.f_img_patch**2
             if cfg.f_img == "concat":
-                patch_dim = cfg.latent_channels * cfg.f_img_patch**2
                 self.image_proj = EncoderAdapter(patch_dim, cfg.hidden_dim, cfg.out_dim, zero_out=True)
+            elif cfg.f_img == "decoupled":
+                blocks = self._cross_attentions()
+                D, first = base.cfg.inner_dim, blocks[0]
+                # tokens in the blocks' width D (not the context's: no text projection on this path)
+                self.image_proj = EncoderAdapter(patch_dim, cfg.hidden_dim, D)
+                eps = first.norm_q.eps if first.norm_q.eps is not None else 1e-6
+                self.image_attn = nn.ModuleList([GatedImageAttention(D, first.heads, eps) for _ in blocks])
+                for attn, branch in zip(blocks, self.image_attn, strict=True):
+                    # a hook, so the backbone's code and state-dict keys stay the base's (pretrained folders
+                    # load unchanged); it reads the tokens this wrapper set for the current forward
+                    attn.register_forward_hook(self._hook(branch), with_kwargs=True)
+        self._tokens: Tensor | None = None
+
+    def _cross_attentions(self) -> list[nn.Module]:
+        """The backbone's text cross-attentions (Wan's ``blocks[i].attn2``), for the decoupled f_img."""
+        from minivdit import dist
+
+        attns = [getattr(b, "attn2", None) for b in dist.block_list(self.base)]
+        if not attns or not all(hasattr(a, "to_q") and hasattr(a, "norm_q") for a in attns):
+            raise ValueError(
+                "UniWorldConfig.f_img='decoupled' needs a backbone with a text cross-attention per block "
+                f"(Wan); {type(self.base).__name__} has none: use f_img='concat'"
+            )
+        return attns
+
+    def _hook(self, branch: GatedImageAttention):
+        def hook(attn, args, kwargs, out):
+            if self._tokens is None:
+                return out
+            x = args[0] if args else kwargs["x"]
+            return out + branch(attn, x, self._tokens.to(x.dtype))
+
+        return hook
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -139,6 +214,8 @@ class UniWorld(BackboneWrapper):
         self.adapter.init_weights()
         if self.image_proj is not None:
             self.image_proj.init_weights()
+        for branch in self.image_attn or ():
+            branch.init_weights()
 
     # ------------------------------------------------------------ forward
     def image_tokens(self, z_c: Tensor) -> Tensor:
@@ -166,7 +243,7 @@ class UniWorld(BackboneWrapper):
             )
         ctx = self.adapter(vlm.to(self.adapter.fc1.weight.dtype))  # [B, L, out_dim]
         mask = cond.context_mask
-        if self.image_proj is None:
+        if self.uw_cfg.f_img != "concat":
             return ctx, mask
         img = self.image_tokens(cond.image_latents)  # [B, N, out_dim]
         if mask is not None:
@@ -180,6 +257,11 @@ class UniWorld(BackboneWrapper):
         takes_image = isinstance(self.base, FlashI2V) or getattr(self.base.cfg, "is_i2v", False)
         image = cond.image_latents if takes_image else None
         base_cond = dataclasses.replace(cond, context=ctx, context_mask=mask, image_latents=image)
+        if self.image_attn is None:
+            return self.base(x_t, t_model, base_cond, tap=tap, **kw)
+        # read by the blocks' hooks; kept after the call: activation checkpointing recomputes the blocks in
+        # the backward of this forward, and the next forward replaces them
+        self._tokens = self.image_tokens(cond.image_latents)  # [B, N, D]
         return self.base(x_t, t_model, base_cond, tap=tap, **kw)
 
 
