@@ -32,6 +32,7 @@ from minivdit.models.cogvideox import CogVideoXConfig, CogVideoXTransformer, pre
 from minivdit.models.cond import Cond
 from minivdit.models.flashi2v import FlashI2V
 from minivdit.models.lora import LoRAConfig, apply_lora, init_lora_weights, lora_modules
+from minivdit.models.uniworld import UniWorld
 from minivdit.models.wan import WanConfig, WanTransformer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
@@ -137,27 +138,35 @@ def grads(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool) -> dict[
 # --------------------------------------------------------------------------- Wan under FlashI2V
 WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
            text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, rope_max_seq_len=32)  # fmt: skip
-WAN_SIZE, WAN_TEXT = (3, 4, 6), 7  # latent F, H, W; text tokens
+WAN_SIZE, WAN_TEXT, WAN_VLM = (3, 4, 6), 7, 8  # latent F, H, W; text tokens; VLM width (UniWorld)
 
 
-def build_wan(folder: Path, ctx: dist.DistContext, strategy: str, *, ac: bool = False):
+def build_wan(
+    folder: Path, ctx: dist.DistContext, strategy: str, *, ac: bool = False, uniworld: bool = False
+):
     """The trainer's path for ``--pretrained WAN --flashi2v`` (``train.build_models``): meta build of the
-    wrapper → parallelize → materialize → load_pretrained (the backbone, shard by shard) → FlashI2V's layers
-    drawn whole on the CPU and loaded as full tensors. Their zero-init output layers get seeded random values
-    here, so that every weight has a gradient."""
+    wrapper → parallelize → materialize → load_pretrained (the backbone, shard by shard) → the wrappers'
+    layers drawn whole on the CPU (``train.wrapper_init_state``) and loaded as full tensors. Their zero-init
+    output layers get seeded random values here, so that every weight has a gradient. ``uniworld``: UniWorld
+    (decoupled f_img: hooks on the sharded blocks' cross-attentions) around the frozen FlashI2V Wan, as
+    ``--uniworld.train adapter``."""
+    from minivdit.models.uniworld import UniWorld, UniWorldConfig
+    from minivdit.train import wrapper_init_state
+
     cfg = WanConfig.from_json(folder / "config.json")
+    uw = UniWorldConfig(vlm_dim=WAN_VLM, hidden_dim=12, out_dim=16, latent_channels=4, f_img="decoupled")
+
+    def make():
+        m = FlashI2V(WanTransformer(cfg))
+        return UniWorld(m.requires_grad_(False), uw) if uniworld else m
+
     with torch.device("meta"):
-        model = FlashI2V(WanTransformer(cfg))
-        reference = FlashI2V(WanTransformer(cfg))
+        model, reference = make(), make()
     pcfg = ParallelConfig(strategy=strategy, activation_checkpointing=ac)
     model = dist.parallelize(model, pcfg, ctx, "fp32")
     dist.materialize(model, ctx.device, init=False)
     dist.load_pretrained(model, folder)
-    reference.learnable_proj.to_empty(device="cpu")
-    reference.fourier_embedding.to_empty(device="cpu")
-    torch.manual_seed(5)
-    reference.init_weights()
-    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("base.")}
+    state = wrapper_init_state(reference, 5)
     g = torch.Generator().manual_seed(6)
     state = {k: v if v.any() else 0.05 * torch.randn(v.shape, generator=g) for k, v in state.items()}
     set_model_state_dict(
@@ -178,17 +187,20 @@ def wan_loss(model, step: int, ctx: dist.DistContext) -> torch.Tensor:
     context = torch.randn(BATCH, WAN_TEXT, 16, generator=g)
     t, ratio = torch.tensor([900.0, 35.0]), torch.tensor([0.2, 0.7])
     mine = slice(ctx.rank, None, ctx.world)
+    if isinstance(dist.unwrap(model), UniWorld):  # VLM states instead of T5 tokens
+        context = torch.randn(BATCH, WAN_TEXT, WAN_VLM, generator=g)
     cond = Cond(context=context[mine], image_latents=z_c[mine])
     return (model(x_t[mine], t[mine], cond, ratio=ratio[mine]).pred - target[mine]).square().mean()
 
 
-def train_wan(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool) -> dict:
+def train_wan(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool, uniworld: bool = False) -> dict:
     """As ``train``: the loaded weights, ``STEPS`` AdamW steps' losses and the final weights."""
-    model = build_wan(folder, ctx, strategy, ac=ac)
+    model = build_wan(folder, ctx, strategy, ac=ac, uniworld=uniworld)
     loaded = full_state(model)
     model.train()
     assert dist.unwrap(model).grad_checkpointing is ac
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4, weight_decay=0.1)  # eps: see train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.1)  # eps: see train()
     losses = []
     for step in range(STEPS):
         loss = wan_loss(model, step, ctx)
@@ -206,6 +218,8 @@ def run_all(folders: dict[str, Path], ctx: dist.DistContext, strategies: tuple[s
         for s in strategies:
             for ac in (False, True) if s != "ddp" else (False,):
                 res[f"wan/{s}/ac={ac}"] = train_wan(wan, ctx, s, ac)
+            if s != "ddp":  # UniWorld: frozen DiT, hooks on its sharded cross-attentions
+                res[f"uniworld/{s}/ac={s == 'fsdp'}"] = train_wan(wan, ctx, s, s == "fsdp", uniworld=True)
     for s in strategies:
         for lora in (False, True):
             res[f"train/{s}/lora={lora}"] = train(folders["5B-I2V"], ctx, s, lora)
@@ -345,6 +359,19 @@ def test_wan_under_flashi2v_trains_on_two_ranks_like_one_process(two_ranks, one_
     assert got["losses"] == pytest.approx(want["losses"], rel=2e-6, abs=1e-7)
     _same(got["final"], want["final"], 1e-6, "after AdamW")
     assert all(not torch.equal(want["final"][k], want["loaded"][k]) for k in want["final"])  # all trained
+
+
+def test_uniworld_around_a_frozen_flashi2v_wan_trains_on_two_ranks_like_one_process(two_ranks, one_process):
+    """UniWorld with the decoupled f_img (forward hooks on the FSDP2-sharded blocks' cross-attentions, the
+    tokens handed over per forward, recomputed under activation checkpointing) around a frozen FlashI2V Wan:
+    2 ranks give one process's losses and weights (the bounds of the Wan test above); only the wrapper's
+    layers move."""
+    got, want = two_ranks["uniworld/fsdp/ac=True"], one_process["uniworld/none/ac=False"]
+    _same(got["loaded"], want["loaded"], 0, "loaded")
+    assert got["losses"] == pytest.approx(want["losses"], rel=2e-6, abs=1e-7)
+    _same(got["final"], want["final"], 1e-6, "after AdamW")
+    moved = {k for k in want["final"] if not torch.equal(want["final"][k], want["loaded"][k])}
+    assert moved == {k for k in want["final"] if k.startswith(("adapter.", "image_proj.", "image_attn."))}
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
