@@ -258,3 +258,20 @@ def test_collate():
         collate([samples[0], {"video": torch.zeros(2, 3, 4, 4), "label": 0}])
     with pytest.raises(ValueError, match="shapes differ"):
         collate([samples[0], {**samples[1], "video": torch.zeros(3, 3, 4, 4)}])
+
+
+def test_synthetic_captions_name_what_the_clip_shows():
+    """``--data.synthetic-captions``: each batch carries its clips' captions (a class's name; an appearance
+    with another row's motion in the held-out splits); other datasets refuse the flag."""
+    from minivdit.data.synthetic import APPEARANCE_NAMES, MOTION_NAMES, caption
+
+    cfg = DataConfig(synthetic_captions=True, num_frames=2, image_size=8, batch_size=4, num_workers=0)
+    batch = next(build_loader(cfg, rank=0, world=1))
+    assert batch.caption == tuple(f"a {CLASS_NAMES[int(c)]}" for c in batch.label)
+    held = SyntheticVideos(2, 8, 10, 20, split="out_of_domain", captions=True)
+    clip = held.get(0)
+    a, m = clip["appearance"], clip["label"]
+    assert a != m and clip["caption"] == caption(a, m) == f"a {APPEARANCE_NAMES[a]} {MOTION_NAMES[m]}"
+    assert "caption" not in SyntheticVideos(2, 8, 10, 20).get(0)  # off by default: shards stay as they were
+    with pytest.raises(ValueError, match="synthetic_captions is for the synthetic dataset"):
+        DataConfig(dataset="ucf101", root="/data/ucf", synthetic_captions=True)

@@ -199,3 +199,20 @@ def test_encode_is_the_released_text_models_state(qwen):
     first = int((inputs["input_ids"][0] == pad).nonzero()[0])
     assert not changed[:first].any() and changed[first : first + 135].all()
     assert torch.equal(encoder.encode(["a green triangle moving up"], -frames)[0], tokens)  # released: blind
+
+
+def test_tiny_qwen_reads_each_caption_word_as_one_token(tmp_path):
+    """``make_tiny_qwen_vl``: its tokenizer knows the synthetic captions' words (one token each, so a
+    caption's features differ word by word), loads as a ``VLMEncoder``, and the global RNG is untouched."""
+    from minivdit.conditioning.vlm import make_tiny_qwen_vl
+    from minivdit.data.synthetic import caption
+
+    state = torch.random.get_rng_state()
+    folder = make_tiny_qwen_vl(tmp_path / "qwen", hidden=32, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    for text in (caption(0, 0), caption(3, 5), caption(7, 7)):
+        assert len(tok(text)["input_ids"]) == len(text.split()), text
+    encoder = VLMEncoder(VLMConfig(path=str(folder), dtype="float32", max_length=180))
+    tokens, _ = encoder.encode([caption(0, 0), caption(1, 1)], torch.zeros(2, 3, 16, 16))
+    assert encoder.dim == 32 and tokens.shape == (2, 180, 32) and not torch.equal(tokens[0], tokens[1])

@@ -392,7 +392,99 @@ class VLMEncoder(nn.Module):
         return self.features(**self.prompt(captions, frames, truncate=truncate))
 
 
+# ---------------------------------------------------------------------------------------------- tiny
+
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+"""Qwen2.5-VL's special tokens that the prompt uses (a tiny tokenizer gives them the first ids)."""
+
+
+def tiny_corpus() -> list[str]:
+    """What a tiny Qwen tokenizer is trained on: the chat template's words and every synthetic caption
+    (``minivdit.data.synthetic.caption``), so that each word of them is one token."""
+    from minivdit.data.synthetic import CLASS_NAMES, caption
+
+    n = len(CLASS_NAMES)
+    return ["You are a helpful assistant.", "system user assistant"] + [
+        caption(a, m) for a in range(n) for m in range(n)
+    ]
+
+
+def make_tiny_qwen_vl(
+    path: str | Path, *, seed: int = 0, hidden: int = 16, corpus: Sequence[str] | None = None
+) -> Path:
+    """Write a tiny random Qwen2.5-VL in the hub folder layout to ``path``: a Qwen2 tokenizer (byte-level
+    BPE, the real model type, trained on ``corpus`` (``tiny_corpus()``) with ``QWEN_SPECIAL_TOKENS`` first)
+    and a 2-layer ``Qwen2_5_VLForConditionalGeneration`` of width ``hidden`` (diffusers' tiny test
+    configuration, anchors-conditioning §3) with that vocabulary and those special ids;
+    ``VLMConfig(path=...)`` loads it. No download; the global RNG state is left untouched. For tests and
+    CPU-scale checks, which have no real weights. Returns ``path``."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = BpeTrainer(
+        vocab_size=512,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus if corpus is not None else tiny_corpus()), trainer)
+    tok.save(str(path / "tokenizer.json"))
+    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config | {"model_max_length": 32768}))
+    ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS}
+    heads = 2
+    head_dim = hidden // heads
+    if hidden % heads or head_dim % 8:
+        raise ValueError(f"make_tiny_qwen_vl: hidden must be a multiple of 16, got {hidden}")
+    rope = [head_dim // 8, head_dim // 8, head_dim // 4]  # sum = head_dim / 2 (M-RoPE's constraint)
+    special = dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        rope_theta=1e6,
+        vocab_size=tok.get_vocab_size(),
+        rope_scaling={"mrope_section": rope, "rope_type": "default", "type": "default"},
+        **special,
+    )
+    vision = dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden)
+    cfg = transformers.Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        **special,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformers.Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
+    return path
+
+
 __all__ = [
+    "make_tiny_qwen_vl",
+    "tiny_corpus",
     "vlm_identity",
     "VLMConfig",
     "VLMEncoder",

@@ -106,6 +106,9 @@ class DataConfig:
     """Seeds the shuffling, the per-sample augmentation seeds, the workers and the synthetic clips."""
     synthetic_size: int = 10000
     """Number of distinct clips of "synthetic", i.e. the length of one epoch."""
+    synthetic_captions: bool = False
+    """"synthetic" only: each clip also carries its caption ("a red disc moving right",
+    ``minivdit.data.synthetic.caption``), for text-conditioned runs (``Batch.caption``)."""
     synthetic_split: Literal["all", "in_domain", "out_of_domain"] = "all"
     """"synthetic" only: "all" = the classes (colour, shape and motion tied); "in_domain" / "out_of_domain" =
     appearance × motion pairs with a held-out set of pairings, labelled by the motion
@@ -186,6 +189,11 @@ class DataConfig:
                 f"DataConfig.synthetic_split={self.synthetic_split!r} is for the synthetic dataset with "
                 f"num_classes >= 4 (got dataset={self.dataset!r}, num_classes={self.num_classes})"
             )
+        if self.synthetic_captions and self.dataset != "synthetic":
+            raise ValueError(
+                f"DataConfig.synthetic_captions is for the synthetic dataset (got {self.dataset!r}: captions "
+                "come from --data.labels-csv)"
+            )
         if self.dataset == "synthetic" and not isinstance(self.image_size, int):
             raise ValueError(
                 f"DataConfig.image_size={self.image_size!r}: the synthetic dataset needs one side (square "
@@ -211,7 +219,13 @@ class VideoDataset(Protocol):
 
 def _synthetic(cfg: DataConfig) -> VideoDataset:
     return SyntheticVideos(
-        cfg.num_frames, cfg.image_size, cfg.num_classes, cfg.synthetic_size, cfg.seed, cfg.synthetic_split
+        cfg.num_frames,
+        cfg.image_size,
+        cfg.num_classes,
+        cfg.synthetic_size,
+        cfg.seed,
+        cfg.synthetic_split,
+        captions=cfg.synthetic_captions,
     )
 
 

@@ -194,6 +194,29 @@ MOTION_NAMES: tuple[str, ...] = (
 )
 """The motion of each row, the label's meaning in the held-out-combination splits."""
 
+APPEARANCE_NAMES: tuple[str, ...] = (
+    "red disc",
+    "orange square",
+    "yellow triangle",
+    "green ring",
+    "cyan plus",
+    "blue bar",
+    "purple diamond",
+    "magenta twin discs",
+    "white frame",
+    "pink X",
+)
+"""The colour and shape of each row (a class name without its motion)."""
+
+
+def caption(appearance: int, motion: int) -> str:
+    """A clip's caption: "a red disc moving right" (the class's name when ``appearance == motion``; an
+    unseen pairing of the held-out splits reads "a red disc circling")."""
+    if appearance == motion:
+        return f"a {CLASS_NAMES[appearance]}"
+    return f"a {APPEARANCE_NAMES[appearance]} {MOTION_NAMES[motion]}"
+
+
 SPLITS = ("all", "in_domain", "out_of_domain")
 
 
@@ -237,6 +260,7 @@ class SyntheticVideos:
         size: int,
         seed: int = 0,
         split: str = "all",
+        captions: bool = False,
     ):
         for name, value in (("num_frames", num_frames), ("image_size", image_size), ("size", size)):
             if value < 1:
@@ -248,7 +272,7 @@ class SyntheticVideos:
         if seed < 0:
             raise ValueError(f"SyntheticVideos: seed must be >= 0, got {seed}")
         self.num_frames, self.image_size, self.num_classes = num_frames, image_size, num_classes
-        self.size, self.seed, self.split = size, seed, split
+        self.size, self.seed, self.split, self.captions = size, seed, split, captions
         self.pairs = split_pairs(num_classes, split)  # [(appearance, motion)]
         self.classes = CLASS_NAMES[:num_classes] if split == "all" else MOTION_NAMES[:num_classes]
         # Pixel-centre coordinates, shared by every clip.
@@ -260,7 +284,8 @@ class SyntheticVideos:
 
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
         """The clip at ``index``: ``{"video": float32 [F, 3, H, W] in [-1, 1], "label": int}`` (the class;
-        the motion in a held-out-combination split, whose ``"appearance"`` is added)."""
+        the motion in a held-out-combination split, whose ``"appearance"`` is added), and with ``captions``
+        its ``"caption"`` (``caption(appearance, motion)``: text-conditioned runs)."""
         if not 0 <= index < self.size:
             raise IndexError(f"SyntheticVideos: index {index} out of range [0, {self.size})")
         appearance, label = self.pairs[index % len(self.pairs)]
@@ -284,6 +309,8 @@ class SyntheticVideos:
         out = {"video": torch.from_numpy(video), "label": label}
         if self.split != "all":
             out["appearance"] = appearance
+        if self.captions:
+            out["caption"] = caption(appearance, label)
         return out
 
     def _background(self, gen: np.random.Generator) -> np.ndarray:
