@@ -24,6 +24,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -394,8 +395,12 @@ class TrainConfig:
 
     def _check_wan(self) -> None:
         m = self.model
-        if self.vae.kind == "none":
-            raise ValueError("the Wan transformer trains on VAE latents: set --vae.kind wan --vae.path DIR")
+        if self.vae.kind == "none" and (m.in_channels, m.out_channels) != (3, 3):
+            # pixel space (a tiny Wan on the synthetic clips, recipes/uniworld_synthetic.py): RGB in and out
+            raise ValueError(
+                "the Wan transformer trains on VAE latents (--vae.kind wan --vae.path DIR), or in pixel "
+                f"space with model.in_channels = out_channels = 3 (got {m.in_channels}, {m.out_channels})"
+            )
         if m.is_i2v or self.i2v.enabled:
             # Wan2.1-I2V also takes CLIP image tokens (cond.image_context) that no trainer path produces yet
             raise ValueError(
@@ -826,7 +831,7 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
             text_dropout=cfg.text.dropout,
             start_frame=cfg.flashi2v is not None or cfg.uniworld.f_img != "off",
             context_mask=cfg.vlm.keep == "valid",
-            vae=vae,
+            vae=vae if vae is not None else PixelSpace(),
             autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
         )
     if cfg.vlm.path is not None:  # UniWorld: the VLM reads caption + first frame (online; frozen)
@@ -841,7 +846,7 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
             vlm=vlm,
             text_dropout=cfg.text.dropout,
             start_frame=cfg.flashi2v is not None or cfg.uniworld.f_img != "off",  # z_c: FlashI2V's, f_img's
-            vae=vae,
+            vae=vae if vae is not None else PixelSpace(),
             autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
         )
     encoder = build_text_encoder(cfg.text)
@@ -1544,13 +1549,22 @@ def _label_names(cfg: TrainConfig, labels: Tensor | None, classes=None) -> list[
     return [str(int(y)) for y in labels]
 
 
-def main(default: TrainConfig, args: list[str] | None = None, *, model_cls: type | None = None) -> None:
+def main(
+    default: TrainConfig,
+    args: list[str] | None = None,
+    *,
+    model_cls: type | None = None,
+    before: Callable[[TrainConfig], None] | None = None,
+) -> None:
     """CLI entry of every recipe: the command line over the recipe's config (:func:`parse`), then ``train``.
     ``model_cls`` plugs in a fork of the backbone; None builds the class the config names (a V-DiT or the
-    CogVideoX transformer)."""
+    CogVideoX transformer). ``before(cfg)`` runs on the parsed config before training (a recipe that makes
+    an asset on first use, at the path the command line chose)."""
     setup_logging(dist.launcher_env()[0])  # console only: the run directory is not known yet
     recipe_doc = getattr(sys.modules.get("__main__"), "__doc__", None)  # the recipe's docstring: --help
     cfg = parse(default, sys.argv[1:] if args is None else list(args), description=recipe_doc)
+    if before is not None:
+        before(cfg)
     run(train, cfg, model_cls=model_cls)
 
 

@@ -75,7 +75,8 @@ def test_recipe_help(path, monkeypatch, capsys):
     # Each family lists its own flags only: LoRA, T5 text and validation prompts are the text-to-video
     # backbones' (CogVideoX, Wan); evaluation is the V-DiT's (also for recipes that leave it off: any
     # --eval.* flag turns it on); image-to-video (--i2v, --flashi2v) is both families'.
-    cogvideox = path.stem in ("cogvideox_i2v", "drepa_timelapse", "flashi2v_wan", "uniworld_osp2")
+    wan = ("flashi2v_wan", "uniworld_osp2", "uniworld_synthetic")
+    cogvideox = path.stem in ("cogvideox_i2v", "drepa_timelapse", *wan)
     for flag in ("--lora.rank", "--text.path", "--validation.prompts", "--vlm.path"):
         assert (flag in out) == cogvideox, flag
     assert "--i2v.mode" in out and "--flashi2v" in out

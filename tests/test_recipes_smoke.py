@@ -31,7 +31,8 @@ pytestmark = [
 SNAPSHOT = Path(__file__).parent / "snapshots" / "recipe_flags.json"
 COGVIDEOX_RECIPES = ("cogvideox_i2v", "drepa_timelapse")  # their smoke runs: tests/test_recipes_cogvideox.py
 WAN_RECIPES = ("flashi2v_wan", "uniworld_osp2")  # their smoke runs: tests/test_recipes_{wan,uniworld}.py
-ABLATIONS = ("flashi2v_ablation",)  # synthetic data, no assets: tests/test_flashi2v_ablation.py
+# synthetic data, no assets: tests/test_flashi2v_ablation.py, tests/test_recipes_uniworld.py
+ABLATIONS = ("flashi2v_ablation", "uniworld_synthetic")
 PAPER_RECIPES = [
     p
     for p in RECIPES
