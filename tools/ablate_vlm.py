@@ -9,7 +9,7 @@ own command line (a run whose final checkpoint exists is kept):
 
 Then each run's EMA weights generate clips for real clips of every class the runs never saw (the synthetic
 dataset at another seed): the VLM reads the clip's caption ("a red disc moving right") and its frame 0, the
-null branch "" with the same frame (Euler, the recipe's 20 steps and CFG 3; the same noise for every run).
+null branch "" with the same frame (Euler, the recipe's 10 steps and CFG 3; the same noise for every run).
 ``syn_acc`` is the synthetic detector's accuracy on them (``minivdit/eval/synthetic.py``; chance = 1 / 10).
 The ``empty`` rows sample from the empty caption with the same frame (no guidance): what the frame alone
 gives.
