@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from minivdit import ckpt, dist, durable
+from minivdit import ckpt, dist, durable, forensics
 from minivdit.align.heads import AlignConfig, AlignHead, check_block_index
 from minivdit.align.teachers import Teacher, TeacherConfig, build_teacher, make_tiny_teacher
 from minivdit.conditioning import Conditioner, batch_cond
@@ -1165,6 +1166,14 @@ class NonfiniteCounter:
     in_a_row: int = 0
     total: int = 0
 
+    def check(self, step: int) -> None:
+        """Raise after ``MAX_NONFINITE_IN_A_ROW`` skips in a row (called once the skip is reported)."""
+        if self.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise RuntimeError(
+                f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
+                f"--optim.lr, enable --optim.grad-clip, or check the data"
+            )
+
 
 def optimizer_step(
     cfg,
@@ -1179,7 +1188,7 @@ def optimizer_step(
 ) -> Tensor | None:
     """Clip (from ``optim.clip_start_step``), AdamW step and EMA update on the accumulated gradients. Returns
     the pre-clip global gradient norm, or None when it is not finite: the step is skipped (gradients dropped)
-    and counted, and ``MAX_NONFINITE_IN_A_ROW`` skips in a row raise.
+    and counted; the caller reports it and calls ``nonfinite.check`` (too many in a row raise).
 
     With an alignment ``head`` the norm is that of the model's and the head's gradients together (REPA clips
     its projectors with the model: they are part of its SiT), the head has its own optimizer (it is
@@ -1197,11 +1206,6 @@ def optimizer_step(
         nonfinite.in_a_row += 1
         nonfinite.total += 1
         log.warning(f"step {step}: non-finite loss/gradient, step skipped ({nonfinite.in_a_row} in a row)")
-        if nonfinite.in_a_row >= MAX_NONFINITE_IN_A_ROW:
-            raise RuntimeError(
-                f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at step {step}: lower "
-                f"--optim.lr, enable --optim.grad-clip, or check the data"
-            )
         return None
     nonfinite.in_a_row = 0
     if clip < math.inf:
@@ -1214,6 +1218,11 @@ def optimizer_step(
         opt.zero_grad(set_to_none=True)
     update_ema(ema, model, 0.0 if step < cfg.ema.start_step else cfg.ema.decay)
     return grad_norm
+
+
+def _about(batch: Batch, seed: int) -> dict:
+    """What a micro-batch is, for the non-finite report: its seed, sample ids and labels."""
+    return {"seed": seed, "ids": list(batch.ids) if batch.ids else None, "labels": batch.label.tolist()}
 
 
 def _full(t: Tensor) -> Tensor:
@@ -1284,35 +1293,42 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
     model.train()
     if head is not None:
         head.train()
+
+    def forward(batch: Batch, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """One micro-batch's ``train_step``, seeded by its global position: a replay is the same step."""
+        torch.manual_seed(seed)
+        # the conditioner's own stream, on the training device (anyframe's fill noise is drawn there)
+        generator = torch.Generator(ctx.device).manual_seed(seed + 1)
+        return train_step(
+            batch,
+            model=model,
+            objective=objective,
+            num_classes=cfg.model.num_classes,
+            precision=cfg.precision,
+            device=ctx.device,
+            vae=vae,
+            align=cfg.align,
+            teacher=teacher,
+            head=head,
+            conditioner=conditioner,
+            generator=generator,
+        )
+
     logger.start(step)
     while step < cfg.max_steps:
         for opt in (optimizer, head_optimizer) if head is not None else (optimizer,):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg.optim, cfg.max_steps)
         step_metrics: dict[str, Tensor] = {}
+        micro_batches: list[tuple[Batch, int]] = []  # kept for the step: a non-finite one is replayed
         for micro in range(cfg.grad_accum):
             batch = next(loader)
             seed = micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank)
-            torch.manual_seed(seed)
-            # the conditioner's own stream, on the training device (anyframe's fill noise is drawn there)
-            generator = torch.Generator(ctx.device).manual_seed(seed + 1)
             sync = micro == cfg.grad_accum - 1
             with dist.sync_grads(model, enabled=sync), dist.sync_grads(head, enabled=sync):
-                loss, metrics = train_step(
-                    batch,
-                    model=model,
-                    objective=objective,
-                    num_classes=cfg.model.num_classes,
-                    precision=cfg.precision,
-                    device=ctx.device,
-                    vae=vae,
-                    align=cfg.align,
-                    teacher=teacher,
-                    head=head,
-                    conditioner=conditioner,
-                    generator=generator,
-                )
+                loss, metrics = forward(batch, seed)
                 (loss / cfg.grad_accum).backward()
+            micro_batches.append((batch, seed))
             for k, v in metrics.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
         grad_norm = optimizer_step(
@@ -1325,7 +1341,18 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
             head=head,
             head_optimizer=head_optimizer,
         )
-        if grad_norm is None:  # non-finite: skipped, the same step is retried on the next batch
+        if grad_norm is None:  # non-finite: skipped, reported, the same step retried on the next batch
+            forensics.report(
+                run_dir,
+                step,
+                model=model,
+                backbone=backbone(model),
+                micro_batches=[(_about(b, s), partial(forward, b, s)) for b, s in micro_batches],
+                lr=optimizer.param_groups[0]["lr"],
+                counters={"in_a_row": nonfinite.in_a_row, "total": nonfinite.total},
+                rank=ctx.rank,
+            )
+            nonfinite.check(step)
             continue
         step += 1
 

@@ -364,6 +364,7 @@ def _train_vae(cfg: VAETrainConfig, preemption: PreemptionHandler) -> Path:
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
         grad_norm = optimizer_step(cfg, step, model=model, ema=ema, optimizer=optimizer, nonfinite=nonfinite)
         if grad_norm is None:  # non-finite: skipped, the same step is retried on the next batch
+            nonfinite.check(step)
             continue
         step += 1
 

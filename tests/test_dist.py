@@ -57,9 +57,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg, tmp: Path, nproc: int = 2) -> None:
+def _torchrun(cfg, tmp: Path, nproc: int = 2, worker: str | None = None) -> None:
     script, cfg_file = tmp / "worker.py", tmp / "config.json"
-    script.write_text(WORKER)
+    script.write_text(worker or WORKER)
     cfg_file.write_text(json.dumps(to_dict(cfg)))
     launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
@@ -191,3 +191,47 @@ def test_two_ranks_match_one_process_with_accumulation(
     rows = metrics(resumed)
     assert [r["step"] for r in rows] == [STEPS + 1, STEPS + 2]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
+
+
+POISONED_WORKER = """
+import json, sys
+import torch
+import minivdit.train as train_mod
+from minivdit import dist
+from minivdit.config import from_dict
+
+real, count = train_mod.build_models, [-1]
+
+def poison(module, args, output):  # rank 1's first forward and its replay emit inf
+    count[0] += 1
+    return output * float("inf") if count[0] in (0, 1) else None
+
+def build(cfg, ctx, model_cls):
+    model, ema = real(cfg, ctx, model_cls)
+    if ctx.rank == 1:
+        dist.unwrap(model).get_submodule("blocks.1.mlp").register_forward_hook(poison)
+    return model, ema
+
+train_mod.build_models = build
+cfg = from_dict(train_mod.TrainConfig, json.loads(open(sys.argv[1]).read()))
+try:
+    train_mod.train(cfg)
+finally:
+    dist.teardown()
+"""
+
+
+def test_nonfinite_report_on_fsdp_names_the_rank_and_block(make_tiny_cfg, tmp_path, metrics, single_thread):
+    """One rank's block emits inf under FSDP2: every rank replays in step (no collective hangs), the bad
+    rank's report names the block, the other's finds its own forward finite."""
+    cfg = _config(make_tiny_cfg, tmp_path / "runs", "flow", 1, "poisoned")
+    cfg = replace(cfg, parallel=ParallelConfig(strategy="fsdp"), max_steps=2)
+    _torchrun(cfg, tmp_path, worker=POISONED_WORKER)
+    assert [r["nonfinite_skipped"] for r in metrics(cfg.run_dir)] == [1, 1]
+    folder = cfg.run_dir / "nonfinite"
+    assert sorted(p.name for p in folder.iterdir()) == ["step_0.json", "step_0.rank1.json"]
+    bad = json.loads((folder / "step_0.rank1.json").read_text())
+    good = json.loads((folder / "step_0.json").read_text())
+    assert bad["rank"] == 1 and bad["micro_batches"][0]["first_nonfinite"] == {"module": "blocks.1.mlp"}
+    assert good["rank"] == 0 and good["micro_batches"][0]["first_nonfinite"] is None
+    assert good["micro_batches"][0]["ids"] != bad["micro_batches"][0]["ids"]

@@ -190,12 +190,16 @@ def test_loss_decreases_over_training(tiny_cfg, metrics):
 
 
 def _nan_on(monkeypatch, bad_calls: set[int] | None) -> list[int]:
-    """Make ``train_step`` return a NaN loss on the given call indices (all calls if None)."""
-    real, calls = train_mod.train_step, []
+    """Make ``train_step`` return a NaN loss on the given micro-batches, counted in the order the loader gave
+    them (all if None). Returns the index of each call's micro-batch: the non-finite report replays a
+    skipped step's batch, so its calls repeat an index."""
+    real, batches, calls = train_mod.train_step, [], []
 
-    def fake(*args, **kwargs):
-        loss, metrics = real(*args, **kwargs)
-        i = len(calls)
+    def fake(batch, **kwargs):
+        loss, metrics = real(batch, **kwargs)
+        if not any(b is batch for b in batches):
+            batches.append(batch)
+        i = next(k for k, b in enumerate(batches) if b is batch)
         calls.append(i)
         if bad_calls is None or i in bad_calls:
             loss = loss * float("nan")
@@ -209,7 +213,7 @@ def _nan_on(monkeypatch, bad_calls: set[int] | None) -> list[int]:
 def test_nonfinite_steps_are_skipped_and_counted(tiny_cfg, metrics, monkeypatch):
     calls = _nan_on(monkeypatch, {1, 2})
     run_dir = train(tiny_cfg(max_steps=4))
-    assert len(calls) == 6  # 4 optimizer steps + 2 skipped attempts
+    assert calls == [0, 1, 1, 2, 2, 3, 4, 5]  # 4 optimizer steps + 2 skipped attempts, each replayed once
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["nonfinite_skipped"] for r in rows] == [0, 2, 2, 2]
@@ -217,13 +221,87 @@ def test_nonfinite_steps_are_skipped_and_counted(tiny_cfg, metrics, monkeypatch)
     for name in ("model.safetensors", "ema.safetensors"):
         weights = _weights(run_dir / "checkpoints" / "step_0000004" / name)
         assert all(torch.isfinite(v).all() for v in weights.values())
+    # step 1 was skipped twice: two reports, the second beside the first
+    reports = sorted(p.name for p in (run_dir / "nonfinite").iterdir())
+    assert reports == ["step_1.json", "step_1.try2.json"]
+    report = json.loads((run_dir / "nonfinite" / "step_1.json").read_text())
+    assert report["in_a_row"] == 1 and report["micro_batches"][0]["first_nonfinite"] == {
+        "loss": "every module's output is finite; the objective's loss is not"
+    }
 
 
 def test_ten_nonfinite_in_a_row_raise(tiny_cfg, monkeypatch):
     calls = _nan_on(monkeypatch, None)
     with pytest.raises(RuntimeError, match=r"10 non-finite losses in a row"):
         train(tiny_cfg(max_steps=20))
-    assert len(calls) == 10
+    assert sorted(set(calls)) == list(range(10))
+
+
+def _inf_from(monkeypatch, where: str, calls: set[int], *, backward: bool = False) -> None:
+    """Make the submodule ``where`` of the trained backbone emit inf in the forwards numbered ``calls`` (with
+    ``backward``: a finite forward whose gradient there is inf)."""
+    real = train_mod.build_models
+    count = [-1]
+
+    def poison(module, args, output):
+        count[0] += 1
+        if count[0] not in calls:
+            return None
+        if backward:
+            return _InfGrad.apply(output)
+        return output * float("inf")
+
+    def build(cfg, ctx, model_cls):
+        model, ema = real(cfg, ctx, model_cls)
+        dist.unwrap(model).get_submodule(where).register_forward_hook(poison)
+        return model, ema
+
+    monkeypatch.setattr(train_mod, "build_models", build)
+
+
+class _InfGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def test_nonfinite_report_names_the_block_that_emitted_inf(tiny_cfg, metrics, monkeypatch):
+    _inf_from(monkeypatch, "blocks.1.mlp", calls={0, 2})  # micro-batch 0 (of 2) and its replay
+    cfg = tiny_cfg(max_steps=2, data={"batch_size": 2}, grad_accum=2)
+    run_dir = train(cfg)
+    assert [r["nonfinite_skipped"] for r in metrics(run_dir)] == [1, 1]
+    report = json.loads((run_dir / "nonfinite" / "step_0.json").read_text())
+    assert report["step"] == 0 and report["in_a_row"] == 1 and isinstance(report["lr"], float)
+    first, second = report["micro_batches"]  # the hook fired in the first micro-batch and its replay only
+    assert first["first_nonfinite"] == {"module": "blocks.1.mlp"}
+    assert report["summary"] == "micro-batch 0: first non-finite value from module blocks.1.mlp"
+    assert first["first_nonfinite_grad"] is None  # the forward already was: every gradient inherits it
+    assert first["loss"] == "nan" and first["inputs_finite"] == {"x_t": True, "t": True, "cond": True}
+    assert first["activations"]["blocks.0"] > 0 and first["activations"]["blocks.1"] in ("inf", "nan")
+    assert len(first["t"]) == 2 and len(first["ids"]) == 2 and len(first["labels"]) == 2
+    assert all(i.startswith("synthetic/") for i in first["ids"])
+    assert set(first["gradients"]) >= {"blocks.0", "blocks.1", "final_layer"}
+    # the second micro-batch was finite: nothing to name, every norm a number
+    assert second["first_nonfinite"] is None and second["first_nonfinite_grad"] is None
+    assert all(isinstance(v, float) for v in second["gradients"].values())
+    assert first["seed"] != second["seed"]
+
+
+def test_nonfinite_report_names_where_a_finite_forward_blew_up_in_backward(tiny_cfg, monkeypatch):
+    _inf_from(monkeypatch, "blocks.1", calls={0, 1}, backward=True)  # the step and its replay
+    run_dir = train(tiny_cfg(max_steps=1))
+    report = json.loads((run_dir / "nonfinite" / "step_0.json").read_text())
+    (micro,) = report["micro_batches"]
+    assert micro["first_nonfinite"] is None and isinstance(micro["loss"], float)
+    # blocks.1's output gradient is inf: its own parameters and every block before it get non-finite grads
+    assert micro["first_nonfinite_grad"] == "blocks.1"
+    assert micro["gradients"]["blocks.0"] in ("inf", "nan")
+    assert isinstance(micro["gradients"]["final_layer"], float)  # after the block: its gradient is finite
+    assert "finite forward; non-finite gradients from blocks.1 back" in report["summary"]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

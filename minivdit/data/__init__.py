@@ -317,6 +317,7 @@ class Batch:
     text: Tensor | None = None  # [B, L, Dt] cached text-encoder tokens (bf16 on disk), see conditioning/
     text_mask: Tensor | None = None  # [B, L] bool, True = real token; None = no mask (CogVideoX's T5)
     caption: tuple[str, ...] | None = None  # the captions, when every sample has one (online text encoding)
+    ids: tuple[str, ...] | None = None  # which clip each sample is (a path, a shard key): forensics, logs
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """A new ``Batch`` with every tensor on ``device``."""
@@ -371,6 +372,7 @@ def collate(samples: Sequence[dict]) -> Batch:
         caption=tuple(str(s["caption"]) for s in samples)
         if all(s.get("caption") is not None for s in samples)
         else None,
+        ids=tuple(str(s["key"]) for s in samples) if all("key" in s for s in samples) else None,
     )
 
 
@@ -448,7 +450,8 @@ class _Keyed(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        return self.dataset.get(index, np.random.default_rng(seed))
+        # "key" names the clip (``Batch.ids``): a dataset that knows better (a path, a shard key) sets its own
+        return {"key": str(index), **self.dataset.get(index, np.random.default_rng(seed))}
 
 
 def _seed_worker(seed: int, rank: int, worker_id: int) -> None:

@@ -306,7 +306,7 @@ class SyntheticVideos:
         colour = np.asarray(look.colour, np.float32)[:, None, None] / 255.0  # [3, 1, 1]
         video = background + coverage[:, None] * (colour - background)  # [F, 3, H, W], alpha compositing
         video = video * 2.0 - 1.0
-        out = {"video": torch.from_numpy(video), "label": label}
+        out = {"video": torch.from_numpy(video), "label": label, "key": f"synthetic/{self.seed}/{index}"}
         if self.split != "all":
             out["appearance"] = appearance
         if self.captions:

@@ -674,7 +674,8 @@ class ClipDataset:
                 self.bad_counts[e.path] = self.bad_counts.get(e.path, 0) + 1
                 skipped.append((e.path, e.reason))
                 continue
-            out = {"video": video, "label": self.labels[source], "skipped": skipped}
+            key = source_path(self.sources[source]) + (f"#{variant}" if self.spec.variants > 1 else "")
+            out = {"video": video, "label": self.labels[source], "skipped": skipped, "key": key}
             if self.captions is not None:
                 out["caption"] = self.captions[source]
             return out
