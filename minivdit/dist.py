@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from minivdit.config import check_types
+from minivdit.models.checkpointing import Checkpointing
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
@@ -44,11 +45,24 @@ class ParallelConfig:
     """``auto``: FSDP2 when world > 1 on CUDA, DDP when world > 1 on CPU, nothing in a world of one."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass (saves activation memory, costs ~1/3 more compute)."""
+    ac_every: int = 1
+    """With activation checkpointing: recompute every k-th block only, the others keep their activations
+    (torchtitan's ``selective_ac_option="k"``; ``models/checkpointing.py``)."""
+    ac_ops: bool = False
+    """With activation checkpointing: op-level selective — keep the matmul and attention outputs of a
+    recomputed block, recompute only its element-wise ops (torchtitan's ``"op"``)."""
     compile: bool = False
     """``torch.compile`` each block (cold start ~30 s on CPU; worth it on GPUs)."""
 
     def __post_init__(self):
         check_types(self)
+        if self.ac_every < 1:
+            raise ValueError(f"ParallelConfig.ac_every must be >= 1, got {self.ac_every}")
+        if (self.ac_every > 1 or self.ac_ops) and not self.activation_checkpointing:
+            raise ValueError(
+                "ParallelConfig.ac_every / ac_ops choose which activations are recomputed: they need "
+                "--parallel.activation-checkpointing"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,7 +190,8 @@ def resolve_strategy(cfg: ParallelConfig, ctx: DistContext) -> str:
 BLOCK_LISTS = ("blocks", "transformer_blocks")
 """The contract between a backbone and ``parallelize``: its repeated blocks are an ``nn.ModuleList`` attribute
 with one of these names (``VDiT.blocks``; ``CogVideoXTransformer.transformer_blocks``, diffusers' name), and
-it runs them through ``torch.utils.checkpoint`` when its ``grad_checkpointing`` attribute is True."""
+it runs them through ``torch.utils.checkpoint`` as its ``grad_checkpointing`` attribute says
+(``models/checkpointing.py``)."""
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
@@ -211,7 +226,8 @@ def parallelize(
     if trainable and cfg.activation_checkpointing:
         if not hasattr(model, "grad_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")
-        model.grad_checkpointing = True  # per-block torch.utils.checkpoint inside the block loop
+        # per-block torch.utils.checkpoint inside the block loop (models/checkpointing.py)
+        model.grad_checkpointing = Checkpointing(every=cfg.ac_every, ops=cfg.ac_ops)
     if trainable and cfg.compile:
         blocks = block_list(model)
         log.info(  # compiling is lazy: the first step does it, silently, before its first status line

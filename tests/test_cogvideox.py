@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import save_file
 
+from minivdit.models.checkpointing import Checkpointing
 from minivdit.models.cogvideox import (
     PRESETS,
     CogVideoXConfig,
@@ -297,11 +298,12 @@ def test_meta_build_init_weights(variant):
     assert torch.count_nonzero(out.pred) == 0  # adaLN and proj_out start at zero
 
 
-def test_grad_checkpointing_same_grads():
+@pytest.mark.parametrize("ac", [True, Checkpointing(every=2), Checkpointing(ops=True)], ids=str)
+def test_grad_checkpointing_same_grads(ac):
     model = _tiny(**VARIANTS["1.5-5B-I2V"]).train()
     x_t, t, cond = _inputs(model.cfg, 2, 8, 12)
     grads = []
-    for ckpt in (False, True):
+    for ckpt in (False, ac):
         model.grad_checkpointing = ckpt
         model.zero_grad()
         out = model(x_t, t, cond, tap=1)

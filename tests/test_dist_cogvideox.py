@@ -126,7 +126,7 @@ def train(folder: Path, ctx: dist.DistContext, strategy: str, lora: bool) -> dic
 def grads(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool) -> dict[str, torch.Tensor]:
     """Full gradients of one backward pass of the LoRA model (only A and B should have one)."""
     model = build(folder, ctx, strategy, lora=True, ac=ac).train()
-    assert dist.unwrap(model).grad_checkpointing is ac
+    assert bool(dist.unwrap(model).grad_checkpointing) is ac
     loss_of(model, 0, ctx).backward()
     out = {}
     for n, p in dist.unwrap(model).named_parameters():
@@ -198,7 +198,7 @@ def train_wan(folder: Path, ctx: dist.DistContext, strategy: str, ac: bool, uniw
     model = build_wan(folder, ctx, strategy, ac=ac, uniworld=uniworld)
     loaded = full_state(model)
     model.train()
-    assert dist.unwrap(model).grad_checkpointing is ac
+    assert bool(dist.unwrap(model).grad_checkpointing) is ac
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.1)  # eps: see train()
     losses = []

@@ -47,6 +47,7 @@ from minivdit.models.blocks import (
     sincos_1d,
     sincos_2d,
 )
+from minivdit.models.checkpointing import Checkpointing
 from minivdit.models.cond import Cond
 from minivdit.models.dit import PRESETS, DiTConfig, VDiT, num_params, preset
 from minivdit.models.repvideo import RepVideoGate
@@ -409,12 +410,13 @@ def _loss_and_grads(model: VDiT, x, t, y=None):
 
 
 @pytest.mark.parametrize("block_type", ["spatiotemporal", "full3d"])
-def test_grad_checkpointing_is_exact(block_type):
+@pytest.mark.parametrize("ac", [True, Checkpointing(every=2), Checkpointing(ops=True)], ids=str)
+def test_grad_checkpointing_is_exact(block_type, ac):
     cfg = dataclasses.replace(TINY, block_type=block_type, num_classes=5, class_dropout_prob=0.0)
     model = _randomize(_model(cfg)).train()
     x, t, y = _inputs(cfg)
     pred, grads = _loss_and_grads(model, x, t, y)
-    model.grad_checkpointing = True
+    model.grad_checkpointing = ac
     pred_ckpt, grads_ckpt = _loss_and_grads(model, x, t, y)
     assert torch.equal(pred, pred_ckpt)  # the recompute replays the same kernels on the same shapes
     assert grads.keys() == grads_ckpt.keys() and len(grads) == len(list(model.parameters()))

@@ -14,6 +14,7 @@ from einops import rearrange
 from safetensors.torch import save_file
 
 from minivdit import dist
+from minivdit.models.checkpointing import Checkpointing
 from minivdit.models.cond import Cond
 from minivdit.models.wan import PRESETS, WanConfig, WanTransformer, load_dtype, rope_cos_sin
 
@@ -384,14 +385,15 @@ def test_meta_build_equals_eager_build_and_init(variant):
     assert torch.isfinite(out.hidden).all() and out.hidden.std() > 0.1
 
 
-def test_grad_checkpointing_same_grads():
+@pytest.mark.parametrize("ac", [True, Checkpointing(every=2), Checkpointing(ops=True)], ids=str)
+def test_grad_checkpointing_same_grads(ac):
     model = _tiny("i2v").train()
     x_t, t, cond = _inputs(model.cfg, "i2v")
     cond = Cond(
         context=cond.context[:, :7], image_latents=cond.image_latents, image_context=cond.image_context
     )
     grads = []
-    for ckpt in (False, True):
+    for ckpt in (False, ac):
         model.grad_checkpointing = ckpt
         model.zero_grad()
         out = model(x_t, t, cond, tap=1)

@@ -72,11 +72,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from safetensors import safe_open
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from minivdit.config import check_types
 from minivdit.models.attention import BACKENDS, Backend, attention
 from minivdit.models.blocks import sincos_1d
+from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
 
@@ -562,7 +562,7 @@ class CogVideoXTransformer(nn.Module):
         self.norm_final = nn.LayerNorm(D, cfg.norm_eps, cfg.norm_elementwise_affine)  # video only
         self.norm_out = AdaNormOut(cfg)
         self.proj_out = nn.Linear(D, cfg.patch_size**2 * (cfg.patch_size_t or 1) * cfg.out_channels)
-        self.grad_checkpointing = False  # set by minivdit.dist.parallelize
+        self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
         pos = self.patch_embed.pos_embedding
         if pos is not None and not pos.is_meta:  # as diffusers: the PE (learned too) starts as sin-cos
             self.reset_buffers(learned=True)
@@ -653,11 +653,9 @@ class CogVideoXTransformer(nn.Module):
         rope = rope_cos_sin(cfg, F_, H, W, x.device) if cfg.use_rotary_positional_embeddings else None
 
         hidden = None
+        ac = self.grad_checkpointing if self.training else False  # models/checkpointing.py
         for i, block in enumerate(self.transformer_blocks):
-            if self.grad_checkpointing and self.training:
-                x, ctx = checkpoint(block, x, ctx, emb, rope, use_reentrant=False)
-            else:
-                x, ctx = block(x, ctx, emb, rope)
+            x, ctx = run_block(ac, i, block, x, ctx, emb, rope)
             if tap == i + 1:
                 hidden = rearrange(x, "b (f n) d -> b f n d", n=(H // p) * (W // p))  # [B, F', N, D]
 

@@ -37,7 +37,6 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from minivdit.config import check_types
 from minivdit.models.attention import Backend
@@ -50,6 +49,7 @@ from minivdit.models.blocks import (
     sincos_1d,
     sincos_2d,
 )
+from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cond import Cond
 from minivdit.models.repvideo import RepVideoGate
 
@@ -220,7 +220,7 @@ class VDiT(nn.Module):
         # Frozen position tables are derived data: non-persistent, rebuilt in init_weights() (meta-safe).
         self.register_buffer("pos_embed", torch.empty(1, N, D), persistent=False)
         self.register_buffer("temp_embed", torch.empty(1, cfg.num_frames, D), persistent=False)
-        self.grad_checkpointing = False  # set by minivdit.dist.parallelize
+        self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -336,15 +336,13 @@ class VDiT(nn.Module):
 
         hidden = None
         cache = [x]  # RepVideo: the cache starts from the embedding output, as released
+        ac = self.grad_checkpointing if self.training else False  # models/checkpointing.py
         for i in range(len(self.blocks)):
             if self.repvideo is not None:
                 x = self.repvideo.mix(i, x, cache)
             if i == 1 and cfg.block_type == "spatiotemporal":
                 x = x + self.temp_embed[:, :, None]  # once, before the first temporal block (Latte)
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(self._run_block, i, x, c, rope, use_reentrant=False)
-            else:
-                x = self._run_block(i, x, c, rope)  # [B, F, N, D]
+            x = run_block(ac, i, self._run_block, i, x, c, rope)  # [B, F, N, D]
             if self.repvideo is not None:
                 cache = self.repvideo.update(i, x, cache)
             if tap == i + 1:

@@ -82,10 +82,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from minivdit.config import check_types
 from minivdit.models.attention import BACKENDS, Backend, attention
+from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cogvideox import assign_weights, weight_files
 from minivdit.models.cond import Cond
 from minivdit.models.dit import DiTOutput
@@ -501,7 +501,7 @@ class WanTransformer(nn.Module):
         self.norm_out = FP32LayerNorm(D, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(D, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, D) / D**0.5)  # diffusers l.624
-        self.grad_checkpointing = False  # set by minivdit.dist.parallelize
+        self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -582,11 +582,9 @@ class WanTransformer(nn.Module):
         mask = cond.context_mask.bool() if cond.context_mask is not None else None  # [B, L]
 
         hidden = None
+        ac = self.grad_checkpointing if self.training else False  # models/checkpointing.py
         for i, block in enumerate(self.blocks):
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, ctx, image, mod, rope, mask, use_reentrant=False)
-            else:
-                x = block(x, ctx, image, mod, rope, mask)
+            x = run_block(ac, i, block, x, ctx, image, mod, rope, mask)
             if tap == i + 1:
                 hidden = rearrange(x, "b (f n) d -> b f n d", f=f)  # [B, F', N, D]
 
