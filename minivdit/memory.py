@@ -6,7 +6,8 @@ ATen op allocates inside the ``with`` block (through a ``TorchDispatchMode``) is
 removed when it is freed (a ``weakref.finalize`` on the storage), so ``peak`` is the largest sum of live
 bytes at any moment and ``live`` what is still held at the end (after a forward: the activations autograd
 keeps for backward). Storages that existed before the block (parameters, inputs) are not counted; views and
-in-place results share their storage and count once.
+in-place results share their storage and count once. Meta tensors count as what they would allocate: a
+forward traced on ``meta`` measures a model that does not fit on this machine (``minivdit/plan.py``).
 
     with TensorMemory() as mem:
         loss = model(x).square().mean()
@@ -40,12 +41,23 @@ class TensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = None
         for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            if not isinstance(t, torch.Tensor):
                 continue
+            # One Python object per storage while it lives (PyTorch keeps it), so its id is the storage's
+            # identity, on meta tensors too (which have no data pointer): ``minivdit.plan`` traces on meta.
             storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key == 0 or key in self._seen or self._existed(storage, args, kwargs):
+            key = id(storage)
+            if key in self._seen:
+                continue
+            if inputs is None:
+                inputs = {
+                    id(x.untyped_storage())
+                    for x in tree_leaves((args, kwargs or {}))
+                    if isinstance(x, torch.Tensor)
+                }
+            if key in inputs:  # a view or an in-place result: no new memory
                 continue
             nbytes = storage.nbytes()
             self._seen.add(key)
@@ -53,12 +65,3 @@ class TensorMemory(TorchDispatchMode):
             self.peak = max(self.peak, self.live)
             weakref.finalize(storage, self._free, key, nbytes)
         return out
-
-    @staticmethod
-    def _existed(storage, args, kwargs) -> bool:
-        """An output sharing an input's storage (a view, an in-place op): no new memory."""
-        ptr = storage.data_ptr()
-        return any(
-            isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr() == ptr
-            for t in tree_leaves((args, kwargs or {}))
-        )

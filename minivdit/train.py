@@ -679,6 +679,16 @@ def with_pretrained_architecture(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, model=model)
 
 
+def build_model(cfg: TrainConfig, model_cls: type | None = None) -> torch.nn.Module:
+    """The trained model as the config describes it, on the current default device (``meta`` in
+    ``build_models`` and ``minivdit.plan``): the backbone, LoRA (which freezes the backbone's other weights),
+    then the wrappers (``wrap``)."""
+    m = (model_cls or model_class(cfg.model))(cfg.model)
+    if cfg.lora.enabled:
+        apply_lora(m, cfg.lora)  # freezes every non-LoRA weight of the backbone (FlashI2V's layers train)
+    return wrap(cfg, m)
+
+
 def build_models(
     cfg: TrainConfig, ctx: dist.DistContext, model_cls: type | None = None
 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -689,13 +699,7 @@ def build_models(
     are drawn whole on the CPU from the seed (``dist.init_lora``): reproducible without a full CPU copy."""
     model_cls = model_cls or model_class(cfg.model)
     lora = cfg.lora if cfg.lora.enabled else None
-
-    def build() -> torch.nn.Module:
-        m = model_cls(cfg.model)
-        if lora is not None:
-            apply_lora(m, lora)  # freezes every non-LoRA weight of the backbone (FlashI2V's layers train)
-        return wrap(cfg, m)
-
+    build = partial(build_model, cfg, model_cls)
     with torch.device("meta"):
         model = build()
         ema = build() if cfg.ema.enabled else None

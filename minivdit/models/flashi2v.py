@@ -225,7 +225,8 @@ class LearnableProj(nn.Module):
         x = rearrange(z.float(), "b f c h w -> b c f h w")
         # fp32 whatever the caller's autocast and the weights' dtype: the shift is subtracted from fp32
         # latents, and the reference keeps this module in fp32 (module docstring).
-        with torch.autocast(x.device.type, enabled=False):
+        fp32 = contextlib.nullcontext() if x.is_meta else torch.autocast(x.device.type, enabled=False)
+        with fp32:  # (meta: minivdit.plan's trace, which has no autocast)
             x = F.conv3d(x, first.weight.float(), first.bias.float(), padding=first.padding)
             x = F.conv3d(act(x), last.weight.float(), last.bias.float(), padding=last.padding)
         return rearrange(x, "b c f h w -> b f c h w")  # [B, F, C, h, w] fp32
