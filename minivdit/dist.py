@@ -51,6 +51,15 @@ class ParallelConfig:
     ac_ops: bool = False
     """With activation checkpointing: op-level selective — keep the matmul and attention outputs of a
     recomputed block, recompute only its element-wise ops (torchtitan's ``"op"``)."""
+    cpu_offload: bool = False
+    """FSDP2's ``CPUOffloadPolicy``: the sharded parameters, gradients and AdamW state (and the EMA) live in
+    pinned CPU memory and the optimizer step runs on the CPU; each block is copied to the GPU for its
+    forward and backward. A full fine-tune then fits on fewer GPUs, at the cost of PCIe traffic and a CPU
+    optimizer step. Needs the FSDP strategy."""
+    float8: bool = False
+    """Float8 training of the blocks' Linear layers (``torchao.float8.convert_to_float8_training``, dynamic
+    tensorwise scaling, as torchtitan): needs a CUDA GPU with float8 tensor cores (H100 / H200 / Ada) and
+    ``pip install torchao`` (imported only then)."""
     compile: bool = False
     """``torch.compile`` each block (cold start ~30 s on CPU; worth it on GPUs)."""
 
@@ -58,6 +67,11 @@ class ParallelConfig:
         check_types(self)
         if self.ac_every < 1:
             raise ValueError(f"ParallelConfig.ac_every must be >= 1, got {self.ac_every}")
+        if self.cpu_offload and self.strategy not in ("auto", "fsdp"):
+            raise ValueError(
+                f"ParallelConfig.cpu_offload is FSDP2's CPUOffloadPolicy: it needs --parallel.strategy fsdp "
+                f"(got {self.strategy!r})"
+            )
         if (self.ac_every > 1 or self.ac_ops) and not self.activation_checkpointing:
             raise ValueError(
                 "ParallelConfig.ac_every / ac_ops choose which activations are recomputed: they need "
@@ -223,6 +237,12 @@ def parallelize(
     ones of their block and reduces only gradients that exist; DDP (``find_unused_parameters=False``) ignores
     parameters with ``requires_grad=False``, so freeze *before* ``materialize`` builds it."""
     strategy = resolve_strategy(cfg, ctx)
+    if cfg.cpu_offload and strategy != "fsdp":
+        raise ValueError(
+            f"--parallel.cpu-offload needs FSDP (--parallel.strategy fsdp); this run resolved to {strategy!r}"
+        )
+    if trainable and cfg.float8:
+        to_float8(model, ctx.device)
     if trainable and cfg.activation_checkpointing:
         if not hasattr(model, "grad_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")
@@ -237,18 +257,42 @@ def parallelize(
         for block in blocks:
             block.compile()  # in place: parameter names are unchanged
     if strategy == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         mp = None
         if precision == "bf16" and ctx.device.type == "cuda":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kw = {"mp_policy": mp} if mp is not None else {}
+        if cfg.cpu_offload:  # pinned host memory needs CUDA; a CPU run (the tests) offloads unpinned
+            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
         for block in block_list(model):
             fully_shard(block, **kw)
         fully_shard(model, **kw)
     elif strategy == "ddp" and trainable:
         model = _LazyDDP(model, ctx)
     return model
+
+
+def to_float8(model: nn.Module, device: torch.device) -> None:
+    """Swap the plain ``nn.Linear`` layers of the model's blocks for torchao's ``Float8Linear`` (parameter
+    names unchanged; LoRA layers and dimensions not divisible by 16 are left alone, as torchtitan filters).
+    Refused with a clear message without a CUDA GPU of compute capability ≥ 8.9 or without torchao."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        where = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
+        raise ValueError(
+            f"--parallel.float8 needs a CUDA GPU with float8 tensor cores (H100 / H200 / L40S / RTX 4090, "
+            f"compute capability >= 8.9); this run is on {where}"
+        )
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError as e:
+        raise ValueError(f"--parallel.float8 needs torchao: pip install torchao ({e})") from None
+
+    def eligible(module: nn.Module, fqn: str) -> bool:
+        return type(module) is nn.Linear and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    for block in block_list(model):
+        convert_to_float8_training(block, module_filter_fn=eligible)
 
 
 def parallelize_replicated(module: nn.Module, ctx: DistContext) -> nn.Module:
@@ -291,6 +335,14 @@ def materialize(model: nn.Module, device: torch.device, *, init: bool = True) ->
         unwrap(model).init_weights()
     if isinstance(model, _LazyDDP):
         model.materialize()
+
+
+def buffers_to(model: nn.Module, device: torch.device) -> None:
+    """Every buffer of the model on ``device``, parameters left where they are (FSDP2's CPU offload)."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = buf.to(device)
 
 
 @torch.no_grad()

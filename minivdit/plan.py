@@ -25,7 +25,7 @@ Predicted from the config alone, before any weight is loaded (issue 21 §5):
   of the GPU's dense bf16 (TF32 for fp32) peak.
 - **A verdict**: the total against the GPU's memory less ``--plan.reserve-gib`` (CUDA context, NCCL and
   allocator fragmentation), the largest term named, and the levers (activation checkpointing, its
-  selective modes, LoRA, more GPUs under FSDP, caches, batch 1) each re-planned, so the table says what
+  selective modes, LoRA, more GPUs under FSDP, CPU offload, batch 1) each re-planned, so the table says what
   each one would give.
 
 Not modelled (the plan says so when they apply): the frozen encoders' own activations (a VAE encode of
@@ -318,9 +318,16 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
     }
     if cfg.ema.enabled:
         terms["EMA (fp32 copy of the model)"] = 4 * total / shard
+    host = 0.0
+    if cfg.parallel.cpu_offload:  # FSDP2's CPUOffloadPolicy: the sharded state lives in host memory
+        host, terms = sum(terms.values()), {}
     if strategy == "fsdp":
-        largest_block = max(sum(p.numel() for p in b.parameters()) for b in dist.block_list(model))
+        blocks = dist.block_list(model)
+        largest_block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
         terms["FSDP gathered blocks (current + prefetched)"] = 2 * largest_block * dtype.itemsize
+        if cfg.parallel.cpu_offload:  # a block's unsharded gradients, before they are reduced and copied out
+            trained_block = max(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in blocks)
+            terms["a block's gradients on the device (offload)"] = 4 * trained_block
     elif bf16:
         terms["autocast's bf16 copy of the trained weights"] = 2 * trained
     B, A = cfg.data.batch_size, cfg.grad_accum
@@ -330,6 +337,11 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
     terms["batch on the device"] = _batch_bytes(cfg, B)
     frozen, notes = frozen_encoders(cfg)
     terms |= frozen
+    if host:
+        notes.append(
+            f"CPU offload: parameters, gradients, AdamW state and EMA in host memory, {host / GiB:.3g} GiB "
+            f"per rank; the optimizer step runs on the CPU (not in the step time)"
+        )
     if cfg.vae.kind != "none" and "latents" not in _cached_fields(cfg):
         notes.append(
             "the VAE encode's own activations are not counted (a large transient: cache the latents)"
@@ -396,6 +408,15 @@ def levers(cfg, pc: PlanConfig, base: Plan, *, device_type: str = "cuda") -> lis
                 "--plan.gpus 8 --parallel.strategy fsdp",
                 replace(cfg, parallel=replace(par, strategy="fsdp")),
                 replace(pc, gpus=max(8, pc.gpus)),
+            )
+        )
+    if not par.cpu_offload and not cfg.lora.enabled:
+        offload = replace(par, strategy="fsdp", cpu_offload=True)
+        options.append(
+            (
+                f"--plan.gpus {max(2, pc.gpus)} --parallel.strategy fsdp --parallel.cpu-offload",
+                replace(cfg, parallel=offload),
+                replace(pc, gpus=max(2, pc.gpus)),
             )
         )
     if cfg.data.batch_size > 1:

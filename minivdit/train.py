@@ -726,10 +726,13 @@ def build_models(
     for m in (model, ema):
         if m is None:
             continue
-        dist.materialize(m, ctx.device, init=False)
+        # FSDP2's CPU offload keeps the sharded parameters on the CPU; buffers are computed on the device
+        dist.materialize(m, torch.device("cpu") if cfg.parallel.cpu_offload else ctx.device, init=False)
         inner = dist.unwrap(m)
         if hasattr(backbone(inner), "reset_buffers"):  # Wan stores nothing positional
             backbone(inner).reset_buffers()
+        if cfg.parallel.cpu_offload:
+            dist.buffers_to(inner, ctx.device)
         if cfg.pretrained is None:
             set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=True))
             continue

@@ -1,6 +1,7 @@
-"""Activation checkpointing modes (``models/checkpointing.py``): what each keeps for backward, and the
-config that selects them. That gradients are unchanged is pinned per backbone (``test_models.py``,
-``test_wan.py``, ``test_cogvideox.py``).
+"""Memory levers: activation checkpointing modes (``models/checkpointing.py``) and what each keeps for
+backward, the config that selects them, and float8 / CPU offload refused where they cannot run. That
+gradients are unchanged under checkpointing is pinned per backbone (``test_models.py``, ``test_wan.py``,
+``test_cogvideox.py``); CPU offload's parity on 2 ranks is in ``test_dist.py``.
 
 Run: ``pytest -q tests/test_checkpointing.py`` (CPU, seconds).
 """
@@ -66,3 +67,16 @@ def test_config_refuses_selective_choices_without_checkpointing():
     ctx = dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     dist.parallelize(model, cfg, ctx, "fp32")
     assert model.grad_checkpointing == Checkpointing(every=3, ops=True)
+
+
+def test_float8_and_cpu_offload_are_refused_where_they_cannot_run():
+    """float8 needs float8 tensor cores; CPU offload is FSDP2's policy (its parity: tests/test_dist.py)."""
+    ctx = dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"float8 needs a CUDA GPU with float8 tensor cores .* on cpu"):
+        dist.parallelize(VDiT(CFG), ParallelConfig(float8=True), ctx, "bf16")
+    with pytest.raises(
+        ValueError, match="cpu_offload is FSDP2's CPUOffloadPolicy: it needs --parallel.strategy"
+    ):
+        ParallelConfig(cpu_offload=True, strategy="ddp")
+    with pytest.raises(ValueError, match=r"cpu-offload needs FSDP .* resolved to 'none'"):
+        dist.parallelize(VDiT(CFG), ParallelConfig(cpu_offload=True), ctx, "fp32")

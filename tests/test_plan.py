@@ -166,6 +166,13 @@ def test_fsdp_divides_the_model_state_and_levers_are_replanned(tmp_path):
     assert ac.terms["activations kept for backward"] < one.terms["activations kept for backward"]
     assert ac.recomputed_flops > 0 and one.recomputed_flops == 0
     assert rows["--data.batch-size 1"].flops == pytest.approx(one.flops / 4)
+    offload = plan(
+        dataclasses.replace(cfg, parallel=ParallelConfig(strategy="fsdp", cpu_offload=True)),
+        PlanConfig(gpus=2),
+    )
+    assert not any(k.startswith(("parameters", "AdamW", "EMA")) for k in offload.terms)
+    assert any(n.startswith("CPU offload: parameters, gradients, AdamW state and EMA") for n in offload.notes)
+    assert "--plan.gpus 2 --parallel.strategy fsdp --parallel.cpu-offload" in rows
     # a model too large for the GPU: the verdict names the largest term
     big = plan(cfg, PlanConfig(gpu="a100-40g", reserve_gib=39.4 - 1e-4))
     assert not big.fits and big.largest == max(big.terms, key=big.terms.get)
