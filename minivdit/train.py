@@ -44,7 +44,7 @@ from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, nu
 from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, vlm_identity
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
-from minivdit.data.shards import cache_mismatches
+from minivdit.data.shards import cache_mismatches, clip_mismatches
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models import cogvideox as cogvideox_model
@@ -923,6 +923,7 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
                 "captions with clips to encode online"
             )
     problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid, text=text)
+    problems += clip_mismatches(meta, cfg.data)
     if problems:
         raise ValueError(f"the caches in {cfg.data.root} do not fit this run: " + "; ".join(problems))
 

@@ -221,3 +221,17 @@ def test_cache_then_train_refuses_another_vae(runs, tmp_path):
     assert not (tmp_path / "out" / "quickstart_latent" / "metrics.jsonl").exists()  # refused before training
     train_mod.main(_recipe_config(), [*shards, *TINY_RUN, "--vae.path", str(runs["a"] / "vae")])
     assert (tmp_path / "out" / "quickstart_latent" / "metrics.jsonl").read_text().strip()
+
+
+def test_latents_of_other_clips_are_refused_naming_the_field():
+    """The clips a cache was made from (meta.json ``source``) must be the run's: frame count and size."""
+    from minivdit.data import DataConfig
+
+    meta = {"fields": {"latents": {}}, "source": {"num_frames": 17, "image_size": [32, 48]}}
+    run = DataConfig(dataset="shards", root="x", num_frames=17, image_size=(32, 48))
+    assert S.clip_mismatches(meta, run) == []
+    problems = S.clip_mismatches(meta, dataclasses.replace(run, num_frames=9, image_size=32))
+    assert "17-frame clips (meta.json source.num_frames), the run expects 9 (--data.num-frames)" in problems[0]
+    assert "[32, 48] frames (meta.json source.image_size), the run expects [32, 32]" in problems[1]
+    assert "tools/cache_latents.py" in problems[2]
+    assert S.clip_mismatches({"fields": {"text": {}}, "source": meta["source"]}, run) == []  # text only

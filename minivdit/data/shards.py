@@ -1106,6 +1106,35 @@ def cache_mismatches(
     return out
 
 
+def clip_mismatches(meta: Mapping, data) -> list[str]:
+    """Why the clips the shards' latents / feats were computed from are not the run's clips (empty: they
+    are): the frame count and the frame size of the source (meta.json ``source``, written by
+    ``tools/make_shards.py``) against the run's ``data`` (a ``DataConfig``). The DiT is built for the run's
+    clips, so cached latents of other clips would fail deep in the forward, or train on the wrong clips."""
+    from minivdit.data import frame_size
+
+    source = meta.get("source") or {}
+    if not ({"latents", "feats"} & set(meta.get("fields", {}))) or "num_frames" not in source:
+        return []
+    out = []
+    if int(source["num_frames"]) != data.num_frames:
+        out.append(
+            f"the cached latents/feats come from {source['num_frames']}-frame clips (meta.json "
+            f"source.num_frames), the run expects {data.num_frames} (--data.num-frames)"
+        )
+    if source.get("image_size") is not None and frame_size(source["image_size"]) != data.frame_size:
+        out.append(
+            f"the cached latents/feats come from {list(frame_size(source['image_size']))} frames (meta.json "
+            f"source.image_size), the run expects {list(data.frame_size)} (--data.image-size)"
+        )
+    if out:
+        out.append(
+            "set --data.num-frames / --data.image-size to the shards' clips, or rebuild the shards from "
+            "clips of the run's size (python tools/make_shards.py ..., then " + REBUILD_LATENTS + ")"
+        )
+    return out
+
+
 def _vae_mismatches(have: Mapping, vae: Mapping) -> list[str]:
     from minivdit.identity import identity_diff
     from minivdit.models.vae import VAEConfig, vae_identity
