@@ -231,7 +231,9 @@ def test_latents_of_other_clips_are_refused_naming_the_field():
     run = DataConfig(dataset="shards", root="x", num_frames=17, image_size=(32, 48))
     assert S.clip_mismatches(meta, run) == []
     problems = S.clip_mismatches(meta, dataclasses.replace(run, num_frames=9, image_size=32))
-    assert "17-frame clips (meta.json source.num_frames), the run expects 9 (--data.num-frames)" in problems[0]
+    assert (
+        "17-frame clips (meta.json source.num_frames), the run expects 9 (--data.num-frames)" in problems[0]
+    )
     assert "[32, 48] frames (meta.json source.image_size), the run expects [32, 32]" in problems[1]
     assert "tools/cache_latents.py" in problems[2]
     assert S.clip_mismatches({"fields": {"text": {}}, "source": meta["source"]}, run) == []  # text only
