@@ -21,8 +21,8 @@ Predicted from the config alone, before any weight is loaded (issue 21 §5):
   the safetensors headers of their folders (no weights read); a folder that is not there is named and not
   counted.
 - **FLOPs** of the step by ``torch.utils.flop_counter`` on the same trace (model FLOPs: forward + backward;
-  activation checkpointing's recomputation is reported beside them), and the step time at ``--plan.mfu``
-  of the GPU's dense bf16 (TF32 for fp32) peak.
+  activation checkpointing's recomputation is reported beside them), and the step time: all executed
+  FLOPs at ``--plan.mfu`` of the GPU's dense bf16 (TF32 for fp32) peak.
 - **A verdict**: the total against the GPU's memory less ``--plan.reserve-gib`` (CUDA context, NCCL and
   allocator fragmentation), the largest term named, and the levers (activation checkpointing, its
   selective modes, LoRA, more GPUs under FSDP, CPU offload, batch 1) each re-planned, so the table says what
@@ -89,7 +89,9 @@ class PlanConfig:
     """GPUs in the run (the world size)."""
     gpu: Literal["h100", "h200", "a100-80g", "a100-40g", "l40s"] = "h100"
     mfu: float = 0.35
-    """Model FLOPs utilisation the step time assumes."""
+    """The fraction of the GPU's dense peak the step sustains on the FLOPs it executes (activation
+    checkpointing's recomputation included): the step time is (model + recomputed FLOPs) / (peak · mfu), so
+    the MFU proper of a checkpointed run is lower by the recomputed share."""
     reserve_gib: float = 2.0
     """Memory the CUDA context, NCCL buffers and fragmentation take from each GPU."""
     levers: bool = True
@@ -351,7 +353,7 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
     peak_tflops = gpu.bf16_tflops if cfg.precision == "bf16" else gpu.tf32_tflops
     flops = traced["model_flops"] * A
     recomputed = (traced["flops"] - traced["model_flops"]) * A
-    seconds = flops / (peak_tflops * 1e12 * pc.mfu)
+    seconds = (flops + recomputed) / (peak_tflops * 1e12 * pc.mfu)
     about = (
         f"{type(model).__name__}: {total / 1e9:.3g} B parameters ({trained / 1e9:.3g} B trained), batch {B}"
         f"{f' × {A} accumulated' if A > 1 else ''} per GPU, {world} × {pc.gpu}, {strategy}, "
@@ -440,7 +442,7 @@ def report(base: Plan, rows: list[tuple[str, Plan]], pc: PlanConfig, command: st
         f"largest term: {base.largest} ({base.terms[base.largest] / GiB:.2f} GiB).",
         f"Step: {base.flops:.3g} model FLOPs per GPU"
         + (f" (+{base.recomputed_flops / base.flops:.0%} recomputed)" if base.recomputed_flops else "")
-        + f" → {base.step_seconds:.3g} s at MFU {pc.mfu:g}.",
+        + f" → {base.step_seconds:.3g} s at {pc.mfu:g} of the GPU's peak.",
     ]
     lines += [f"- {n}" for n in base.notes]
     if rows:
