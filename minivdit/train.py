@@ -857,10 +857,15 @@ def build_conditioner(cfg: TrainConfig, ctx: dist.DistContext, vae, dataset) -> 
             vae=vae if vae is not None else PixelSpace(),
             autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
         )
-    encoder = build_text_encoder(cfg.text)
-    if encoder is not None:
-        encoder = encoder.to(ctx.device)
     cached = "text" in (getattr(dataset, "meta", None) or {}).get("fields", {})
+    encoder = None
+    if cached and cfg.text.enabled:  # issue 21 §2: a cached run never holds the 9.5 GB T5-XXL on a GPU
+        log.info(
+            f"text encoder not loaded: the shards in {cfg.data.root} cache its tokens (tools/cache_text.py); "
+            "validation prompts, if any, are encoded once and the encoder freed (minivdit/validate.py)"
+        )
+    elif cfg.text.enabled:
+        encoder = build_text_encoder(cfg.text).to(ctx.device)
     # the null text of --text.null, from the empty prompt's cached tokens (T5("") or zeros of their shape)
     null = null_context(cfg.text.null, *dataset.text_null()) if cached else None
     return Conditioner(

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_cogvideox import TEXT_LEN, make_clips, make_pipeline_folder, tiny_config  # tests/ on sys.path
 
+import minivdit.train as train_mod
 from minivdit.align.teachers import make_tiny_teacher
 from minivdit.conditioning.text import make_tiny_t5
 from minivdit.models.lora import LoRAConfig
@@ -86,6 +87,11 @@ def test_recipe_runs_on_shards_with_cached_text(tiny, tmp_path, monkeypatch):
     run_dir = train(cached)
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    # the same run with the encoder's folder given (issue 21 §2): the cache covers it, so it is not loaded
+    built = []
+    monkeypatch.setattr(train_mod, "build_text_encoder", lambda c: built.append(c))
+    with_folder = dataclasses.replace(cached, text=cfg.text, run_name="with-folder")
+    assert [r["step"] for r in _rows(train(with_folder))] == [1, 2] and built == []
     other = make_tiny_t5(tmp_path / "other_t5", seed=1)
     with pytest.raises(ValueError, match="cached by another text encoder"):
         train(dataclasses.replace(cached, text=dataclasses.replace(cfg.text, path=str(other)), run_name="b"))

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", default="runs/ablate_vlm")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1500, help="training steps per run (the recipe's)")
     parser.add_argument("--per-class", type=int, default=10, help="generated clips per class")
     parser.add_argument("--sample-steps", type=int, default=None, help="Euler steps (default: the run's)")
