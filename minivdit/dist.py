@@ -63,6 +63,11 @@ class ParallelConfig:
     compile: bool = False
     """``torch.compile`` each block (cold start ~30 s on CPU; worth it on GPUs)."""
 
+    @property
+    def checkpointing(self) -> bool | Checkpointing:
+        """What a backbone's ``grad_checkpointing`` is set to (``models/checkpointing.py``)."""
+        return Checkpointing(self.ac_every, self.ac_ops) if self.activation_checkpointing else False
+
     def __post_init__(self):
         check_types(self)
         if self.ac_every < 1:
@@ -247,7 +252,7 @@ def parallelize(
         if not hasattr(model, "grad_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")
         # per-block torch.utils.checkpoint inside the block loop (models/checkpointing.py)
-        model.grad_checkpointing = Checkpointing(every=cfg.ac_every, ops=cfg.ac_ops)
+        model.grad_checkpointing = cfg.checkpointing
     if trainable and cfg.compile:
         blocks = block_list(model)
         log.info(  # compiling is lazy: the first step does it, silently, before its first status line

@@ -54,7 +54,6 @@ from minivdit import dist
 from minivdit.config import check_types
 from minivdit.memory import TensorMemory
 from minivdit.models import attention as attention_module
-from minivdit.models.checkpointing import Checkpointing
 from minivdit.models.cogvideox import CogVideoXConfig
 from minivdit.models.cond import Cond
 from minivdit.models.wan import WanConfig
@@ -179,7 +178,7 @@ def example_inputs(cfg, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return x, t, cond
 
 
-def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str, trainable_only: bool = True) -> dict:
+def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str) -> dict:
     """One training forward + backward of ``cfg``'s model on meta: ``activations`` (bytes the forward keeps),
     ``peak`` (the step's peak above what existed before it), ``flops`` (all executed, recomputation
     included) and ``model_flops`` (one forward + backward, without recomputation)."""
@@ -196,7 +195,7 @@ def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str, trainable_on
         if p.requires_grad:
             p.register_post_accumulate_grad_hook(release)
     x, t, cond = example_inputs(cfg, batch, dtype)
-    ac = _checkpointing(cfg.parallel)
+    ac = cfg.parallel.checkpointing
 
     def step(checkpointing, mode) -> int:
         """Forward + backward under ``mode``; returns ``mode.live`` after the forward when it has one."""
@@ -219,10 +218,6 @@ def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str, trainable_on
         step(ac, counter)
         out["flops"] = float(counter.get_total_flops())
     return out
-
-
-def _checkpointing(parallel) -> bool | Checkpointing:
-    return Checkpointing(parallel.ac_every, parallel.ac_ops) if parallel.activation_checkpointing else False
 
 
 @contextlib.contextmanager

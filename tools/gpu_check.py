@@ -404,7 +404,6 @@ def _measure_step(cfg, device: torch.device) -> int:
     batch 1, random inputs of the plan's shapes. On CUDA ``max_memory_allocated`` of the second step less
     what is not the model's (the inputs); on the CPU (dry run) ``TensorMemory``'s peak plus the weights."""
     from minivdit.memory import TensorMemory
-    from minivdit.models.checkpointing import Checkpointing
     from minivdit.plan import example_inputs
     from minivdit.train import build_model
 
@@ -414,10 +413,7 @@ def _measure_step(cfg, device: torch.device) -> int:
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
     model.train()
-    par = cfg.parallel
-    model.grad_checkpointing = (
-        Checkpointing(par.ac_every, par.ac_ops) if par.activation_checkpointing else False
-    )
+    model.grad_checkpointing = cfg.parallel.checkpointing
     x, t, cond = example_inputs(cfg, 1, torch.float32)
     x, t = torch.randn(x.shape, device=device), torch.full((1,), 500.0, device=device)
     fields = {f.name: getattr(cond, f.name) for f in dataclasses.fields(cond)}
