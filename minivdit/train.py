@@ -18,13 +18,14 @@ weight decay are read from the config (Latte hard-codes lr 1e-4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -1265,8 +1266,15 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
     loader = build_loader(cfg.data, ctx.rank, ctx.world)  # first: a wrong --data.root fails fast
     check_dataset(cfg, loader.dataset)
     vae = build_vae(cfg.vae)
-    if vae is not None:
+    parked = vae is not None and vae_only_decodes(cfg, loader.dataset)
+    if parked:
+        log.info(
+            f"VAE kept on the CPU: the shards in {cfg.data.root} cache the latents and nothing in the step "
+            f"encodes, so it moves to {ctx.device} only to decode samples"
+        )
+    elif vae is not None:
         vae = vae.to(ctx.device)
+    if vae is not None:
         check_latent_shape(cfg, vae)
     model, ema = build_models(cfg, ctx, model_cls)
     teacher, head = build_alignment(cfg, ctx, vae, loader.dataset)
@@ -1408,9 +1416,10 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
         sampler = ema if ema is not None else dist.unwrap(model)
         due = cfg.sample_every >= 0 and ((cfg.sample_every and step % cfg.sample_every == 0) or last)
         if validator is not None and cfg.validation.due(step, last):
-            validator(
-                sampler, objective, step=step, run_dir=cfg.run_dir, logger=logger, precision=cfg.precision
-            )
+            with on_device(vae, ctx.device, parked):
+                validator(
+                    sampler, objective, step=step, run_dir=cfg.run_dir, logger=logger, precision=cfg.precision
+                )
             model.train()
         elif due and conditioner is not None and conditioner.needs_prompts:
             if last and validator is None:
@@ -1419,24 +1428,54 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
                     "with python -m minivdit.sample --prompt"
                 )
         elif due:
-            _sample_grid(
-                cfg,
-                sampler,
-                objective,
-                vae,
-                ctx,
-                logger,
-                step,
-                getattr(loader.dataset, "classes", None),
-                _start_frames(cfg, loader.dataset) if conditioner is not None else None,
-            )
+            with on_device(vae, ctx.device, parked):
+                _sample_grid(
+                    cfg,
+                    sampler,
+                    objective,
+                    vae,
+                    ctx,
+                    logger,
+                    step,
+                    getattr(loader.dataset, "classes", None),
+                    _start_frames(cfg, loader.dataset) if conditioner is not None else None,
+                )
             model.train()
         if eval_metrics and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
-            _evaluate(cfg, sampler, objective, vae, ctx, logger, step, eval_metrics)
+            with on_device(vae, ctx.device, parked):
+                _evaluate(cfg, sampler, objective, vae, ctx, logger, step, eval_metrics)
             logger.start(step)  # the evaluation's time is not training throughput
     logger.close()
     dist.barrier()
     return run_dir
+
+
+def vae_only_decodes(cfg: TrainConfig, dataset) -> bool:
+    """Whether the run needs its VAE only to decode samples: the shards cache the latents, and no
+    conditioning encodes frames in the step (I2V, anyframe, FlashI2V's start frame, UniWorld's f_img)."""
+    cached = "latents" in (getattr(dataset, "meta", None) or {}).get("fields", {})
+    encodes = (
+        cfg.i2v.enabled
+        or getattr(cfg.model, "is_i2v", False)
+        or cfg.flashi2v is not None
+        or (cfg.uniworld is not None and cfg.uniworld.f_img != "off")
+    )
+    return cached and not encodes
+
+
+@contextlib.contextmanager
+def on_device(vae: torch.nn.Module | None, device: torch.device, parked: bool) -> Iterator[None]:
+    """A parked VAE (``vae_only_decodes``: kept on the CPU) on ``device`` for the block, then back."""
+    if not parked or vae is None:
+        yield
+        return
+    vae.to(device)
+    try:
+        yield
+    finally:
+        vae.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _sample_grid(

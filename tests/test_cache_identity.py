@@ -221,6 +221,12 @@ def test_cache_then_train_refuses_another_vae(runs, tmp_path):
     assert not (tmp_path / "out" / "quickstart_latent" / "metrics.jsonl").exists()  # refused before training
     train_mod.main(_recipe_config(), [*shards, *TINY_RUN, "--vae.path", str(runs["a"] / "vae")])
     assert (tmp_path / "out" / "quickstart_latent" / "metrics.jsonl").read_text().strip()
+    # issue 21 §2: the cache covers the VAE's encoding; it is kept off the device but for decoding samples
+    assert (
+        "VAE kept on the CPU: the shards in"
+        in (tmp_path / "out" / "quickstart_latent" / "log.txt").read_text()
+    )
+    assert list((tmp_path / "out" / "quickstart_latent" / "samples").glob("step_*/contact.png"))
 
 
 def test_latents_of_other_clips_are_refused_naming_the_field():
@@ -237,3 +243,12 @@ def test_latents_of_other_clips_are_refused_naming_the_field():
     assert "[32, 48] frames (meta.json source.image_size), the run expects [32, 32]" in problems[1]
     assert "tools/cache_latents.py" in problems[2]
     assert S.clip_mismatches({"fields": {"text": {}}, "source": meta["source"]}, run) == []  # text only
+
+
+def test_the_vae_is_parked_only_when_nothing_in_the_step_encodes(tiny_cfg):
+    cached = type("Shards", (), {"meta": {"fields": {"latents": {}}}})()
+    cfg = tiny_cfg()
+    assert train_mod.vae_only_decodes(cfg, cached)
+    assert not train_mod.vae_only_decodes(cfg, type("Clips", (), {})())  # no cache: the step encodes
+    i2v = tiny_cfg(i2v={"mode": "first"}, model={"cond_channels": 3})
+    assert not train_mod.vae_only_decodes(i2v, cached)  # the first frame is encoded in the step
