@@ -41,7 +41,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import struct
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minivdit import dist
 from minivdit.config import check_types
+from minivdit.identity import safetensors_header
 from minivdit.memory import TensorMemory
 from minivdit.models import attention as attention_module
 from minivdit.models.cogvideox import CogVideoXConfig
@@ -235,15 +235,12 @@ def _patched(module, name: str, value):
 
 def safetensors_bytes(folder: Path) -> int:
     """Bytes of every tensor in the ``*.safetensors`` files of ``folder`` (recursively), read from the file
-    headers only (8-byte length, then the JSON header)."""
+    headers only (``minivdit.identity.safetensors_header``)."""
     total = 0
     for path in sorted(Path(folder).rglob("*.safetensors")):
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        total += sum(
-            v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"
-        )
+        header = json.loads(safetensors_header(path))
+        tensors = [v for k, v in header.items() if k != "__metadata__"]
+        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for v in tensors)
     return total
 
 
@@ -256,9 +253,10 @@ def _cached_fields(cfg) -> set[str]:
     return set(json.loads(meta.read_text()).get("fields", {}))
 
 
-def frozen_encoders(cfg) -> tuple[dict[str, float], list[str]]:
-    """Bytes of each frozen encoder the run keeps on the GPU, and notes on the ones left out."""
-    cached, out, notes = _cached_fields(cfg), {}, []
+def frozen_encoders(cfg, cached: set[str]) -> tuple[dict[str, float], list[str]]:
+    """Bytes of each frozen encoder the run keeps on the GPU, and notes on the ones left out; ``cached``: the
+    fields the run's shards cache (``_cached_fields``)."""
+    out, notes = {}, []
     wanted = []
     if cfg.vae.kind != "none" and cfg.vae.path:
         if "latents" in cached:
@@ -331,15 +329,16 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
     traced = trace(cfg, batch=B, dtype=dtype, device_type=device_type)
     terms["activations kept for backward"] = traced["activations"]
     terms["forward / backward workspace"] = max(traced["peak"] - traced["activations"], 0)
-    terms["batch on the device"] = _batch_bytes(cfg, B)
-    frozen, notes = frozen_encoders(cfg)
+    cached = _cached_fields(cfg)  # meta.json, read once
+    terms["batch on the device"] = _batch_bytes(cfg, B, cached)
+    frozen, notes = frozen_encoders(cfg, cached)
     terms |= frozen
     if host:
         notes.append(
             f"CPU offload: parameters, gradients, AdamW state and EMA in host memory, {host / GiB:.3g} GiB "
             f"per rank; the optimizer step runs on the CPU (not in the step time)"
         )
-    if cfg.vae.kind != "none" and "latents" not in _cached_fields(cfg):
+    if cfg.vae.kind != "none" and "latents" not in cached:
         notes.append(
             "the VAE encode's own activations are not counted (a large transient: cache the latents)"
         )
@@ -366,9 +365,8 @@ def _ac_name(parallel) -> str:
     return f"activation checkpointing ({how}, {every})"
 
 
-def _batch_bytes(cfg, B: int) -> float:
+def _batch_bytes(cfg, B: int, cached: set[str]) -> float:
     """The tensors of one micro-batch on the device: pixels (unless latents are cached) and cached fields."""
-    cached = _cached_fields(cfg)
     m = cfg.model
     total = 0.0
     if "latents" not in cached:

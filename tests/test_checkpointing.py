@@ -43,6 +43,8 @@ def test_each_mode_keeps_less_than_none_and_more_than_full():
     half, ops = _kept(Checkpointing(every=2)), _kept(Checkpointing(ops=True))
     # every=2 recomputes blocks 0 and 2 of 4: it keeps about half of what the blocks keep without AC
     assert full < half < none and full < ops < none, (none, half, ops, full)
+    # Not exactly half: a block's output is also the next checkpoint's input, kept either way (0.14% off
+    # here); 10% still tells "half the blocks" from "none" or "all" of them.
     assert half - full == pytest.approx((none - full) / 2, rel=0.1)
     assert _kept(Checkpointing(every=1)) == full  # the default object is full recomputation
 

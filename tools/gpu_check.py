@@ -203,13 +203,13 @@ def check_vdit(sizes: Sizes, device: torch.device) -> list[Row]:
     return out
 
 
-def _cogvideox_pair(sizes: Sizes, device: torch.device):
-    from diffusers import CogVideoXTransformer3DModel
-
-    from minivdit.models.cogvideox import PRESETS, CogVideoXTransformer
+def _cogvideox_cfg(sizes: Sizes):
+    """CogVideoX-5B-I2V cut to ``sizes.cogvideox_layers`` blocks, its learned positions at the check's size
+    (``sample_height`` / ``sample_width`` are latent sides)."""
+    from minivdit.models.cogvideox import PRESETS
 
     F, H, W = sizes.cogvideox_latents
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         PRESETS["CogVideoX-5B-I2V"],
         num_layers=sizes.cogvideox_layers,
         num_attention_heads=sizes.cogvideox_heads,
@@ -217,6 +217,14 @@ def _cogvideox_pair(sizes: Sizes, device: torch.device):
         sample_height=H,
         sample_width=W,
     )
+
+
+def _cogvideox_pair(sizes: Sizes, device: torch.device):
+    from diffusers import CogVideoXTransformer3DModel
+
+    from minivdit.models.cogvideox import CogVideoXTransformer
+
+    cfg = _cogvideox_cfg(sizes)
     torch.manual_seed(0)
     ours = CogVideoXTransformer(cfg).to(device)
     theirs = CogVideoXTransformer3DModel(**{k: v for k, v in cfg.to_dict().items() if k[0] != "_"}).to(device)
@@ -348,21 +356,12 @@ def check_planner(sizes: Sizes, device: torch.device) -> list[Row]:
     from minivdit.conditioning.text import TextEncoderConfig
     from minivdit.data import DataConfig
     from minivdit.dist import ParallelConfig
-    from minivdit.models.cogvideox import PRESETS as CVX
     from minivdit.models.vae import VAEConfig
     from minivdit.models.wan import PRESETS as WAN
     from minivdit.plan import PlanConfig, plan
     from minivdit.train import TrainConfig
 
-    F, H, W = sizes.cogvideox_latents
-    cvx = dataclasses.replace(
-        CVX["CogVideoX-5B-I2V"],
-        num_layers=sizes.cogvideox_layers,
-        num_attention_heads=sizes.cogvideox_heads,
-        sample_frames=4 * (F - 1) + 1,
-        sample_height=H,
-        sample_width=W,
-    )
+    cvx = _cogvideox_cfg(sizes)
     wf, wh, ww = sizes.wan_latents
     wan = dataclasses.replace(WAN["Wan2.1-T2V-1.3B"], num_frames=wf, input_size=(wh, ww))
     if sizes.wan_layers:
