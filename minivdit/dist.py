@@ -11,6 +11,9 @@
 - ``load_pretrained(model, folder)`` fills a materialised (sharded or not) model from a diffusers folder, one
   tensor at a time: no rank ever holds the full model; ``init_lora(model, seed)`` then initialises LoRA
   layers identically for every strategy and world size.
+- Context parallelism (``ParallelConfig.cp``): ``init(cp)`` builds the (dp, cp) device mesh, cp inner, and
+  ``parallelize`` gives the backbone its group (``models/context_parallel.py``); FSDP2 / DDP still span the
+  whole world, which averages the context group's partial gradients correctly (see that module).
 - Precision: ``"bf16"`` means FSDP2 ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` on CUDA, and
   bf16 autocast otherwise (``autocast()``); master weights and optimizer state stay fp32 either way.
 """
@@ -22,7 +25,7 @@ import datetime
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +34,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from minivdit.config import check_types
+from minivdit.models import context_parallel
 from minivdit.models.checkpointing import Checkpointing
+from minivdit.models.context_parallel import ContextParallel
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
@@ -62,6 +67,10 @@ class ParallelConfig:
     ``pip install torchao`` (imported only then)."""
     compile: bool = False
     """``torch.compile`` each block (cold start ~30 s on CPU; worth it on GPUs)."""
+    cp: int = 1
+    """Context parallelism (Ulysses, ``models/context_parallel.py``): each clip's tokens are split over
+    groups of ``cp`` consecutive ranks, which train on the same batch; the data-parallel degree is
+    world / cp. For CogVideoX, Wan and the full-3-D V-DiT; tokens and heads must be divisible by cp."""
 
     @property
     def checkpointing(self) -> bool | Checkpointing:
@@ -70,6 +79,8 @@ class ParallelConfig:
 
     def __post_init__(self):
         check_types(self)
+        if self.cp < 1:
+            raise ValueError(f"ParallelConfig.cp must be >= 1, got {self.cp}")
         if self.ac_every < 1:
             raise ValueError(f"ParallelConfig.ac_every must be >= 1, got {self.ac_every}")
         if self.cpu_offload and self.strategy not in ("auto", "fsdp"):
@@ -86,10 +97,17 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class DistContext:
+    """This process's place: ``rank`` of ``world`` on ``device``. With context parallelism the world is a
+    (dp, cp) mesh, cp the inner dimension (torchtitan's order): ranks ``d·cp … d·cp + cp − 1`` form context
+    group d, train on data-parallel shard d and split its clips' tokens (``context``)."""
+
     rank: int
     world: int
     local_rank: int
     device: torch.device
+    cp: int = 1
+    context: ContextParallel | None = field(default=None, compare=False)
+    """This rank's context-parallel group (None when cp = 1); ``parallelize`` gives it to the backbone."""
 
     @property
     def is_main(self) -> bool:
@@ -98,6 +116,16 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def dp_rank(self) -> int:
+        """Index of this rank's data-parallel shard (its context group): what data and noise follow."""
+        return self.rank // self.cp
+
+    @property
+    def dp_world(self) -> int:
+        """Number of data-parallel shards: world / cp."""
+        return self.world // self.cp
 
 
 def launcher_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
@@ -119,9 +147,12 @@ def launcher_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def init() -> DistContext:
-    """Initialise the process group when launched by torchrun or srun; pick the device."""
+def init(cp: int = 1) -> DistContext:
+    """Initialise the process group when launched by torchrun or srun; pick the device; with ``cp > 1``
+    build the (dp, cp) mesh (``DistContext``; ValueError when cp does not divide the world)."""
     rank, world, local_rank = launcher_env()
+    if world % cp:
+        raise ValueError(f"--parallel.cp {cp} must divide the number of ranks, got world {world}")
     if world > 1:  # init_process_group's env:// rendezvous reads these
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     if torch.cuda.is_available():
@@ -136,7 +167,13 @@ def init() -> DistContext:
             timeout=datetime.timedelta(minutes=30),
             device_id=device if device.type == "cuda" else None,
         )
-    return DistContext(rank=rank, world=world, local_rank=local_rank, device=device)
+    context = None
+    if cp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (world // cp, cp), mesh_dim_names=("dp", "cp"))
+        context = ContextParallel(cp, rank % cp, mesh.get_group("cp"))
+    return DistContext(rank=rank, world=world, local_rank=local_rank, device=device, cp=cp, context=context)
 
 
 def teardown(clean: bool | None = None) -> None:
@@ -248,6 +285,8 @@ def parallelize(
         )
     if trainable and cfg.float8:
         to_float8(model, ctx.device)
+    if trainable and ctx.context is not None:
+        context_parallel.enable(model, ctx.context)  # the backbone splits tokens, its attention trades them
     if trainable and cfg.activation_checkpointing:
         if not hasattr(model, "grad_checkpointing"):
             raise ValueError(f"{type(model).__name__} has no grad_checkpointing flag: cannot checkpoint it")

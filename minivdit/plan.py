@@ -28,9 +28,13 @@ Predicted from the config alone, before any weight is loaded (issue 21 §5):
   selective modes, LoRA, more GPUs under FSDP, CPU offload, batch 1) each re-planned, so the table says what
   each one would give.
 
+- **Context parallelism** (``--parallel.cp``): the trace is one rank's, with its L/cp tokens and H/cp heads in
+  attention (``models/context_parallel.py`` with a simulated group: the all-to-alls and gathers become local
+  copies of the same shapes); the batch is whole on every rank of a group.
+
 Not modelled (the plan says so when they apply): the frozen encoders' own activations (a VAE encode of
 49×480×720 pixels is a large transient; cache the latents), the alignment head and teacher features, and
-context parallelism. Validation: ``docs/planner.md`` (measured peaks
+the time of context parallelism's all-to-alls. Validation: ``docs/planner.md`` (measured peaks
 against the predictions; ``tests/test_plan.py``).
 """
 
@@ -54,8 +58,10 @@ from minivdit.config import check_types
 from minivdit.identity import safetensors_header
 from minivdit.memory import TensorMemory
 from minivdit.models import attention as attention_module
+from minivdit.models import context_parallel
 from minivdit.models.cogvideox import CogVideoXConfig
 from minivdit.models.cond import Cond
+from minivdit.models.context_parallel import ContextParallel
 from minivdit.models.wan import WanConfig
 
 GiB = 2**30
@@ -187,6 +193,8 @@ def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str) -> dict:
     with torch.device("meta"):
         model = build_model(cfg).to(dtype)
     model.train()
+    if cfg.parallel.cp > 1:  # one rank of a context group: its L/cp tokens, collectives as local copies
+        context_parallel.enable(model, ContextParallel(cfg.parallel.cp, 0, group=None))
 
     def release(p: torch.Tensor) -> None:
         p.grad = None  # gradients are their own term (FSDP reduce-scatters and frees each block's)
@@ -296,6 +304,8 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
     from minivdit.train import build_model
 
     world, gpu = pc.gpus, GPUS[pc.gpu]
+    if world % cfg.parallel.cp:
+        raise ValueError(f"--parallel.cp {cfg.parallel.cp} must divide --plan.gpus {world}")
     ctx = dist.DistContext(rank=0, world=world, local_rank=0, device=torch.device(device_type))
     strategy = dist.resolve_strategy(cfg.parallel, ctx)
     shard = world if strategy == "fsdp" else 1
@@ -344,13 +354,20 @@ def plan(cfg, pc: PlanConfig, *, device_type: str = "cuda") -> Plan:
         )
     if cfg.align is not None:
         notes.append("the alignment head and teacher activations are not counted")
+    if cfg.parallel.cp > 1:
+        notes.append(
+            f"context parallelism: each GPU holds 1/{cfg.parallel.cp} of the tokens and of the attention "
+            f"heads' work; the all-to-alls' time is not in the step time"
+        )
     peak_tflops = gpu.bf16_tflops if cfg.precision == "bf16" else gpu.tf32_tflops
     flops = traced["model_flops"] * A
     recomputed = (traced["flops"] - traced["model_flops"]) * A
     seconds = (flops + recomputed) / (peak_tflops * 1e12 * pc.mfu)
+    cp = cfg.parallel.cp
     about = (
         f"{type(model).__name__}: {total / 1e9:.3g} B parameters ({trained / 1e9:.3g} B trained), batch {B}"
-        f"{f' × {A} accumulated' if A > 1 else ''} per GPU, {world} × {pc.gpu}, {strategy}, "
+        f"{f' × {A} accumulated' if A > 1 else ''} per {'context group' if cp > 1 else 'GPU'}, "
+        f"{world} × {pc.gpu}{f' (dp {world // cp} × cp {cp})' if cp > 1 else ''}, {strategy}, "
         f"{_ac_name(cfg.parallel)}, {cfg.precision}"
     )
     capacity = (gpu.memory_gib - pc.reserve_gib) * GiB
@@ -412,6 +429,16 @@ def levers(cfg, pc: PlanConfig, base: Plan, *, device_type: str = "cuda") -> lis
                 f"--plan.gpus {max(2, pc.gpus)} --parallel.strategy fsdp --parallel.cpu-offload",
                 replace(cfg, parallel=offload),
                 replace(pc, gpus=max(2, pc.gpus)),
+            )
+        )
+    splits = isinstance(cfg.model, (CogVideoXConfig, WanConfig)) or cfg.model.block_type == "full3d"
+    if par.cp == 1 and splits and par.strategy != "none":
+        gpus = max(2, pc.gpus + pc.gpus % 2)
+        options.append(
+            (
+                f"--plan.gpus {gpus} --parallel.cp 2",
+                replace(cfg, parallel=replace(par, cp=2)),
+                replace(pc, gpus=gpus),
             )
         )
     if cfg.data.batch_size > 1:

@@ -45,7 +45,7 @@ from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, nu
 from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, vlm_identity
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
-from minivdit.data.shards import cache_mismatches, clip_mismatches
+from minivdit.data.shards import cache_mismatches, clip_mismatches, start_frame_mismatches
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models import cogvideox as cogvideox_model
@@ -292,7 +292,9 @@ class TrainConfig:
                 f"global_batch={self.global_batch} must be a positive multiple of data.batch_size="
                 f"{self.data.batch_size}"
             )
+        self._check_buckets()
         self._check_uniworld()
+        self._check_context_parallel()
         if isinstance(self.model, CogVideoXConfig):
             self._check_cogvideox()
             self._check_flashi2v()
@@ -365,6 +367,23 @@ class TrainConfig:
                 f"gives {self.model.out_channels}; set --model.learn-sigma to match the objective"
             )
 
+    def _check_buckets(self) -> None:
+        """Buckets (``minivdit/data/buckets.py``) need a backbone that takes any size; the sizes themselves
+        are checked against the VAE and the patch in ``check_latent_shape``."""
+        if not self.data.buckets.enabled:
+            return
+        flag = f"--data.buckets.sizes {' '.join(self.data.buckets.sizes)}"
+        if isinstance(self.model, DiTConfig):
+            raise ValueError(
+                f"{flag}: the V-DiT's position tables hold one size (--model.input-size, "
+                "--model.num-frames); buckets need a RoPE backbone (CogVideoX, Wan)"
+            )
+        if self.align is not None:
+            raise ValueError(
+                f"{flag} with alignment: the teachers' token grid and the head's grid matching have one "
+                "size; train aligned runs without buckets"
+            )
+
     def _check_cogvideox(self) -> None:
         m = self.model
         if self.vae.kind == "none":
@@ -394,6 +413,20 @@ class TrainConfig:
             raise ValueError(f"objective needs {pred} output channels, CogVideoX gives {m.out_channels}")
         if self.eval is not None:
             raise ValueError("evaluation of text-conditioned runs is not supported yet (--eval None)")
+
+    def _check_context_parallel(self) -> None:
+        if self.parallel.cp == 1:
+            return
+        if self.parallel.strategy == "none":
+            raise ValueError(
+                f"--parallel.cp {self.parallel.cp} needs gradients averaged over the ranks (DDP or FSDP): "
+                "--parallel.strategy none would let the ranks of a context group drift apart"
+            )
+        if isinstance(self.model, DiTConfig) and self.model.block_type != "full3d":
+            raise ValueError(
+                f"--parallel.cp splits one attention sequence ranks; it needs --model.block-type full3d, "
+                f"got {self.model.block_type!r} (Latte's blocks attend within a frame or a patch position)"
+            )
 
     def _check_wan(self) -> None:
         m = self.model
@@ -534,6 +567,30 @@ def check_latent_shape(cfg: TrainConfig, vae: torch.nn.Module) -> None:
         raise ValueError(
             f"the model does not match the {cfg.vae.kind} VAE's latents of {cfg.data.num_frames} frames at "
             f"{cfg.data.image_size}px: have { ({k: want[k][0] for k in bad}) }; use {flags}"
+        )
+    for b in cfg.data.buckets.buckets:  # every bucket's latents must fit the VAE, the patch and the PE
+        check_bucket_latents(cfg, vae, b)
+
+
+def check_bucket_latents(cfg: TrainConfig, vae: torch.nn.Module, bucket) -> None:
+    """One bucket (``minivdit.data.buckets.Bucket``) of the run: its frames fit the VAE, its sides divide by
+    the VAE's compression times the patch, and a CogVideoX learned PE either covers it or is told what to do
+    (``--model.learned-pe``)."""
+    s, m = vae.spatial_compression, cfg.model
+    p = m.patch_size if isinstance(m, CogVideoXConfig) else m.patch_size[1]  # Wan: (p_t, p_h, p_w)
+    if bucket.height % (s * p) or bucket.width % (s * p):
+        raise ValueError(f"bucket {bucket}: frame sides must be multiples of {s * p} (VAE {s}x, patch {p})")
+    try:
+        F = vae.latent_frames(bucket.frames)
+    except ValueError as e:
+        raise ValueError(f"bucket {bucket} does not fit the {cfg.vae.kind} VAE: {e}") from None
+    latent = (F, bucket.height // s, bucket.width // s)
+    exact = isinstance(m, CogVideoXConfig) and m.use_learned_positional_embeddings and m.learned_pe == "exact"
+    if exact and latent != m.trained_size:
+        raise ValueError(
+            f"bucket {bucket} (latents {latent}): the learned PE covers {m.trained_size} only; buckets need "
+            "--model.learned-pe drop (RoPE only, as diffusers' and cogvideox-factory's multi-resolution I2V "
+            "training) or interpolate"
         )
 
 
@@ -930,6 +987,8 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
             )
     problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid, text=text)
     problems += clip_mismatches(meta, cfg.data)
+    read = getattr(dataset, "fields", fields)  # the fields the run reads (--data.shard-fields)
+    problems += start_frame_mismatches(meta, read, flashi2v=cfg.flashi2v is not None, i2v=cfg.i2v)
     if problems:
         raise ValueError(f"the caches in {cfg.data.root} do not fit this run: " + "; ".join(problems))
 
@@ -1258,12 +1317,12 @@ def train(cfg: TrainConfig, *, model_cls: type | None = None) -> Path:
 
 
 def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> Path:
-    ctx = dist.init()
-    cfg = with_global_batch(cfg, ctx.world)
+    ctx = dist.init(cp=cfg.parallel.cp)
+    cfg = with_global_batch(cfg, ctx.dp_world)  # a context-parallel group trains on one batch
     run_dir = cfg.run_dir
     resume_from = start_run(cfg, ctx, structural=("model", "lora", "align", "uniworld"))
 
-    loader = build_loader(cfg.data, ctx.rank, ctx.world)  # first: a wrong --data.root fails fast
+    loader = build_loader(cfg.data, ctx.dp_rank, ctx.dp_world)  # first: a wrong --data.root fails fast
     check_dataset(cfg, loader.dataset)
     vae = build_vae(cfg.vae)
     parked = vae is not None and vae_only_decodes(cfg, loader.dataset)
@@ -1300,15 +1359,15 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
     log.info(
         f"model: {num_params(dist.unwrap(model)) / 1e6:.2f} M trainable parameters, {cfg.model.block_type}, "
         f"{cfg.model.depth} blocks × {cfg.model.hidden_size}; objective {type(objective).__name__}; "
-        f"world {ctx.world} on {ctx.device.type}; strategy {dist.resolve_strategy(cfg.parallel, ctx)}; "
-        f"precision {cfg.precision}"
+        f"world {ctx.world}{f' = dp {ctx.dp_world} × cp {ctx.cp}' if ctx.cp > 1 else ''} on "
+        f"{ctx.device.type}; strategy {dist.resolve_strategy(cfg.parallel, ctx)}; precision {cfg.precision}"
     )
     log.info(f"run dir: {run_dir.resolve()}")
     logger = MetricLogger(
         run_dir, is_main=ctx.is_main, max_steps=cfg.max_steps, tensorboard=cfg.log.tensorboard
     )
     eval_metrics = _eval_metrics(cfg)
-    samples_per_step = cfg.data.batch_size * ctx.world * cfg.grad_accum
+    samples_per_step = cfg.data.batch_size * ctx.dp_world * cfg.grad_accum
     sums: dict[str, Tensor] = {}
     logged_steps, nonfinite = 0, NonfiniteCounter()
     model.train()
@@ -1344,7 +1403,7 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
         micro_batches: list[tuple[Batch, int]] = []  # kept for the step: a non-finite one is replayed
         for micro in range(cfg.grad_accum):
             batch = next(loader)
-            seed = micro_seed(cfg.seed, step, micro * ctx.world + ctx.rank)
+            seed = micro_seed(cfg.seed, step, micro * ctx.dp_world + ctx.dp_rank)  # a cp group: one seed
             sync = micro == cfg.grad_accum - 1
             with dist.sync_grads(model, enabled=sync), dist.sync_grads(head, enabled=sync):
                 loss, metrics = forward(batch, seed)
@@ -1453,14 +1512,16 @@ def _train(cfg: TrainConfig, model_cls: type, preemption: PreemptionHandler) -> 
 def vae_only_decodes(cfg: TrainConfig, dataset) -> bool:
     """Whether the run needs its VAE only to decode samples: the shards cache the latents, and no
     conditioning encodes frames in the step (I2V, anyframe, FlashI2V's start frame, UniWorld's f_img)."""
-    cached = "latents" in (getattr(dataset, "meta", None) or {}).get("fields", {})
+    meta = getattr(dataset, "meta", None) or {}
+    read = set(getattr(dataset, "fields", None) or meta.get("fields", {}))  # the fields the run reads
+    first = "image_latents" in read  # frame 0 cached: I2V "first" and FlashI2V encode nothing
     encodes = (
-        cfg.i2v.enabled
-        or getattr(cfg.model, "is_i2v", False)
-        or cfg.flashi2v is not None
+        cfg.i2v.mode == "anyframe"
+        or ((cfg.i2v.enabled or getattr(cfg.model, "is_i2v", False)) and not first)
+        or (cfg.flashi2v is not None and not first)
         or (cfg.uniworld is not None and cfg.uniworld.f_img != "off")
     )
-    return cached and not encodes
+    return "latents" in read and not encodes
 
 
 @contextlib.contextmanager

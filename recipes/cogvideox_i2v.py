@@ -43,12 +43,17 @@ size the run trains at), so a CogVideoX-2B, 1.5 or tiny test folder needs no pre
 
 Deviations: the blog trains on 11k curated timelapse clips (ChronoMagic-ProH plus an internal Apple set);
 point ``--data.root`` / ``--data.labels-csv`` at yours (``path,caption`` or ChronoMagic's ``videoid,name``).
-The pos-embedding of 5B-I2V is learned for exactly 49×480×720 and 226 text tokens: other sizes are refused.
+The pos-embedding of 5B-I2V is learned for exactly 49×480×720 and 226 text tokens: other sizes are refused,
+unless ``--model.learned-pe drop`` (RoPE only; diffusers' I2V LoRA example and cogvideox-factory drop it for
+multi-resolution training) or ``interpolate``. Buckets (``minivdit/data/buckets.py``):
+``--data.buckets.sizes`` trains on clips of several sizes and lengths, one bucket per step on every rank;
+bucketed runs drop the learned PE (below). The default is unchanged: one size, the learned PE as released.
 
     torchrun --nproc_per_node=8 recipes/cogvideox_i2v.py --pretrained /models/CogVideoX-5b-I2V \\
         --vae.path /models/CogVideoX-5b-I2V/vae --text.path /models/CogVideoX-5b-I2V \\
         --data.root /data/timelapse --data.labels-csv captions.csv
     ... --lora.rank 128 --optim.lr 1e-4          # LoRA instead of a full fine-tune
+    ... --data.buckets.sizes 49x480x720 49x720x480 49x480x480 25x480x720 --model.learned-pe drop   # buckets
 """
 
 from dataclasses import replace

@@ -55,7 +55,7 @@ VALID = {
 
 
 # Fields that take a list on purpose and store it as the tuple (config.json writes tuples as lists).
-LISTS_TAKEN = {("DataConfig", "image_size")}
+LISTS_TAKEN = {("DataConfig", "image_size"), ("BucketConfig", "sizes")}  # config.json gives lists
 
 
 def valid(cls: type):

@@ -206,3 +206,21 @@ def test_command_line_plans_a_recipe():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "VDiT" in out.stdout and "batch 4 per GPU, 2 × h100" in out.stdout
     assert "**fits**" in out.stdout and "activations kept for backward" in out.stdout
+
+
+def test_context_parallel_plans_one_rank_of_the_group(tmp_path):
+    """``--parallel.cp 2``: the trace is one rank's (its half of the tokens, half of the heads in attention):
+    activations and FLOPs about halve, while the model state (FSDP over all GPUs) and the batch do not; the
+    lever is offered for a backbone that can split."""
+    cfg = _cfg(tmp_path, model=WAN, parallel=ParallelConfig(strategy="fsdp"))
+    one = plan(cfg, PlanConfig(gpus=2))
+    two = plan(dataclasses.replace(cfg, parallel=ParallelConfig(strategy="fsdp", cp=2)), PlanConfig(gpus=2))
+    kept = "activations kept for backward"
+    assert 0.4 < two.terms[kept] / one.terms[kept] < 0.6
+    assert 0.45 < two.flops / one.flops < 0.55  # the linears exactly half; text cross-attention too
+    for key in ("AdamW moments (2 × fp32)", "batch on the device"):
+        assert two.terms[key] == one.terms[key]
+    assert "dp 1 × cp 2" in two.about and any(n.startswith("context parallelism") for n in two.notes)
+    assert "--plan.gpus 2 --parallel.cp 2" in dict(levers(cfg, PlanConfig(gpus=2), one))
+    with pytest.raises(ValueError, match="must divide --plan.gpus 3"):
+        plan(dataclasses.replace(cfg, parallel=ParallelConfig(strategy="fsdp", cp=2)), PlanConfig(gpus=3))

@@ -1,6 +1,7 @@
 """The CogVideoX fine-tuning recipes end to end on tiny random weights saved in the real formats: a diffusers
 CogVideoX-I2V folder (transformer/, vae/, text_encoder/, tokenizer/), a V-JEPA 2 teacher, and a captioned
-video folder. Two steps of each recipe (online text, then cached text), exact resume with and without LoRA."""
+video folder. Two steps of each recipe (online text, then cached text), exact resume with and without LoRA,
+and with buckets."""
 
 from __future__ import annotations
 
@@ -108,3 +109,37 @@ def test_alignment_on_cogvideox_15_is_refused_before_training():
     model = dataclasses.replace(preset("CogVideoX1.5-5B-I2V"), attn_backend=cfg.model.attn_backend)
     with pytest.raises(ValueError, match=r"alignment on CogVideoX 1.5 \(model.patch_size_t=2\)"):
         dataclasses.replace(cfg, model=model)
+
+
+def test_bucketed_run_resumes_exactly_across_buckets(tiny, tmp_path, monkeypatch):
+    """Issue 21 §1: the I2V recipe on clips of three buckets (landscape, portrait, short) with the learned PE
+    dropped; a run resumed from step 2 continues with the same batches (buckets included, across the epoch
+    end) and losses. The recipe's default learned PE refuses the portrait bucket before the first step."""
+    from test_data_real import write_video
+
+    from minivdit.data.buckets import BucketConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clips, rows = tmp_path / "clips", ["path,caption"]
+    for i, (n, w, h) in enumerate(
+        [(12, 48, 32), (12, 48, 32), (12, 32, 48), (12, 32, 48), (7, 48, 32), (7, 48, 32)]
+    ):
+        write_video(clips / f"c{i}.mp4", n, w=w, h=h, tint=40 * i)
+        rows.append(f"c{i}.mp4,a red disc grows slowly {i}")
+    (clips / "captions.csv").write_text("\n".join(rows) + "\n")
+    buckets = BucketConfig(sizes=("9x32x48", "9x48x32", "5x32x48"))
+
+    def cfg(out: str, learned_pe: str = "drop", **kw):
+        base = tiny_config("cogvideox_i2v", {**tiny, "data": clips}, tmp_path / out, max_steps=4, **kw)
+        data = dataclasses.replace(base.data, buckets=buckets, frame_sampling="even", skip_frames=0)
+        return dataclasses.replace(
+            base, data=data, model=dataclasses.replace(base.model, learned_pe=learned_pe)
+        )
+
+    with pytest.raises(ValueError, match=r"bucket 9x48x32 .*--model.learned-pe drop"):
+        train(cfg("exact", learned_pe="exact"))
+    straight = train(cfg("a"))  # 3 steps per epoch (2 clips per bucket, batch 2): 4 steps cross an epoch
+    resumed = train(cfg("b", resume=str(straight / "checkpoints" / "step_0000002")))
+    losses = [(r["step"], r["loss"]) for r in _rows(straight)]
+    assert [(r["step"], r["loss"]) for r in _rows(resumed)] == losses[2:]
+    assert all(np.isfinite(loss) for _, loss in losses)

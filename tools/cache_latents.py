@@ -40,6 +40,19 @@ epoch. "sample": one posterior sample per clip (seeded by shard and batch), froz
 meta.json's ``latent_posterior`` records which; the latents' dtype (``--latents-dtype``) is the log-variance's
 too.
 
+The image condition (``--start-frame``). Image-to-video runs encode frame 0 of each clip alone at every step
+(``conditioning/i2v.py``, FlashI2V's ``start_frame_latents``), which needs the pixel clips and the VAE
+encoder. ``--start-frame clean`` caches that encode (``image_latents.npy`` [1, C, h, w], the posterior mean):
+FlashI2V's z_c exactly as the trainer computes it online with a mean-encoding VAE (the reference encodes
+with μ). ``--start-frame noised`` caches CogVideoX-I2V's condition: frame 0 plus the pixel noise σ·ε, σ
+log-normal (``--noise-log-mean``, ``--noise-log-std``, the run's ``--i2v.*``), drawn once per clip here
+instead of at every step (as the diffusers I2V example does when it caches). A run then reads
+``--data.shard-fields latents image_latents``: no clips, no VAE encode (the VAE stays on the CPU for
+samples). meta.json's ``start_frame`` is compared with the run (``shards.start_frame_mismatches``): FlashI2V
+refuses a noised cache, I2V a clean one or other noise settings. Anyframe still encodes its noise-filled
+clips online (they depend on the drawn frame and fill), so it needs the clips; the cache serves its i = 0
+samples, and the online path encodes only the clips of the i > 0 samples.
+
 Sizes (the tool logs the bytes per sample of each field before it starts): SD-VAE latents of a 16×256² clip
 are 16·4·32·32 fp32 = 256 KiB; DINOv2-B (768) + SAM2.1-B+ stage 2 (448) features on the 16×16 grid are
 16·256·1216 bf16 ≈ 9.5 MiB per clip, so about 130 GB for UCF-101's 13,320 clips: budget the disk (or cache
@@ -72,16 +85,20 @@ from torch.utils.data import DataLoader
 
 from minivdit import dist
 from minivdit.align.teachers import FEATURES, TeacherConfig, build_teacher, teacher_identity
+from minivdit.conditioning.i2v import I2VConfig, noised_first_frame
 from minivdit.data import DataConfig, build_dataset
 from minivdit.data.shards import (
     FLOAT_DTYPES,
     PlannedSamples,
+    bucket_meta,
     describe_source,
     finish_shards,
     log_shard,
     make_meta,
     note_skipped,
     prepare_shards,
+    sample_fields,
+    sample_key,
     video_field,
     write_shard,
 )
@@ -136,6 +153,16 @@ class CacheConfig:
     posterior: Literal["moments", "mean", "sample"] = "moments"
     """What of the VAE posterior is cached (module docstring): its moments, sampled by the loader at every
     visit (diffusers, finetrainers); the mean; or one frozen sample."""
+    start_frame: Literal["none", "clean", "noised"] = "none"
+    """Also cache the image condition: frame 0 encoded alone (``image_latents.npy`` [1, C, h, w], the
+    posterior mean). "clean": FlashI2V's z_c, exactly what the trainer computes online. "noised":
+    CogVideoX-I2V's frame with the pixel noise σ·ε drawn once per clip (``--noise-log-mean`` and
+    ``--noise-log-std``: the run's ``--i2v.*`` values). I2V "first" and FlashI2V runs then need neither the
+    clips nor the VAE encoder."""
+    noise_log_mean: float = -3.0
+    """``--start-frame noised``: mean of log σ (``I2VConfig.noise_log_mean``; SAT −3)."""
+    noise_log_std: float = 0.5
+    """``--start-frame noised``: std of log σ (``I2VConfig.noise_log_std``; SAT 0.5)."""
 
     def __post_init__(self):
         if self.vae.sample_posterior and self.posterior != "sample":
@@ -145,6 +172,10 @@ class CacheConfig:
             )
         if self.batch_size < 1 or self.samples_per_shard < 1 or self.repeats < 1 or self.patch_size < 1:
             raise ValueError("batch_size, samples_per_shard, repeats and patch_size must be >= 1")
+        if self.start_frame != "none" and self.vae.kind == "none":
+            raise ValueError(
+                f"--start-frame {self.start_frame} encodes frame 0 with the VAE: give --vae.kind"
+            )
         if self.vae.kind == "none" and not self.teacher.enabled:
             raise ValueError(
                 "nothing to cache: give a VAE (--vae.kind sd --vae.path DIR) and/or teacher folders "
@@ -173,6 +204,12 @@ def cache_latents(cfg: CacheConfig) -> Path:
     size = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     first = PlannedSamples(dataset, [0], size, cfg.data.seed)[0][1]
     F, _, H, W = first["video"].shape
+    buckets = getattr(dataset, "buckets", None)  # --data.buckets.sizes: shapes per bucket (shards.py)
+    if buckets is not None and cfg.teacher.enabled:
+        raise ValueError(
+            "teacher features with --data.buckets.sizes: the teachers' token grid is one size; cache latents "
+            "only (the buckets' clips), or cache features without buckets"
+        )
     vae_cfg = replace(cfg.vae, sample_posterior=cfg.posterior == "sample")  # encode() draws only for "sample"
     vae = build_vae(vae_cfg)
     # the content identity, not the path: what a run compares to refuse latents of another VAE
@@ -183,12 +220,19 @@ def cache_latents(cfg: CacheConfig) -> Path:
     if vae is not None:
         vae = vae.to(device)
         s = vae.spatial_compression
-        if H % s or W % s:
-            raise ValueError(f"clips of {H}x{W} px are not divisible by the VAE's {s}x compression")
-        shape = [vae.latent_frames(F), vae.latent_channels, H // s, W // s]
+        for h, w in {(H, W)} | {(b.height, b.width) for b in buckets or ()}:
+            if h % s or w % s:
+                raise ValueError(f"clips of {h}x{w} px are not divisible by the VAE's {s}x compression")
+        shape = None if buckets else [vae.latent_frames(F), vae.latent_channels, H // s, W // s]
         fields["latents"] = {"member": "latents.npy", "dtype": cfg.latents_dtype, "shape": shape}
         if cfg.posterior == "moments":
             fields["latents_logvar"] = fields["latents"] | {"member": "latents_logvar.npy"}
+        if cfg.start_frame != "none":  # [1, C, h, w]: frame 0 encoded alone
+            first_shape = None if buckets else [1, vae.latent_channels, H // s, W // s]
+            fields["image_latents"] = fields["latents"] | {
+                "member": "image_latents.npy",
+                "shape": first_shape,
+            }
         meta_vae = asdict(vae_cfg) | {
             "latent_channels": vae.latent_channels,
             "spatial_compression": s,
@@ -210,9 +254,22 @@ def cache_latents(cfg: CacheConfig) -> Path:
             "features": FEATURES,  # raw tokens; runs refuse normalised ones (shards.cache_mismatches)
         }
     if cfg.keep_video:
-        fields["video"] = video_field((F, 3, H, W), cfg.video_format)
+        fields["video"] = video_field(None if buckets else (F, 3, H, W), cfg.video_format)
     if first.get("caption") is not None:
         fields["caption"] = {"member": "caption.txt"}
+    extra = {}
+    if buckets is not None:
+
+        def shapes(b) -> dict[str, tuple[int, ...]]:
+            out = {"video": (b.frames, 3, b.height, b.width)} if cfg.keep_video else {}
+            if vae is not None:
+                latent = (vae.latent_frames(b.frames), vae.latent_channels, b.height // s, b.width // s)
+                out |= {k: latent for k in ("latents", "latents_logvar") if k in fields}
+                if "image_latents" in fields:
+                    out["image_latents"] = (1, *latent[1:])
+            return out
+
+        extra["buckets"] = bucket_meta(dataset, size, shapes)
     meta = make_meta(
         fields=fields,
         source_size=size,
@@ -223,13 +280,15 @@ def cache_latents(cfg: CacheConfig) -> Path:
         **({"latent_posterior": cfg.posterior} if vae is not None else {}),
         teacher=meta_teacher,
         precision=cfg.precision,
+        **({"start_frame": _start_frame_stamp(cfg)} if cfg.start_frame != "none" else {}),
         made_by="tools/cache_latents.py",
+        **extra,
     )
     out = Path(cfg.out)
     todo = prepare_shards(out, meta, overwrite=cfg.overwrite)
-    sizes = {
+    sizes = {  # with buckets: those of the first clip's bucket
         k: math.prod(v["shape"]) * (1 if k == "video" else FLOAT_DTYPES[v["dtype"]].itemsize)
-        for k, v in fields.items()
+        for k, v in sample_fields(meta, sample_key(0)).items()
         if "shape" in v
     }
     log.info(
@@ -251,30 +310,78 @@ def cache_latents(cfg: CacheConfig) -> Path:
     return out
 
 
+def _start_frame_stamp(cfg: CacheConfig) -> dict:
+    """meta.json's ``start_frame``: what a run compares (``minivdit.data.shards.start_frame_mismatches``)."""
+    stamp = {"frame": cfg.start_frame, "posterior": "mean"}
+    if cfg.start_frame == "noised":
+        stamp |= {
+            "noise_log_mean": cfg.noise_log_mean,
+            "noise_log_std": cfg.noise_log_std,
+            "noise_per": "clip",
+        }
+    return stamp
+
+
 def _encode(loader, *, vae, teacher, device, cfg: CacheConfig, shard: int) -> Iterator[tuple[str, dict]]:
-    for b, items in enumerate(loader):
-        video = torch.stack([torch.as_tensor(s["video"]) for _, s in items]).to(device)  # [B, F, 3, H, W]
-        if video.dtype == torch.uint8:
-            video = video.float() / 127.5 - 1.0
-        extra: dict[str, torch.Tensor] = {}
-        with torch.no_grad(), dist.autocast(device, cfg.precision):
-            if vae is not None:
-                if cfg.posterior == "moments":
-                    mean, logvar = scaled_moments(vae, video)  # [B, F', C, h, w] each
-                    extra["latents"], extra["latents_logvar"] = mean.float().cpu(), logvar.float().cpu()
-                else:
-                    torch.manual_seed(_seed(cfg.data.seed, shard, b))  # only --posterior sample draws
-                    extra["latents"] = vae.encode(video).float().cpu()  # [B, F', C, h, w]
-            if teacher is not None:
-                extra["feats"] = feats = teacher(video).float().cpu()  # [B, F', N', ΣD], raw tokens
-                if cfg.feats_dtype == "float16" and feats.abs().max() > torch.finfo(torch.float16).max:
-                    raise ValueError(
-                        f"teacher features reach |x| = {float(feats.abs().max()):.4g}, beyond float16's "
-                        f"{torch.finfo(torch.float16).max:.0f} (raw, unnormalised tokens): use --feats-dtype "
-                        f"bfloat16 or float32"
-                    )
-        for i, (key, sample) in enumerate(items):
-            yield key, {**sample, **{k: v[i] for k, v in extra.items()}}
+    for b, batch in enumerate(loader):
+        # buckets: a batch of the cache may hold several sizes; each size is encoded apart, order kept
+        by_shape: dict[tuple, list] = {}
+        for key, sample in batch:
+            by_shape.setdefault(tuple(sample["video"].shape), []).append((key, sample))
+        done = {}
+        for part, items in enumerate(by_shape.values()):
+            done |= dict(
+                _encode_items(items, vae=vae, teacher=teacher, device=device, cfg=cfg, seed=(shard, b, part))
+            )
+        for key, _ in batch:
+            yield key, done[key]
+
+
+def _encode_items(
+    items, *, vae, teacher, device, cfg: CacheConfig, seed: tuple
+) -> Iterator[tuple[str, dict]]:
+    """Latents / features of ``items`` ``[(key, sample)]``, clips of one shape; ``seed`` = (shard, batch,
+    part of the batch)."""
+    video = torch.stack([torch.as_tensor(s["video"]) for _, s in items]).to(device)  # [B, F, 3, H, W]
+    if video.dtype == torch.uint8:
+        video = video.float() / 127.5 - 1.0
+    extra: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), dist.autocast(device, cfg.precision):
+        if vae is not None:
+            if cfg.posterior == "moments":
+                mean, logvar = scaled_moments(vae, video)  # [B, F', C, h, w] each
+                extra["latents"], extra["latents_logvar"] = mean.float().cpu(), logvar.float().cpu()
+            else:
+                # only --posterior sample draws; (shard, batch) without buckets, as before them
+                torch.manual_seed(_seed(cfg.data.seed, *(seed if seed[2] else seed[:2])))
+                extra["latents"] = vae.encode(video).float().cpu()  # [B, F', C, h, w]
+            if cfg.start_frame != "none":
+                extra["image_latents"] = _start_frame(vae, video[:, :1], cfg, seed).cpu()  # [B, 1, C, h, w]
+        if teacher is not None:
+            extra["feats"] = feats = teacher(video).float().cpu()  # [B, F', N', ΣD], raw tokens
+            if cfg.feats_dtype == "float16" and feats.abs().max() > torch.finfo(torch.float16).max:
+                raise ValueError(
+                    f"teacher features reach |x| = {float(feats.abs().max()):.4g}, beyond float16's "
+                    f"{torch.finfo(torch.float16).max:.0f} (raw, unnormalised tokens): use --feats-dtype "
+                    f"bfloat16 or float32"
+                )
+    for i, (key, sample) in enumerate(items):
+        yield key, {**sample, **{k: v[i] for k, v in extra.items()}}
+
+
+def _start_frame(vae, frame: torch.Tensor, cfg: CacheConfig, seed: tuple) -> torch.Tensor:
+    """Frame 0 [B, 1, 3, H, W] (+ CogVideoX's σ·ε, drawn from a generator of (data seed, shard, batch, part)
+    with ``--start-frame noised``) encoded alone: the scaled posterior mean [B, 1, C, h, w] fp32, what
+    ``start_frame_latents`` gives with a mean-encoding VAE (the FlashI2V reference encodes with μ)."""
+    if cfg.start_frame == "noised":
+        g = torch.Generator(frame.device).manual_seed(_seed(cfg.data.seed, 1, *seed))
+        noise = I2VConfig(noise_log_mean=cfg.noise_log_mean, noise_log_std=cfg.noise_log_std)
+        frame = noised_first_frame(frame, noise, g)
+    if hasattr(vae, "encode_moments"):
+        return scaled_moments(vae, frame)[0].float()
+    if getattr(vae, "sample_posterior", False):
+        raise ValueError(f"{type(vae).__name__} gives no posterior mean: cache with --posterior mean")
+    return vae.encode(frame).float()
 
 
 def scaled_moments(vae, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

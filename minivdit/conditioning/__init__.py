@@ -56,6 +56,10 @@ class Conditioner:
     ``torch.bfloat16`` in bf16 runs, None for none), so condition and video latents come out of the same VAE
     numerics. ``start_frame`` + ``vae``: FlashI2V's condition, ``Cond.image_latents`` = frame 0 of the clip
     VAE-encoded alone [B, 1, C, h, w] (``models.flashi2v.start_frame_latents``), never dropped.
+    Cached frame-0 latents in the batch (``Batch.image_latents``, ``tools/cache_latents.py --start-frame``;
+    the trainer checked their stamp, ``data.shards.start_frame_mismatches``) replace the online encode:
+    FlashI2V's z_c as they are, I2V's "first" zero-padded and dropped (``i2v.cached_image_condition``, no
+    pixels needed), anyframe's i = 0 samples (its other samples' clips are encoded online).
     ``context_mask=False`` drops the text mask from the ``Cond``: the zero-padded Wan context
     (``TextEncoderConfig.wan``) is attended whole, as in the Wan pipelines and FlashI2V's trainer.
     ``vlm``: a frozen VLM (``vlm.VLMEncoder``) in place of the text encoder (UniWorld-OSP2.0): each caption
@@ -125,25 +129,39 @@ class Conditioner:
             null, null_mask = self.text_null
             null_mask = null_mask.to(device) if null_mask is not None else None
             cond = cond.drop(keep.to(device), context=null.to(device).float(), context_mask=null_mask)
+        first = getattr(batch, "image_latents", None)  # [B, 1, C, h, w] cached frame 0 (cache_latents.py)
+        first = first.to(device) if first is not None else None
         if self.i2v is not None:
-            from minivdit.conditioning.i2v import image_condition
+            from minivdit.conditioning.i2v import cached_image_condition, image_condition
 
-            if batch.video is None:
-                raise ValueError("--i2v.mode needs the pixel clips in the batch, not only latents")
-            on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
-                latents, _ = image_condition(batch.video.to(device), self.vae, self.i2v, generator)
+            if first is not None and self.i2v.mode == "first":  # no encode, no pixels
+                frames = batch.latents.shape[1] if batch.latents is not None else None
+                if frames is None:
+                    frames = (batch.video.shape[1] - 1) // getattr(self.vae, "temporal_compression", 4) + 1
+                latents = cached_image_condition(first, frames, self.vae, self.i2v, generator)
+            else:
+                if batch.video is None:
+                    raise ValueError(
+                        f"--i2v.mode {self.i2v.mode} needs the pixel clips in the batch, not only latents"
+                    )
+                on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
+                with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
+                    video = batch.video.to(device)
+                    latents, _ = image_condition(video, self.vae, self.i2v, generator, first=first)
             cond = Cond(
                 label=cond.label, context=cond.context, context_mask=cond.context_mask, image_latents=latents
             )
         if self.start_frame:
             from minivdit.models.flashi2v import start_frame_latents
 
-            if batch.video is None:
+            if first is not None:  # cached: frame 0 encoded clean, the posterior mean (as the reference)
+                z_c = first.float()
+            elif batch.video is None:
                 raise ValueError("--flashi2v needs the pixel clips in the batch (frame 0), not only latents")
-            on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
-                z_c = start_frame_latents(self.vae, batch.video[:, 0].to(device))  # [B, 1, C, h, w] fp32
+            else:
+                on = self.autocast_dtype is not None  # the autocast of the video latents' encode (train_step)
+                with torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=on):
+                    z_c = start_frame_latents(self.vae, batch.video[:, 0].to(device))  # [B, 1, C, h, w] fp32
             cond = replace(cond, image_latents=z_c)
         if not self.context_mask:
             cond = replace(cond, context_mask=None)

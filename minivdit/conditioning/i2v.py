@@ -170,14 +170,22 @@ class I2VConfig:
 
 
 def image_condition(
-    video: Tensor, vae: nn.Module, cfg: I2VConfig, generator: torch.Generator
+    video: Tensor,
+    vae: nn.Module,
+    cfg: I2VConfig,
+    generator: torch.Generator,
+    first: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The training image condition of a batch (module docstring: recipe and RNG order).
 
     ``video`` [B, F, 3, H, W] float in [−1, 1], F = 4k + 1 (the VAE's ``temporal_compression``·k + 1);
     ``vae`` frozen, in eval mode. Returns ``image_latents`` [B, F', C, h, w] fp32 (scaled as the VAE scales,
     zeros where dropped) and ``frame_index`` [B] int64 (the condition frame; zeros in mode "first"), both on
-    ``video.device``. A pure function of (``video``, ``generator``'s state); it advances ``generator``."""
+    ``video.device``. A pure function of (``video``, ``generator``'s state); it advances ``generator``.
+
+    ``first``: frame 0's latents cached with their noise ([B, 1, C, h, w] as ``encode`` returns them;
+    ``tools/cache_latents.py --start-frame noised``): step 4's encode (and its posterior draw) is skipped, so
+    anyframe encodes only the noise-filled clips of its i > 0 samples (see ``cached_image_condition``)."""
     if cfg.mode == "off":
         raise ValueError("image_condition: I2VConfig.mode is 'off' (no image condition to build)")
     B, F, _, H, W = _check_video(video, "video")
@@ -203,9 +211,12 @@ def image_condition(
     with torch.no_grad():
         # 4: the CogVideoX path for every sample that can take it: frame 0 + σε, encoded alone, zero-padded
         if fixed in (None, 0):
-            x0 = noised(video[:, :1], slice(None))  # [B, 1, 3, H, W]
-            first = vae.encode(x0, generator=generator).float()  # [B, 1, C, h, w]
-            latents = _zero_pad(first, F_lat)  # [B, F', C, h, w]
+            if first is None:
+                x0 = noised(video[:, :1], slice(None))  # [B, 1, 3, H, W]
+                first = vae.encode(x0, generator=generator).float()  # [B, 1, C, h, w]
+            elif first.shape[0] != B:
+                raise ValueError(f"cached frame-0 latents {tuple(first.shape)} for a batch of {B} clips")
+            latents = _zero_pad(first.float(), F_lat)  # [B, F', C, h, w]
         index = torch.zeros(B, dtype=torch.long, device=dev)
         if cfg.mode == "anyframe":
             # 5: the condition frame
@@ -228,6 +239,43 @@ def image_condition(
     assert latents is not None  # step 4 or step 7 ran: a fixed nonzero i sends every sample to step 7
     latents = torch.where(keep[:, None, None, None, None], latents, torch.zeros_like(latents))
     return _invert_scale(latents, vae), index
+
+
+def cached_image_condition(
+    first: Tensor, num_latent_frames: int, vae: nn.Module, cfg: I2VConfig, generator: torch.Generator
+) -> Tensor:
+    """Mode "first" from frame 0's cached latents, without pixels: ``image_latents`` [B, F', C, h, w] fp32.
+
+    ``first`` [B, 1, C, h, w]: frame 0 with CogVideoX's pixel noise σ·ε, encoded alone
+    (``tools/cache_latents.py --start-frame noised``: σ and ε drawn once per clip at caching time, the
+    posterior mean; as the diffusers example, which encodes the noised image once per video when it caches).
+    Here: zero-padded to ``num_latent_frames`` and dropped with ``cfg.dropout`` (step 3, the only draw from
+    ``generator``). Deviation from the online path: the noise and the VAE's posterior draw are fixed per clip
+    instead of fresh at each step (named in ``docs/fidelity.md``)."""
+    if cfg.mode != "first":
+        raise ValueError(
+            f"cached_image_condition builds mode 'first' (frame 0), got --i2v.mode {cfg.mode!r}: anyframe "
+            "encodes its noise-filled clips online (image_condition with first=...)"
+        )
+    if first.ndim != 5 or first.shape[1] != 1:
+        raise ValueError(f"cached frame-0 latents must be [B, 1, C, h, w], got shape {tuple(first.shape)}")
+    B, gdev = first.shape[0], generator.device
+    u = torch.rand(B if cfg.dropout_per == "sample" else 1, generator=generator, device=gdev)
+    keep = (u >= cfg.dropout).expand(B).to(first.device)  # [B] bool
+    latents = _zero_pad(first.float(), num_latent_frames)  # [B, F', C, h, w]
+    latents = torch.where(keep[:, None, None, None, None], latents, torch.zeros_like(latents))
+    return _invert_scale(latents, vae)
+
+
+def noised_first_frame(frame: Tensor, cfg: I2VConfig, generator: torch.Generator) -> Tensor:
+    """Frame 0 [B, 1, 3, H, W] + σ·ε, σ = exp(N(noise_log_mean, noise_log_std²)) per sample and ε ~ N(0, I)
+    (steps 1-2 of the module docstring), drawn from ``generator``: what ``tools/cache_latents.py
+    --start-frame noised`` encodes once per clip."""
+    B = frame.shape[0]
+    log_sigma = torch.randn(B, generator=generator, device=generator.device)
+    sigma = (cfg.noise_log_mean + cfg.noise_log_std * log_sigma).exp().to(frame.device)  # [B]
+    eps = torch.randn(frame.shape, generator=generator, device=generator.device).to(frame.device)
+    return (frame.float() + sigma.view(-1, 1, 1, 1, 1) * eps).to(frame.dtype)
 
 
 def _draw_index(cfg: I2VConfig, B: int, F: int, generator: torch.Generator) -> Tensor:

@@ -25,6 +25,12 @@ ones prefetched by workers), and ``load_state_dict`` restarts the sampler there:
 uninterrupted run would have produced, for any ``num_workers``. Resuming requires the same ``seed``,
 ``batch_size``, ``drop_last``, dataset and world size.
 
+Buckets (``minivdit/data/buckets.py``, ``DataConfig.buckets``): a dataset with ``buckets`` and
+``bucket_of`` (the clip datasets once ``build_dataset`` bucketed them, bucketed shards) is batched by
+``_BucketBatchSampler`` instead: each global batch holds clips of one bucket, all ranks take the same bucket
+at each step, and the epoch is still a pure function of ``(seed, epoch)``, so the same ``(epoch,
+batch_in_epoch)`` resumes it (the state also records the buckets' sizes and clip counts).
+
 Adding a dataset: a file ``minivdit/data/<name>.py`` with a class implementing ``get``/``__len__``, its name
 in the ``DataConfig.dataset`` ``Literal`` and a builder in ``DATASETS``.
 """
@@ -33,7 +39,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Literal, Protocol
 
@@ -43,6 +49,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from minivdit.config import check_types
+from minivdit.data.buckets import BucketConfig, epoch_batches
 from minivdit.data.synthetic import CLASS_NAMES, SyntheticVideos
 
 logger = logging.getLogger("minivdit")
@@ -115,7 +122,9 @@ class DataConfig:
     (``minivdit/data/synthetic.py``, "Held-out combinations"; the FlashI2V ablation)."""
     drop_last: bool = True
     """Drop each epoch's last, incomplete batch (keeps every batch the same shape)."""
-    shard_fields: tuple[Literal["video", "caption", "latents", "feats", "text", "text_mask"], ...] = ()
+    shard_fields: tuple[
+        Literal["video", "caption", "latents", "image_latents", "feats", "text", "text_mask"], ...
+    ] = ()
     """"shards" only: the stored fields to read (label always); empty reads all. E.g. ``latents feats`` skips
     the clips of a cache made with ``--keep-video`` (``minivdit/data/shards.py``); ``text`` brings
     ``text_mask`` along when the shards store one."""
@@ -140,11 +149,26 @@ class DataConfig:
     """"folder" CSV only: the column naming each clip; None: the first of path, videoid, video_id, video."""
     caption_column: str | None = None
     """"folder" CSV only: the column holding the captions; None: caption, else name, else no captions."""
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    """Resolution, aspect-ratio and frame-count buckets (``minivdit/data/buckets.py``): ``--data.buckets.sizes
+    49x480x720 49x720x480 25x480x720``. Each clip goes to the nearest bucket, is resized to cover it and
+    cropped; a batch never mixes buckets and every rank trains on the same bucket at each step. Clip datasets
+    and shards made from them; ``num_frames`` / ``image_size`` stay the model's nominal size. Empty: off."""
 
     def __post_init__(self):
         if isinstance(self.image_size, list | tuple):  # tyro gives a tuple, config.json a list
             size = tuple(self.image_size)
             object.__setattr__(self, "image_size", size[0] if len(size) == 2 and size[0] == size[1] else size)
+        if (
+            isinstance(self.buckets, dict)
+            and self.buckets
+            and set(self.buckets) <= {"sizes", "crop", "_type"}
+        ):
+            try:  # DataConfig(**dataclasses.asdict(cfg)), meta.json's "source"
+                kw = {k: v for k, v in self.buckets.items() if k != "_type"}
+                object.__setattr__(self, "buckets", BucketConfig(**kw))
+            except ValueError as e:
+                raise ValueError(f"DataConfig.buckets={self.buckets!r}: {e}") from None
         check_types(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
@@ -194,6 +218,16 @@ class DataConfig:
                 f"DataConfig.synthetic_captions is for the synthetic dataset (got {self.dataset!r}: captions "
                 "come from --data.labels-csv)"
             )
+        if self.buckets.enabled and self.dataset == "synthetic":
+            raise ValueError(
+                f"DataConfig.buckets={list(self.buckets.sizes)}: buckets need clips of their own sizes (a "
+                f"video folder, ucf101, sky, ffs, or shards made from one); the synthetic clips have none"
+            )
+        if self.buckets.enabled and not self.drop_last:
+            raise ValueError(
+                "DataConfig.drop_last=False with buckets: every rank must take a full batch of the same "
+                "bucket at each step, so each bucket's incomplete global batch is left out of the epoch"
+            )
         if self.dataset == "synthetic" and not isinstance(self.image_size, int):
             raise ValueError(
                 f"DataConfig.image_size={self.image_size!r}: the synthetic dataset needs one side (square "
@@ -238,8 +272,11 @@ def _shards(cfg: DataConfig) -> VideoDataset:
 def _clip_spec(cfg: DataConfig, resize: str, flip: bool):
     from minivdit.data.video import ClipSpec
 
+    # With buckets, each clip is cut at its bucket's size; the shortest bucket decides which sources are long
+    # enough to index (the datasets' drop_short).
+    frames = min(b.frames for b in cfg.buckets.buckets) if cfg.buckets.enabled else cfg.num_frames
     return ClipSpec(
-        num_frames=cfg.num_frames,
+        num_frames=frames,
         frame_interval=cfg.frame_interval,
         image_size=cfg.image_size,
         resize=cfg.resize or resize,
@@ -300,7 +337,15 @@ def build_dataset(cfg: DataConfig) -> VideoDataset:
             f"--data.dataset {cfg.dataset} needs --data.root ({what}); the layouts are in the README, "
             f"section Datasets"
         )
-    return DATASETS[cfg.dataset](cfg)
+    dataset = DATASETS[cfg.dataset](cfg)
+    if cfg.buckets.enabled and cfg.dataset != "shards":  # shards carry their buckets (shards.py)
+        from minivdit.data.buckets import bucket_clips
+        from minivdit.data.video import ClipDataset
+
+        if not isinstance(dataset, ClipDataset):
+            raise ValueError(f"--data.buckets.sizes: the {cfg.dataset} dataset cannot be bucketed")
+        dataset.bucketing = bucket_clips(dataset, cfg.buckets)
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------- batch
@@ -316,6 +361,7 @@ class Batch:
     feats: Tensor | None = None  # teacher features, layout owned by the teacher
     text: Tensor | None = None  # [B, L, Dt] cached text-encoder tokens (bf16 on disk), see conditioning/
     text_mask: Tensor | None = None  # [B, L] bool, True = real token; None = no mask (CogVideoX's T5)
+    image_latents: Tensor | None = None  # [B, 1, C, h, w] cached frame-0 latents (the I2V condition)
     caption: tuple[str, ...] | None = None  # the captions, when every sample has one (online text encoding)
     ids: tuple[str, ...] | None = None  # which clip each sample is (a path, a shard key): forensics, logs
 
@@ -343,7 +389,7 @@ def collate(samples: Sequence[dict]) -> Batch:
     if not samples:
         raise ValueError("collate: got an empty list of samples")
     stacked = {}
-    for key in ("video", "latents", "feats", "text", "text_mask"):
+    for key in ("video", "latents", "image_latents", "feats", "text", "text_mask"):
         present = [key in s and s[key] is not None for s in samples]
         if any(present) and not all(present):
             raise ValueError(
@@ -369,6 +415,7 @@ def collate(samples: Sequence[dict]) -> Batch:
         feats=stacked.get("feats"),
         text=stacked.get("text"),
         text_mask=stacked.get("text_mask"),
+        image_latents=stacked.get("image_latents"),
         caption=tuple(str(s["caption"]) for s in samples)
         if all(s.get("caption") is not None for s in samples)
         else None,
@@ -439,6 +486,42 @@ class _ResumableBatchSampler:
             epoch, batch = epoch + 1, 0
 
 
+class _BucketBatchSampler:
+    """``_ResumableBatchSampler`` over buckets (``minivdit/data/buckets.py``): every batch holds clips of one
+    bucket, all ranks take the same bucket at each step, and epoch ``e`` is a pure function of ``(seed, e)``
+    (``epoch_batches``): ``start = (epoch, batch)`` resumes exactly."""
+
+    def __init__(self, bucket_of: np.ndarray, buckets: Sequence, cfg: DataConfig, rank: int, world: int):
+        self.rank, self.world, self.seed, self.batch_size = rank, world, cfg.seed, cfg.batch_size
+        self.buckets = tuple(buckets)
+        bucket_of = np.asarray(bucket_of, np.int64)
+        if bucket_of.size and not 0 <= bucket_of.min() <= bucket_of.max() < len(self.buckets):
+            raise ValueError(f"bucket ids must be in [0, {len(self.buckets)}), got {np.unique(bucket_of)}")
+        self.members = [np.flatnonzero(bucket_of == k) for k in range(len(self.buckets))]
+        self.global_batch = world * cfg.batch_size
+        self.steps_per_epoch = sum(len(m) // self.global_batch for m in self.members)
+        self.start = (0, 0)
+
+    def counts(self) -> list[int]:
+        """Clips in each bucket."""
+        return [len(m) for m in self.members]
+
+    def epoch_steps(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """``(bucket, global batch [W·b])`` of every step of ``epoch``, in order."""
+        gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        return epoch_batches(self.members, self.global_batch, gen)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batch = self.start
+        b = self.batch_size
+        while True:
+            steps = self.epoch_steps(epoch)
+            for k in range(batch, self.steps_per_epoch):
+                mine = steps[k][1][self.rank * b : (self.rank + 1) * b]  # block r of the global batch
+                yield list(zip(mine.tolist(), sample_seeds(self.seed, epoch, mine).tolist(), strict=True))
+            epoch, batch = epoch + 1, 0
+
+
 class _Keyed(Dataset):
     """Maps the sampler's ``(index, sample_seed)`` to ``dataset.get(index, default_rng(sample_seed))``."""
 
@@ -472,12 +555,34 @@ class Loader:
         if not 0 <= rank < world:
             raise ValueError(f"build_loader: need 0 <= rank < world, got rank={rank}, world={world}")
         self.dataset = dataset
-        self._sampler = _ResumableBatchSampler(len(dataset), cfg, rank, world)
-        if self._sampler.per_rank < cfg.batch_size:
-            raise ValueError(
-                f"build_loader: {len(dataset)} clips over {world} ranks leave {self._sampler.per_rank} "
-                f"per rank, fewer than one batch of {cfg.batch_size}"
-            )
+        self.buckets = _dataset_buckets(dataset, cfg)
+        """The buckets the batches are drawn from (``minivdit/data/buckets.py``), or None."""
+        if self.buckets is not None:
+            self._sampler = _BucketBatchSampler(dataset.bucket_of, self.buckets, cfg, rank, world)
+            counts = self._sampler.counts()
+            sizes = ", ".join(f"{b}: {n}" for b, n in zip(self.buckets, counts, strict=True))
+            if self._sampler.steps_per_epoch == 0:
+                raise ValueError(
+                    f"build_loader: no bucket holds one global batch of {world} ranks x {cfg.batch_size} "
+                    f"clips ({sizes})"
+                )
+            if rank == 0:
+                idle = [
+                    str(b) for b, n in zip(self.buckets, counts, strict=True) if n < world * cfg.batch_size
+                ]
+                logger.info(
+                    "data: clips per bucket %s; %d steps per epoch%s",
+                    sizes,
+                    self._sampler.steps_per_epoch,
+                    f"; {idle} hold less than a global batch and are never used" if idle else "",
+                )
+        else:
+            self._sampler = _ResumableBatchSampler(len(dataset), cfg, rank, world)
+            if self._sampler.per_rank < cfg.batch_size:
+                raise ValueError(
+                    f"build_loader: {len(dataset)} clips over {world} ranks leave {self._sampler.per_rank} "
+                    f"per rank, fewer than one batch of {cfg.batch_size}"
+                )
         workers = cfg.num_workers
         self._loader = DataLoader(
             _Keyed(dataset),
@@ -544,8 +649,17 @@ class Loader:
         self._epoch_skips = {}
 
     def state_dict(self) -> dict:
-        """Position after the batches consumed so far: ``{"epoch": e, "batch_in_epoch": k}``."""
-        return {"epoch": self._epoch, "batch_in_epoch": self._batch}
+        """Position after the batches consumed so far: ``{"epoch": e, "batch_in_epoch": k}``; with buckets
+        also ``buckets`` (their sizes and clip counts, which the epoch's order is a function of) and
+        ``next_bucket`` (the bucket of the next batch, for the record)."""
+        state = {"epoch": self._epoch, "batch_in_epoch": self._batch}
+        if self.buckets is not None:
+            state["buckets"] = self._bucket_state()
+            state["next_bucket"] = str(self.buckets[self._sampler.epoch_steps(self._epoch)[self._batch][0]])
+        return state
+
+    def _bucket_state(self) -> dict[str, int]:
+        return {str(b): n for b, n in zip(self.buckets, self._sampler.counts(), strict=True)}
 
     def load_state_dict(self, state: dict) -> None:
         """Make the next batch the one an uninterrupted run would yield after ``state`` was taken."""
@@ -555,8 +669,35 @@ class Loader:
                 f"Loader.load_state_dict: need epoch >= 0 and 0 <= batch_in_epoch < "
                 f"{self.steps_per_epoch}, got {state}"
             )
+        mine = None if self.buckets is None else self._bucket_state()
+        if state.get("buckets") != mine:
+            raise ValueError(
+                f"Loader.load_state_dict: the state was saved with buckets {state.get('buckets')} (size: "
+                f"clips), this loader has {mine}: the epoch's order would differ; resume with the same "
+                f"--data.buckets.sizes and data"
+            )
         self._epoch, self._batch = epoch, batch
         self._iterator = None
+
+
+def _dataset_buckets(dataset: VideoDataset, cfg: DataConfig) -> tuple | None:
+    """The dataset's buckets when the config asks for buckets (None when it does not); ``ValueError`` when
+    the two disagree."""
+    buckets = getattr(dataset, "buckets", None)
+    if not cfg.buckets.enabled:
+        if buckets is not None:
+            raise ValueError(
+                f"build_loader: the dataset holds clips of buckets {[str(b) for b in buckets]}: pass "
+                f"--data.buckets.sizes {' '.join(map(str, buckets))}"
+            )
+        return None
+    if buckets is None or getattr(dataset, "bucket_of", None) is None:
+        raise ValueError(
+            f"build_loader: --data.buckets.sizes {' '.join(cfg.buckets.sizes)}, but the "
+            f"{type(dataset).__name__} dataset has no buckets (a clip dataset built by build_dataset, or "
+            f"shards made with buckets)"
+        )
+    return tuple(buckets)
 
 
 def build_loader(

@@ -30,6 +30,9 @@ feats.npy      ``[F', N', ΣD]`` teacher features (``Teacher.forward``: raw toke
 text.npy       ``[L, Dt]`` text-encoder tokens of the caption (``tools/cache_text.py``), ``bfloat16`` by
                default; the loader serves them as ``"text"`` and ``collate`` fills ``Batch.text``
 text_mask.npy  ``[L]`` bool, True = real token; only for encoders run with a mask (not CogVideoX's T5)
+image_latents.npy  ``[1, C, h, w]`` the clip's frame 0 VAE-encoded alone (posterior mean, scaled), clean or
+               with CogVideoX's pixel noise drawn once per clip: the I2V / FlashI2V condition
+               (``tools/cache_latents.py --start-frame``; meta.json's ``start_frame`` says which)
 =============  =========================================================================================
 
 numpy has no bfloat16: a ``bfloat16`` array is stored as ``uint16`` holding the raw bf16 bits (the npy header
@@ -81,6 +84,15 @@ price is random reads, cheap on local disks and NFS; for object stores use :func
 
 Shards hold clips at their final size, decoded and augmented once when written: ``get`` ignores ``rng``, so
 every epoch sees the same crop/flip of a clip (``--repeats K`` stores K augmentations of each source clip).
+
+Buckets (``minivdit/data/buckets.py``). Shards made with ``--data.buckets.sizes`` hold every clip at its
+bucket's size, so clips and cached latents of several sizes share one folder. meta.json then has
+``buckets``: ``sizes`` (``["49x480x720", ...]``, a bucket's id is its position), ``of_source`` (the bucket id
+of every source clip; a sample's source is the number its key starts with, its repeats share the bucket) and
+``shapes`` (per bucket, the shape of each size-dependent field: ``video``, ``latents``, ``latents_logvar``);
+those fields' ``shape`` in ``fields`` is null (:func:`sample_fields` gives a sample's). ``ShardDataset``
+exposes ``buckets`` and ``bucket_of`` for the loader, which batches by bucket; a run must list the same
+buckets (``--data.buckets.sizes``). Folders without ``buckets`` read as before.
 """
 
 from __future__ import annotations
@@ -112,14 +124,58 @@ MEMBERS = {"video": ("video.npy", "video.mp4"), "label": ("label.cls",), "captio
 MEMBERS |= {"latents": ("latents.npy",), "feats": ("feats.npy",)}
 MEMBERS |= {"latents_logvar": ("latents_logvar.npy",)}
 MEMBERS |= {"text": ("text.npy",), "text_mask": ("text_mask.npy",)}
+MEMBERS |= {"image_latents": ("image_latents.npy",)}
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPTIONAL_FIELDS = ("video", "caption", "latents", "latents_logvar", "feats", "text", "text_mask")
+OPTIONAL_FIELDS = (
+    "video",
+    "caption",
+    "latents",
+    "latents_logvar",
+    "image_latents",
+    "feats",
+    "text",
+    "text_mask",
+)
 LATENT_POSTERIORS = ("moments", "mean", "sample")
 """meta.json's ``latent_posterior`` (module docstring)."""
 REBUILD_LATENTS = "python tools/cache_latents.py <the same --data.* / --vae.* flags> --out DIR --overwrite"
 """The command that re-caches latents as moments (named in the warnings and errors about old caches)."""
 # DataConfig fields that change how clips are batched, not what they are: ignored when comparing settings.
 LOADER_FIELDS = ("batch_size", "num_workers", "drop_last", "shard_fields", "_type")
+
+
+_KEY_SOURCE = re.compile(r"(\d+)(?:_r\d+)?$")
+
+
+def key_source(key: str) -> int:
+    """The source index a sample key starts with (``000001234_r2`` → 1234)."""
+    m = _KEY_SOURCE.search(key.rsplit("/", 1)[-1])
+    if m is None:
+        raise ValueError(f"sample key {key!r} does not name a source clip (expected digits, then _r<k>)")
+    return int(m.group(1))
+
+
+def sample_fields(meta: Mapping, key: str) -> dict[str, dict]:
+    """meta.json's ``fields`` as they apply to sample ``key``: with buckets, the shapes of its bucket
+    (module docstring, "Buckets"); the stored ``fields`` otherwise."""
+    info = meta.get("buckets")
+    if not info:
+        return dict(meta["fields"])
+    source = key_source(key)
+    if not 0 <= source < len(info["of_source"]):
+        raise ValueError(f"sample {key!r}: source {source} beyond the {len(info['of_source'])} of meta.json")
+    shapes = info["shapes"][info["of_source"][source]]
+    return {n: spec | {"shape": shapes[n]} if n in shapes else spec for n, spec in meta["fields"].items()}
+
+
+def bucket_meta(dataset, size: int, shapes: Callable[[Sequence[int]], Mapping[str, Sequence[int]]]) -> dict:
+    """meta.json's ``buckets`` for the first ``size`` clips of the bucketed ``dataset`` (``sizes``,
+    ``of_source``, and ``shapes(bucket)`` for each bucket: ``{field: shape}``)."""
+    return {
+        "sizes": [str(b) for b in dataset.buckets],
+        "of_source": [int(b) for b in dataset.bucket_of[:size]],
+        "shapes": [{k: [int(x) for x in v] for k, v in shapes(b).items()} for b in dataset.buckets],
+    }
 
 
 def shard_name(i: int) -> str:
@@ -263,7 +319,7 @@ def decode_member(name: str, data: bytes, spec: dict, where: str):
     a = torch.from_numpy(_load_npy(data, spec, where).copy())
     if spec["dtype"] == "bfloat16":
         a = a.view(torch.bfloat16)
-    return a.float() if name == "latents" else a
+    return a.float() if name in ("latents", "image_latents") else a
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -414,7 +470,13 @@ def write_shard(root: str | Path, shard: int, meta: dict, samples: Iterable[tupl
     spec = meta["shards"][shard]
     with ShardWriter(Path(root) / spec["name"]) as writer:
         for key, sample in samples:
-            writer.write(key, encode_sample(sample, meta["fields"]))
+            if meta.get("buckets") and sample.get("bucket") is not None:
+                planned = meta["buckets"]["of_source"][key_source(key)]
+                if sample["bucket"] != planned:
+                    raise ValueError(
+                        f"sample {key!r} is of bucket {sample['bucket']}, meta.json says {planned}"
+                    )
+            writer.write(key, encode_sample(sample, sample_fields(meta, key)))
         if writer.count != spec["count"]:
             raise ValueError(f"{spec['name']}: wrote {writer.count} samples, the plan says {spec['count']}")
     return writer.path
@@ -437,6 +499,7 @@ def _extend_shard(
     compute: Callable[[list[dict]], list[Mapping]],
     batch_size: int,
     drop_fields: Sequence[str] = (),
+    specs_of: Callable[[str], Mapping[str, dict]] | None = None,
 ) -> None:
     """Rewrite one shard with the members of ``new`` added to (or replaced in) every sample and those of
     ``drop_fields`` removed."""
@@ -453,7 +516,8 @@ def _extend_shard(
                     if member not in members:
                         raise ValueError(f"{path.name}: sample {key!r} has no member {key}.{member}")
                     where = f"{path}:{key}.{member}"
-                    sample[name] = decode_member(name, members[member], stored[name], where)
+                    spec = (stored if specs_of is None else specs_of(key))[name]
+                    sample[name] = decode_member(name, members[member], spec, where)
                 samples.append(sample)
             values = list(compute(samples))
             if len(values) != len(samples):
@@ -534,7 +598,8 @@ def extend_shards(
         if not redo and _has_members(path, members):
             continue
         t0 = time.perf_counter()
-        _extend_shard(path, spec["count"], stored, fields, inputs, compute, batch_size, drop_fields)
+        specs_of = partial(sample_fields, meta)  # bucketed shards: the shapes of each sample's bucket
+        _extend_shard(path, spec["count"], stored, fields, inputs, compute, batch_size, drop_fields, specs_of)
         if on_shard is not None:
             on_shard(i, time.perf_counter() - t0)
     finish_shards(root, new_meta)
@@ -586,6 +651,8 @@ def describe_source(cfg, dataset) -> dict:
     """meta.json keys describing the source dataset of config ``cfg`` (a ``DataConfig``): ``source`` (the
     config minus loader-only fields), ``num_classes``, ``class_names``, ``seed``."""
     source = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LOADER_FIELDS}
+    if not source.get("buckets", {}).get("sizes"):  # unbucketed: the plan of shards made before buckets
+        source.pop("buckets", None)
     names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
     if names is None and cfg.dataset == "synthetic":
         from minivdit.data.synthetic import CLASS_NAMES
@@ -600,11 +667,16 @@ def describe_source(cfg, dataset) -> dict:
     }
 
 
-def video_field(shape: Sequence[int], format: str = "npy", *, crf: int = 18, fps: int = 8) -> dict:
-    """meta.json field of clips of ``shape`` [F, 3, H, W] stored as ``format`` ("npy" or "mp4")."""
+def video_field(shape: Sequence[int] | None, format: str = "npy", *, crf: int = 18, fps: int = 8) -> dict:
+    """meta.json field of clips of ``shape`` [F, 3, H, W] (None: bucketed, per bucket) stored as ``format``
+    ("npy" or "mp4")."""
     if format not in ("npy", "mp4"):
         raise ValueError(f"video format must be 'npy' or 'mp4', got {format!r}")
-    spec = {"member": f"video.{format}", "dtype": "uint8", "shape": [int(x) for x in shape]}
+    spec = {
+        "member": f"video.{format}",
+        "dtype": "uint8",
+        "shape": None if shape is None else [int(x) for x in shape],
+    }
     return spec | ({"crf": crf, "fps": fps} if format == "mp4" else {})
 
 
@@ -672,12 +744,17 @@ def write_clip_shards(
     dataset = build_dataset(cfg)
     size = len(dataset) if limit is None else min(limit, len(dataset))
     first = PlannedSamples(dataset, [0], size, cfg.seed)[0][1]
+    bucketed = getattr(dataset, "bucket_of", None) is not None
+    shape = None if bucketed else tuple(first["video"].shape)  # buckets: per bucket, in meta["buckets"]
     fields = {
-        "video": video_field(tuple(first["video"].shape), format, crf=crf, fps=fps),
+        "video": video_field(shape, format, crf=crf, fps=fps),
         "label": {"member": "label.cls"},
     }
     if first.get("caption") is not None:
         fields["caption"] = {"member": "caption.txt"}
+    extra = {}
+    if bucketed:
+        extra["buckets"] = bucket_meta(dataset, size, lambda b: {"video": (b.frames, 3, b.height, b.width)})
     meta = make_meta(
         fields=fields,
         source_size=size,
@@ -687,6 +764,7 @@ def write_clip_shards(
         vae=None,
         teacher=None,
         made_by="tools/make_shards.py",
+        **extra,
     )
     todo = prepare_shards(root, meta, overwrite=overwrite)
     log.info(f"{root}: {meta['num_samples']} clips in {len(meta['shards'])} shards, {len(todo)} to write")
@@ -841,6 +919,21 @@ class ShardDataset:
         self.num_classes = int(self.meta.get("num_classes") or 0)
         """Classes of the source dataset (0: unconditional), as the real datasets' ``num_classes``."""
         self.classes = self.meta.get("class_names")
+        self.buckets = None
+        """The buckets (``Bucket`` tuples) of bucketed shards (module docstring, "Buckets"), else None."""
+        self.bucket_of = None
+        """[len] bucket id of every sample (what the loader batches by), else None."""
+        self._bucket_specs = None
+        if info := self.meta.get("buckets"):
+            from minivdit.data.buckets import parse_bucket
+
+            self.buckets = tuple(parse_bucket(b) for b in info["sizes"])
+            of_source = np.asarray(info["of_source"], np.int64)
+            self.bucket_of = of_source[[key_source(k) for k in self._keys]]
+            self._bucket_specs = [
+                {f: spec | {"shape": shapes[f]} if f in shapes else spec for f, spec in self._specs.items()}
+                for shapes in info["shapes"]
+            ]
 
     @classmethod
     def from_config(cls, cfg) -> ShardDataset:
@@ -853,6 +946,18 @@ class ShardDataset:
                 "tools/cache_latents.py"
             )
         ds = cls(cfg.root, fields=getattr(cfg, "shard_fields", None) or None)
+        buckets = getattr(cfg, "buckets", None)
+        want = set(buckets.buckets) if buckets is not None and buckets.enabled else None
+        have = None if ds.buckets is None else set(ds.buckets)
+        if want != have:
+            flag = " ".join(map(str, ds.buckets)) if ds.buckets else "(none: leave the flag out)"
+            raise ValueError(
+                f"{cfg.root}: the shards hold clips of buckets {sorted(map(str, have or ()))}, the run asks "
+                f"for {sorted(map(str, want or ()))} (--data.buckets.sizes): set --data.buckets.sizes "
+                f"{flag}, or make shards of the run's buckets (tools/make_shards.py --data.buckets.sizes ...)"
+            )
+        if ds.buckets is not None:  # sizes per bucket; num_frames / image_size are the model's nominal size
+            return ds
         src = ds.meta.get("source") or {}
         frames, size = src.get("num_frames"), src.get("image_size")
         if "video" in ds.meta["fields"]:
@@ -905,7 +1010,11 @@ class ShardDataset:
         ``rng`` is None) and ``latents_logvar`` is not returned (module docstring)."""
         raw = self.read_members(index)
         sample = {"key": self._keys[index]}
-        for name, spec in self._specs.items():
+        specs = self._specs
+        if self.bucket_of is not None:
+            sample["bucket"] = int(self.bucket_of[index])
+            specs = self._bucket_specs[sample["bucket"]]
+        for name, spec in specs.items():
             sample[name] = decode_member(name, raw[spec["member"]], spec, self._where(index, spec["member"]))
         return _draw_posterior(sample, rng)
 
@@ -1116,6 +1225,10 @@ def clip_mismatches(meta: Mapping, data) -> list[str]:
     source = meta.get("source") or {}
     if not ({"latents", "feats"} & set(meta.get("fields", {}))) or "num_frames" not in source:
         return []
+    if meta.get(
+        "buckets"
+    ):  # clips of the buckets' sizes, which ShardDataset.from_config matched to the run's
+        return []
     out = []
     if int(source["num_frames"]) != data.num_frames:
         out.append(
@@ -1131,6 +1244,62 @@ def clip_mismatches(meta: Mapping, data) -> list[str]:
         out.append(
             "set --data.num-frames / --data.image-size to the shards' clips, or rebuild the shards from "
             "clips of the run's size (python tools/make_shards.py ..., then " + REBUILD_LATENTS + ")"
+        )
+    return out
+
+
+START_FRAMES = ("clean", "noised")
+"""meta.json's ``start_frame.frame``: frame 0 encoded as it is (FlashI2V's z_c), or with CogVideoX-I2V's pixel
+noise σ·ε drawn once per clip (``tools/cache_latents.py --start-frame``)."""
+
+
+def start_frame_mismatches(meta: Mapping, read: Iterable[str], *, flashi2v: bool, i2v) -> list[str]:
+    """Why the shards of ``meta``, of which a run reads the fields ``read`` (``ShardDataset.fields``), cannot
+    give a run its image condition (empty: they can, or the run has none). ``flashi2v``: the run is FlashI2V
+    (its z_c is frame 0 encoded clean); ``i2v``: the run's ``I2VConfig`` (``conditioning/i2v.py``). The
+    condition comes from the cached ``image_latents`` when they are read, else from the pixel clips, encoded
+    online; anyframe always encodes its noise-filled clips online, so it needs the clips (and uses cached
+    frame-0 latents for its i = 0 samples)."""
+    fields = set(read)
+    i2v_on = i2v is not None and i2v.enabled
+    if not (flashi2v or i2v_on):
+        return []
+    rebuild = "python tools/cache_latents.py <the same --data.* / --vae.* flags> --start-frame {} --overwrite"
+    want = "clean" if flashi2v else "noised"
+    if "image_latents" not in fields:
+        if "video" in fields:
+            return []  # encoded online from frame 0 of the clips
+        return [
+            f"the run's image condition ({'--flashi2v' if flashi2v else f'--i2v.mode {i2v.mode}'}) needs "
+            f"frame 0 of each clip: the run reads neither the clips nor cached start-frame latents (read: "
+            f"{sorted(fields)}; --data.shard-fields); add them to --data.shard-fields if the shards hold "
+            f"them, else re-cache with " + rebuild.format(want)
+        ]
+    stamp = meta.get("start_frame") or {}
+    out = []
+    if stamp.get("frame") != want:
+        why = (
+            "FlashI2V conditions on the clean frame"
+            if flashi2v
+            else "CogVideoX-I2V conditions on the frame with pixel noise"
+        )
+        out.append(
+            f"the cached image_latents encode frame 0 {stamp.get('frame')!r} (meta.json start_frame.frame), "
+            f"the run needs {want!r}: {why}; re-cache with " + rebuild.format(want)
+        )
+    elif not flashi2v:
+        for key in ("noise_log_mean", "noise_log_std"):
+            if stamp.get(key) != getattr(i2v, key):
+                out.append(
+                    f"the cached image_latents were noised with {key}={stamp.get(key)} (meta.json), "
+                    f"the run has --i2v.{key.replace('_', '-')} {getattr(i2v, key)}; re-cache with "
+                    + rebuild.format(want)
+                    + f" --{key.replace('_', '-')} {getattr(i2v, key)}"
+                )
+    if i2v_on and i2v.mode == "anyframe" and "video" not in fields:
+        out.append(
+            "--i2v.mode anyframe encodes each clip with its noise fill online: it needs the pixel clips in "
+            "the shards (cache with --keep-video); cached frame-0 latents serve its i = 0 samples only"
         )
     return out
 
@@ -1226,9 +1395,12 @@ def _split_by(src: Iterator, *, rank: int, world: int):
     yield from (x for i, x in enumerate(src) if i % world == rank)
 
 
-def _decode_wds(raw: dict, *, specs: dict[str, dict], seed: int) -> dict:
+def _decode_wds(raw: dict, *, specs: dict[str, dict], seed: int, meta: Mapping | None = None) -> dict:
     where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
     sample = {"key": raw["__key__"]}
+    if meta is not None and meta.get("buckets"):  # the shapes of the sample's bucket
+        per = sample_fields(meta, raw["__key__"])
+        specs = {name: per[name] for name in specs}
     for name, spec in specs.items():
         if spec["member"] not in raw:
             raise ValueError(f"{where}.{spec['member']}: missing member")
@@ -1297,11 +1469,14 @@ def iter_shards(
     )
     if buffer > 0:
         dataset = dataset.shuffle(buffer, seed=seed)
-    return dataset.map(partial(_decode_wds, specs=specs, seed=seed))
+    return dataset.map(partial(_decode_wds, specs=specs, seed=seed, meta=meta))
 
 
 __all__ = [
     "ShardDataset",
+    "bucket_meta",
+    "key_source",
+    "sample_fields",
     "PlannedSamples",
     "ShardWriter",
     "cache_mismatches",

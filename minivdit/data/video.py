@@ -68,6 +68,7 @@ from PIL import Image
 from torch import Tensor
 
 from minivdit.data import frame_size
+from minivdit.data.buckets import BucketedIndex
 
 logger = logging.getLogger("minivdit")
 
@@ -424,6 +425,9 @@ class ClipSpec:
     random_start: bool = True
     """"interval" and "fps": a start uniform over the room left; False: start at ``skip_frames`` (SAT's
     ``SFTDataset``). "interval" always draws it (Latte)."""
+    crop: Literal["center", "random"] = "center"
+    """Where the resized frame is cropped: the centre, or a position drawn from the sample's rng (buckets:
+    ``BucketConfig.crop``)."""
 
     def __post_init__(self):
         for name in ("num_frames", "frame_interval"):
@@ -440,6 +444,8 @@ class ClipSpec:
             raise ValueError(
                 f"ClipSpec.resize must be 'short_side_crop' or 'crop_resize', got {self.resize!r}"
             )
+        if self.crop not in ("center", "random"):
+            raise ValueError(f"ClipSpec.crop must be 'center' or 'random', got {self.crop!r}")
 
     @property
     def span(self) -> int:
@@ -519,7 +525,9 @@ def sample_clip(source: Source, spec: ClipSpec, rng: np.random.Generator, *, var
     read, expand = np.unique(idx, return_inverse=True)  # the readers take each frame once, increasing
     reader = read_folder_frames if isinstance(source, FrameFolder) else read_frames
     frames = reader(source, read)[expand]  # [F, H, W, 3], repeated frames copied
-    return to_clip(frames, spec.image_size, spec.resize, bool(spec.flip and rng.random() < 0.5))
+    flip = bool(spec.flip and rng.random() < 0.5)
+    anchor = (float(rng.random()), float(rng.random())) if spec.crop == "random" else None
+    return to_clip(frames, spec.image_size, spec.resize, flip, anchor=anchor)
 
 
 def to_clip(
@@ -527,6 +535,8 @@ def to_clip(
     size: int | Sequence[int],
     resize: Resize = "short_side_crop",
     flip: bool = False,
+    *,
+    anchor: tuple[float, float] | None = None,
 ) -> Tensor:
     """uint8 ``[F, H, W, 3]`` → float32 ``[F, 3, h, w]`` in ``[-1, 1]``, ``(h, w) = frame_size(size)`` (an int
     is a square).
@@ -534,7 +544,8 @@ def to_clip(
     ``short_side_crop`` (UCF-101/FFS in Latte): a bilinear resize by the smallest factor that makes the frame
     cover ``h × w`` (for a square: the short side to ``size``), then a centre crop. ``crop_resize``
     (SkyTimelapse): the largest centre crop of the target's aspect ratio (for a square: the short side's
-    square), then a bilinear resize. Antialiased when shrinking.
+    square), then a bilinear resize. Antialiased when shrinking. ``anchor`` ``(y, x)`` in ``[0, 1]`` places
+    the crop (0: top / left edge, 1: bottom / right edge); None: centred.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"to_clip: frames must be [F, H, W, 3], got {frames.shape}")
@@ -546,7 +557,7 @@ def to_clip(
             ch, cw = H, max(1, min(W, round(H * tw / th)))
         else:
             ch, cw = max(1, min(H, round(W * th / tw))), W
-        top, left = (H - ch) // 2, (W - cw) // 2
+        top, left = _crop_origin(H - ch, W - cw, anchor)
         x = x[:, :, top : top + ch, left : left + cw]  # [F, 3, ch, cw]
         if (ch, cw) != (th, tw):
             x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
@@ -555,13 +566,20 @@ def to_clip(
         h, w = max(th, round(H * scale)), max(tw, round(W * scale))
         if (h, w) != (H, W):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
-        top, left = (h - th) // 2, (w - tw) // 2
+        top, left = _crop_origin(h - th, w - tw, anchor)
         x = x[:, :, top : top + th, left : left + tw]
     else:
         raise ValueError(f"to_clip: unknown resize {resize!r}")
     if flip:
         x = x.flip(-1)
     return x.div(127.5).sub_(1.0).clamp_(-1.0, 1.0).contiguous()  # [F, 3, h, w]
+
+
+def _crop_origin(room_h: int, room_w: int, anchor: tuple[float, float] | None) -> tuple[int, int]:
+    """Top-left corner of a crop leaving ``room_h × room_w`` pixels: centred (``//2``), or at ``anchor``."""
+    if anchor is None:
+        return room_h // 2, room_w // 2
+    return min(room_h, int(anchor[0] * (room_h + 1))), min(room_w, int(anchor[1] * (room_w + 1)))
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -623,7 +641,9 @@ class ClipDataset:
     ``BadVideo`` is recorded in ``bad_paths`` (path → reason; counted in ``bad_counts``) and replaced by an
     index drawn from a generator derived from ``rng`` alone, so the same ``(index, rng seed)`` always gives
     the same clip however often the bad file was seen before; ``"skipped"`` lists ``(path, reason)`` of the
-    sources skipped for this sample, which the loader logs once per epoch.
+    sources skipped for this sample, which the loader logs once per epoch. With ``bucketing`` the items are
+    the clips that fit a bucket, each cut at its bucket's size (``"bucket"`` in the sample), and a bad source
+    is replaced by a clip of the same bucket.
     """
 
     name: str
@@ -642,6 +662,10 @@ class ClipDataset:
     """Sources that raised ``BadVideo`` in this process: path → reason."""
     bad_counts: dict[str, int] = field(default_factory=dict)
     """How many times each bad source was drawn (and skipped) in this process."""
+    bucketing: BucketedIndex | None = None
+    """Buckets (``minivdit/data/buckets.py``, set by ``build_dataset``): the items are then the clips that fit
+    a bucket, ``get`` cuts each at its bucket's size and replaces a bad source by a clip of the same bucket.
+    None: every clip at ``spec``'s size."""
 
     def __post_init__(self):
         if not self.sources:
@@ -650,23 +674,43 @@ class ClipDataset:
             raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self.sources)} sources")
 
     def __len__(self) -> int:
+        if self.bucketing is not None:
+            return len(self.bucketing.index)
         return len(self.sources) * self.spec.variants
 
+    @property
+    def buckets(self) -> tuple | None:
+        """The buckets (``Bucket`` tuples), or None without buckets."""
+        return None if self.bucketing is None else self.bucketing.buckets
+
+    @property
+    def bucket_of(self) -> np.ndarray | None:
+        """[len] bucket id of each item (what the loader batches by), or None without buckets."""
+        return None if self.bucketing is None else self.bucketing.bucket_of
+
+    def _unbucketed(self, index: int) -> int:
+        return index if self.bucketing is None else int(self.bucketing.index[index])
+
     def path(self, index: int) -> str:
-        return source_path(self.sources[index // self.spec.variants])
+        return source_path(self.sources[self._unbucketed(index) // self.spec.variants])
 
     def get(self, index: int, rng: np.random.Generator) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range [0, {len(self)})")
         key = int(rng.integers(2**63))
         skipped: list[tuple[str, str]] = []
+        bucket, spec = None, self.spec
+        if self.bucketing is not None:
+            bucket = int(self.bucketing.bucket_of[index])
+            spec = self.bucketing.spec(self.spec, bucket)
         for attempt in range(self.max_retries + 1):
             sub = np.random.default_rng([key, attempt])
-            if attempt:
-                index = int(sub.integers(len(self)))
-            source, variant = divmod(index, self.spec.variants)
+            if attempt:  # a replacement of the same size: a batch never mixes buckets
+                pool = None if bucket is None else self.bucketing.members[bucket]
+                index = int(sub.integers(len(self))) if pool is None else int(pool[sub.integers(len(pool))])
+            source, variant = divmod(self._unbucketed(index), self.spec.variants)
             try:
-                video = sample_clip(self.sources[source], self.spec, sub, variant=variant)
+                video = sample_clip(self.sources[source], spec, sub, variant=variant)
             except BadVideo as e:
                 if e.path not in self.bad_paths:
                     logger.debug("%s: skipping %s", self.name, e)
@@ -676,6 +720,8 @@ class ClipDataset:
                 continue
             key = source_path(self.sources[source]) + (f"#{variant}" if self.spec.variants > 1 else "")
             out = {"video": video, "label": self.labels[source], "skipped": skipped, "key": key}
+            if bucket is not None:
+                out["bucket"] = bucket
             if self.captions is not None:
                 out["caption"] = self.captions[source]
             return out

@@ -19,6 +19,7 @@ Axis legend: B batch, S sequences (B·F or B·N), L sequence length, D width, H 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from einops import rearrange
 from torch import Tensor
 
 from minivdit.models.attention import Backend, attention
+from minivdit.models.context_parallel import ContextParallel
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -130,13 +132,18 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.cp: ContextParallel | None = None  # set by minivdit.dist.parallelize (--parallel.cp)
 
     def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "s l (three h d) -> three s h l d", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
+        if rope is not None:  # under context parallelism: this rank's slice of tokens and of the table
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        x = attention(q, k, v, backend=self.backend)  # [S, H, L, Dh]
+        attend = partial(attention, backend=self.backend)
+        if self.cp is not None and self.training:  # x holds L/cp tokens: Ulysses all-to-all around attention
+            x = self.cp.attention(q, k, v, attend)[0]  # [S, H, L/cp, Dh]
+        else:
+            x = attend(q, k, v)  # [S, H, L, Dh]
         return self.proj(rearrange(x, "s h l d -> s l (h d)"))
 
 

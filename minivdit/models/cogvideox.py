@@ -24,9 +24,17 @@ Deviations from diffusers:
 - RoPE cos/sin are computed here from the latent F, H, W with the pipelines' grids (diffusers: the pipeline
   passes them in); ``t_model`` must be [B]; the ofs value is ``cfg.ofs`` (the I2V pipeline passes 2.0).
 - The learned PE (5B-I2V) requires exactly the trained F, H, W and L = max_text_seq_length: ``ValueError``
-  otherwise (diffusers raises for H, W but silently substitutes a sin-cos table for another F). The sin-cos
+  otherwise (diffusers raises for H, W but silently substitutes a sin-cos table for another F), unless
+  ``learned_pe`` says otherwise: "drop" leaves it out (RoPE only: the diffusers CogVideoX I2V LoRA example's
+  and cogvideox-factory's ``--ignore_learned_positional_embeddings``, "for multi-resolution training"; what
+  the bucketed recipes use), "interpolate" resamples its video part trilinearly to the clip's token grid
+  (``interpolate_learned_pe``; text rows as they are; exact at the trained size). The sin-cos
   PE (2B) is rebuilt for any size, as diffusers does, but needs L = max_text_seq_length (diffusers: broadcast
   error). Like diffusers, the learned PE is a buffer: fine-tuning leaves it frozen.
+- Context parallelism (``--parallel.cp``, ``models/context_parallel.py``): the video tokens are split over the
+  ranks after the patch embedding (positions added), the text stays whole on every rank; in the joint
+  attention each rank attends with its heads of the text and of the whole video (Ulysses), and the text's
+  output is gathered over heads; the prediction and the tap are gathered.
 - 1.5: F must be divisible by patch_size_t; the pipeline pads by repeating the first latent; callers must
   (``pad_frames``, called by ``train_step``; ``minivdit.sample`` pads the noise).
 
@@ -63,6 +71,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +87,7 @@ from minivdit.models.attention import BACKENDS, Backend, attention
 from minivdit.models.blocks import sincos_1d
 from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cond import Cond
+from minivdit.models.context_parallel import ContextParallel
 from minivdit.models.dit import DiTOutput
 
 CLASS_NAME = "CogVideoXTransformer3DModel"
@@ -85,12 +95,12 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 # Not diffusers config.json keys: a run's choices (kernel, the frames and size it trains at), kept from the
 # run's config when ``--pretrained`` supplies the architecture.
-RUNTIME_FIELDS = _OURS = ("attn_backend", "ofs", "rope_grid", "input_size", "num_frames")
+RUNTIME_FIELDS = _OURS = ("attn_backend", "ofs", "rope_grid", "input_size", "num_frames", "learned_pe")
 
 
 @dataclass(frozen=True, kw_only=True)
 class CogVideoXConfig:
-    """A ``CogVideoXTransformer3DModel`` config.json (same keys, same defaults: the 2B) + 5 fields of ours."""
+    """A ``CogVideoXTransformer3DModel`` config.json (same keys, same defaults: the 2B) + 6 fields of ours."""
 
     num_attention_heads: int = 30
     """Attention heads (2B: 30; 5B: 48)."""
@@ -159,6 +169,11 @@ class CogVideoXConfig:
     None = the trained ``sample_height`` × ``sample_width``. The model itself accepts any size RoPE allows."""
     num_frames: int | None = None
     """Ours: latent frames F a run trains and samples at; None = the trained ``(sample_frames − 1)/4 + 1``."""
+    learned_pe: Literal["exact", "drop", "interpolate"] = "exact"
+    """Ours, learned PE (5B-I2V) only: "exact" = diffusers, only the trained (F, H, W) is accepted; "drop" =
+    the table is not added (RoPE only; diffusers' and cogvideox-factory's ``--ignore_learned_positional_
+    embeddings``; the choice of bucketed runs, ``--model.learned-pe drop``); "interpolate" = its video part
+    resampled trilinearly to each clip's token grid. The buffer stays in the state dict either way."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -182,6 +197,7 @@ class CogVideoXConfig:
             (self.sample_height % p == 0 and self.sample_width % p == 0, "sample H, W not divisible by p"),
             (self.attn_backend in BACKENDS, f"attn_backend must be one of {BACKENDS}"),
             (self.rope_grid in ("auto", "linspace", "slice"), "rope_grid must be auto | linspace | slice"),
+            (self.learned_pe in ("exact", "drop", "interpolate"), "learned_pe: exact | drop | interpolate"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
         ]
         if wrong := [what for holds, what in rules if not holds]:
@@ -228,6 +244,12 @@ class CogVideoXConfig:
     def has_abs_pos(self) -> bool:
         """A ``patch_embed.pos_embedding`` table is added (sin-cos without RoPE, or learned)."""
         return self.use_learned_positional_embeddings or not self.use_rotary_positional_embeddings
+
+    @property
+    def adds_abs_pos(self) -> bool:
+        """The absolute PE is added to the tokens (``has_abs_pos``, less a learned PE that ``learned_pe``
+        drops)."""
+        return self.has_abs_pos and not (self.use_learned_positional_embeddings and self.learned_pe == "drop")
 
     @property
     def trained_size(self) -> tuple[int, int, int]:
@@ -298,6 +320,23 @@ def sincos_3d_table(cfg: CogVideoXConfig, frames: int, height: int, width: int) 
     temporal = repeat(temporal, "f d -> (f n) d", n=gh * gw)
     video = torch.cat([temporal, repeat(spatial, "n d -> (f n) d", f=frames)], dim=1)  # [F·N, D]
     return torch.cat([video.new_zeros(cfg.max_text_seq_length, D), video])[None]
+
+
+def interpolate_learned_pe(
+    cfg: CogVideoXConfig, table: Tensor, frames: int, height: int, width: int
+) -> Tensor:
+    """The learned PE ``table`` [1, L + F0·h0·w0, D] (text rows, then video rows at the trained size) for
+    latents of ``frames × height × width``: the text rows as they are, the video rows resampled trilinearly
+    (``align_corners=False``, in fp32) from the trained token grid to ``frames × height/p × width/p``;
+    ``table`` itself at the trained size. ``learned_pe="interpolate"``."""
+    F0, H0, W0 = cfg.trained_size
+    if (frames, height, width) == (F0, H0, W0):
+        return table
+    L, p = cfg.max_text_seq_length, cfg.patch_size
+    video = rearrange(table[:, L:].float(), "o (f h w) d -> o d f h w", f=F0, h=H0 // p, w=W0 // p)
+    size = (frames, height // p, width // p)
+    video = F.interpolate(video, size=size, mode="trilinear", align_corners=False)  # [1, D, F, h, w]
+    return torch.cat([table[:, :L], rearrange(video, "o d f h w -> o (f h w) d").to(table.dtype)], dim=1)
 
 
 def resize_crop_region(grid: tuple[int, int], base_w: int, base_h: int) -> tuple[tuple[int, int], ...]:
@@ -380,10 +419,12 @@ class PatchEmbed(nn.Module):
             x = rearrange(video, "b (f t) c (h p) (w q) -> b (f h w) (c t p q)", t=pt, p=p, q=p)
             x = self.proj(x)  # [B, F'·N, D]
         x = torch.cat([self.text_proj(text), x], dim=1)  # [B, L + F'·N, D]
-        if self.pos_embedding is None:
+        if self.pos_embedding is None or not cfg.adds_abs_pos:  # no table, or a learned one dropped
             return x
-        if cfg.use_learned_positional_embeddings or cfg.trained_size == (F_, H, W):
-            pos = self.pos_embedding  # the model checked the size
+        if cfg.trained_size == (F_, H, W):
+            pos = self.pos_embedding
+        elif cfg.use_learned_positional_embeddings:  # "interpolate" ("exact" refused the size in _check)
+            pos = interpolate_learned_pe(cfg, self.pos_embedding, F_, H, W)
         else:  # sin-cos at another size: rebuilt, as diffusers does
             pos = sincos_3d_table(cfg, F_, H, W).to(x.device)
         return x + pos.to(x.dtype)
@@ -424,6 +465,7 @@ class Attention(nn.Module):
         self.to_q, self.to_k, self.to_v = (nn.Linear(D, D, bias=bias) for _ in range(3))
         self.norm_q, self.norm_k = nn.LayerNorm(Dh, eps=1e-6), nn.LayerNorm(Dh, eps=1e-6)
         self.to_out = nn.ModuleList([nn.Linear(D, D)])
+        self.cp: ContextParallel | None = None  # set by minivdit.dist.parallelize (--parallel.cp)
 
     def forward(self, x: Tensor, num_text: int, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         heads = lambda y: rearrange(y, "b s (h d) -> b h s d", h=self.heads)
@@ -432,7 +474,15 @@ class Attention(nn.Module):
         if rope is not None:  # video part only: text tokens carry no position
             q = torch.cat([q[:, :, :num_text], apply_rope(q[:, :, num_text:], *rope)], dim=2)
             k = torch.cat([k[:, :, :num_text], apply_rope(k[:, :, num_text:], *rope)], dim=2)
-        x = attention(q, k, v, backend=self.backend)  # [B, H, S, Dh]
+        attend = partial(attention, backend=self.backend)
+        if self.cp is not None and self.training:  # this rank's video tokens, the whole text: Ulysses
+            text, video = (lambda y: y[:, :, :num_text]), (lambda y: y[:, :, num_text:])
+            out, out_text = self.cp.attention(
+                video(q), video(k), video(v), attend, (text(q), text(k), text(v))
+            )
+            x = torch.cat([out_text, out], dim=2)  # [B, H, L + S/cp, Dh]
+        else:
+            x = attend(q, k, v)  # [B, H, S, Dh]
         return self.to_out[0](rearrange(x, "b h s d -> b s (h d)"))
 
 
@@ -563,6 +613,7 @@ class CogVideoXTransformer(nn.Module):
         self.norm_out = AdaNormOut(cfg)
         self.proj_out = nn.Linear(D, cfg.patch_size**2 * (cfg.patch_size_t or 1) * cfg.out_channels)
         self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
+        self.cp: ContextParallel | None = None  # likewise (--parallel.cp)
         pos = self.patch_embed.pos_embedding
         if pos is not None and not pos.is_meta:  # as diffusers: the PE (learned too) starts as sin-cos
             self.reset_buffers(learned=True)
@@ -629,10 +680,14 @@ class CogVideoXTransformer(nn.Module):
                 f"x_t {shape}: {F_} latent frames not divisible by patch_size_t {cfg.patch_size_t}; pad by "
                 "repeating the first latent frame, as the diffusers pipeline does"
             )
-        if cfg.has_abs_pos and cfg.max_text_seq_length != L:
+        if cfg.adds_abs_pos and cfg.max_text_seq_length != L:
             raise ValueError(f"the absolute PE needs {cfg.max_text_seq_length} text tokens, got L={L}")
-        if cfg.use_learned_positional_embeddings and cfg.trained_size != (F_, H, W):
-            raise ValueError(f"the learned PE covers (F, H, W)={cfg.trained_size} only, got x_t {shape}")
+        exact = cfg.use_learned_positional_embeddings and cfg.learned_pe == "exact"
+        if exact and cfg.trained_size != (F_, H, W):
+            raise ValueError(
+                f"the learned PE covers (F, H, W)={cfg.trained_size} only, got x_t {shape}: other sizes "
+                "(buckets) need --model.learned-pe drop (RoPE only) or interpolate"
+            )
         if tap is not None and not 1 <= tap <= cfg.num_layers:
             raise ValueError(f"tap={tap} out of range: blocks are 1-indexed, 1..{cfg.num_layers}")
 
@@ -651,15 +706,20 @@ class CogVideoXTransformer(nn.Module):
         seq = self.embedding_dropout(self.patch_embed(cond.context, x))  # [B, L + F'·N, D]
         ctx, x = seq[:, :L], seq[:, L:]  # [B, L, D], [B, F'·N, D]
         rope = rope_cos_sin(cfg, F_, H, W, x.device) if cfg.use_rotary_positional_embeddings else None
+        cp = self.cp if self.training else None  # models/context_parallel.py: the text stays whole
+        if cp is not None:
+            x = cp.shard(x, dim=1)  # [B, F'·N/cp, D]: this rank's video tokens
+            rope = tuple(cp.shard(r, dim=0) for r in rope) if rope is not None else None  # their angles
+        whole = (lambda y: y) if cp is None else (lambda y: cp.gather(y, dim=1))  # every rank's tokens
 
         hidden = None
         ac = self.grad_checkpointing if self.training else False  # models/checkpointing.py
         for i, block in enumerate(self.transformer_blocks):
             x, ctx = run_block(ac, i, block, x, ctx, emb, rope)
             if tap == i + 1:
-                hidden = rearrange(x, "b (f n) d -> b f n d", n=(H // p) * (W // p))  # [B, F', N, D]
+                hidden = rearrange(whole(x), "b (f n) d -> b f n d", n=(H // p) * (W // p))  # [B, F', N, D]
 
-        x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # [B, F'·N, p_t·p·p·C_out]
+        x = whole(self.proj_out(self.norm_out(self.norm_final(x), emb)))  # [B, F'·N, p_t·p·p·C_out]
         hw = dict(h=H // p, w=W // p, p=p, q=p)
         if cfg.patch_size_t is None:
             pred = rearrange(x, "b (f h w) (c p q) -> b f c (h p) (w q)", **hw)

@@ -20,7 +20,10 @@ Notable deviations from Latte:
   its EMA and checkpoints carry); the Latte key map drops them;
 - non-square latents are supported (``input_size=(h, w)``); Latte's unpatchify assumes square frames;
 - adaLN modulation is computed once per sample and broadcast (``blocks.py``); Latte repeats it per sequence;
-- optional RepVideo gate, 3-D RoPE, QK-norm and activation checkpointing; all off for Latte parity.
+- optional RepVideo gate, 3-D RoPE, QK-norm and activation checkpointing; all off for Latte parity;
+- full-3-D only: Ulysses context parallelism (``models/context_parallel.py``, ``--parallel.cp``) splits the
+  F·N tokens of a clip over ranks after the patch embedding (the RoPE table with them) and gathers them
+  back before the final layer's unpatchify and at the tap.
 
 Axis legend: B batch, F frames, C channels, H/W latent height/width, N tokens per frame, D width.
 """
@@ -51,6 +54,7 @@ from minivdit.models.blocks import (
 )
 from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cond import Cond
+from minivdit.models.context_parallel import ContextParallel
 from minivdit.models.repvideo import RepVideoGate
 
 CLASS_NAME = "VDiT"  # ``_class_name`` of a V-DiT pretrained folder's config.json
@@ -221,6 +225,7 @@ class VDiT(nn.Module):
         self.register_buffer("pos_embed", torch.empty(1, N, D), persistent=False)
         self.register_buffer("temp_embed", torch.empty(1, cfg.num_frames, D), persistent=False)
         self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
+        self.cp: ContextParallel | None = None  # likewise (--parallel.cp; full-3-D only)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -333,6 +338,17 @@ class VDiT(nn.Module):
         c = self.t_embedder(t_model)  # [B, D]
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)  # [B, D]
+        cp = self.cp if self.training else None  # models/context_parallel.py
+        if cp is not None:
+            if cfg.block_type != "full3d":
+                raise ValueError(
+                    f"context parallelism splits one attention sequence: it needs block_type='full3d', got "
+                    f"{cfg.block_type!r} (a spatial or temporal block attends within a frame or a position)"
+                )
+            x = cp.shard(
+                rearrange(x, "b f n d -> b 1 (f n) d"), dim=2
+            )  # [B, 1, F·N/cp, D]: this rank's tokens
+            rope = cp.shard(rope, dim=0)  # [F·N/cp, Dh/2]: their angles
 
         hidden = None
         cache = [x]  # RepVideo: the cache starts from the embedding output, as released
@@ -345,10 +361,12 @@ class VDiT(nn.Module):
             x = run_block(ac, i, self._run_block, i, x, c, rope)  # [B, F, N, D]
             if self.repvideo is not None:
                 cache = self.repvideo.update(i, x, cache)
-            if tap == i + 1:
-                hidden = x
+            if tap == i + 1:  # under cp: every rank's tokens, back in one [B, F, N, D]
+                hidden = x if cp is None else rearrange(cp.gather(x, 2), "b 1 (f n) d -> b f n d", f=F)
 
         x = self.final_layer(rearrange(x, "b f n d -> (b f) n d"), c)  # [B·F, N, p·p·C_out]
+        if cp is not None:  # [B, F·N/cp, p·p·C_out] → every rank's tokens
+            x = rearrange(cp.gather(x, dim=1), "b (f n) e -> (b f) n e", f=F)
         p = cfg.patch_size
         pred = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=gh, w=gw, p=p, q=p)
         return DiTOutput(pred=pred, hidden=hidden)  # pred [B, F, C_out, H, W]

@@ -29,6 +29,10 @@ cross-attention LN, the CLIP-token LNs) in fp32, the modulation and the LayerNor
 the gated residual adds run in fp32 before casting back, exactly where diffusers casts (l.484-502, 714-723).
 
 Deviations from diffusers:
+- Context parallelism (``--parallel.cp``, ``models/context_parallel.py``; diffusers has none in the model):
+  the video tokens are split over the ranks after the patch embedding (FlashI2V's Fourier tokens are added
+  before), RoPE rotates each rank's slice, self-attention runs Ulysses' all-to-alls, cross-attention needs
+  nothing (local queries, whole context); the prediction and the tap are gathered.
 - Text and image tokens arrive separately (``cond.context``, ``cond.image_context``) and each block gets both.
   diffusers concatenates [image; text] and splits them again in every cross-attention at
   ``L − 512`` ("512 is the context length of the text encoder, hardcoded for now", ``WanAttnProcessor``
@@ -74,6 +78,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +93,7 @@ from minivdit.models.attention import BACKENDS, Backend, attention
 from minivdit.models.checkpointing import Checkpointing, run_block
 from minivdit.models.cogvideox import assign_weights, weight_files
 from minivdit.models.cond import Cond
+from minivdit.models.context_parallel import ContextParallel
 from minivdit.models.dit import DiTOutput
 
 CLASS_NAME = "WanTransformer3DModel"
@@ -406,6 +412,7 @@ class WanAttention(nn.Module):
             self.add_k_proj = nn.Linear(cfg.added_kv_proj_dim, D)
             self.add_v_proj = nn.Linear(cfg.added_kv_proj_dim, D)
             self.norm_added_k = nn.RMSNorm(D, eps=cfg.eps)
+        self.cp: ContextParallel | None = None  # set by minivdit.dist.parallelize (--parallel.cp)
 
     def _heads(self, y: Tensor) -> Tensor:
         return rearrange(y, "b s (h d) -> b h s d", h=self.heads)
@@ -423,9 +430,13 @@ class WanAttention(nn.Module):
         kv = x if ctx is None else ctx
         q = self._heads(self.norm_q(self.to_q(x)))  # norm over D, then heads: [B, H, S, Dh]
         k, v = self._heads(self.norm_k(self.to_k(kv))), self._heads(self.to_v(kv))
-        if rope is not None:
+        if rope is not None:  # under context parallelism: this rank's tokens and their angles
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q, k, v, backend=self.backend, mask=mask)  # [B, H, S, Dh]
+        attend = partial(attention, backend=self.backend, mask=mask)
+        if ctx is None and self.cp is not None and self.training:  # self-attention over S/cp tokens: Ulysses
+            out = self.cp.attention(q, k, v, attend)[0]  # [B, H, S/cp, Dh]
+        else:  # cross-attention: local queries, the whole context on every rank
+            out = attend(q, k, v)  # [B, H, S, Dh]
         if image is not None:  # same query, its own keys and values, no mask (anchors §1.8)
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
             out = out + attention(q, k_img, self._heads(self.add_v_proj(image)), backend=self.backend)
@@ -502,6 +513,7 @@ class WanTransformer(nn.Module):
         self.proj_out = nn.Linear(D, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, D) / D**0.5)  # diffusers l.624
         self.grad_checkpointing: bool | Checkpointing = False  # set by minivdit.dist.parallelize
+        self.cp: ContextParallel | None = None  # likewise (--parallel.cp)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -580,18 +592,23 @@ class WanTransformer(nn.Module):
         temb, mod, ctx, image = self.condition_embedder(t_model, cond.context.to(dtype), image)
         rope = rope_cos_sin(cfg, f, h, w, x.device)
         mask = cond.context_mask.bool() if cond.context_mask is not None else None  # [B, L]
+        cp = self.cp if self.training else None  # models/context_parallel.py
+        if cp is not None:
+            x = cp.shard(x, dim=1)  # [B, F'·N/cp, D]: this rank's video tokens
+            rope = tuple(cp.shard(r, dim=0) for r in rope)  # their angles
+        whole = (lambda y: y) if cp is None else (lambda y: cp.gather(y, dim=1))  # every rank's tokens
 
         hidden = None
         ac = self.grad_checkpointing if self.training else False  # models/checkpointing.py
         for i, block in enumerate(self.blocks):
             x = run_block(ac, i, block, x, ctx, image, mod, rope, mask)
             if tap == i + 1:
-                hidden = rearrange(x, "b (f n) d -> b f n d", f=f)  # [B, F', N, D]
+                hidden = rearrange(whole(x), "b (f n) d -> b f n d", f=f)  # [B, F', N, D]
 
         # head: (shift, scale) from the un-projected temb, in fp32 (diffusers l.714-723)
         shift, scale = rearrange(self.scale_shift_table + temb[:, None], "b two d -> two b 1 d")
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = self.proj_out(x)  # [B, F'·N, p_t·p_h·p_w·C]
+        x = whole(self.proj_out(x))  # [B, F'·N, p_t·p_h·p_w·C]
         pred = rearrange(
             x, "b (f h w) (pt ph pw c) -> b (f pt) c (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw
         )
