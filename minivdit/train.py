@@ -45,7 +45,13 @@ from minivdit.conditioning.text import TextEncoderConfig, build_text_encoder, nu
 from minivdit.conditioning.vlm import VLMConfig, VLMEncoder, vlm_identity
 from minivdit.config import check_types, cli, from_dict, to_dict
 from minivdit.data import Batch, DataConfig, build_loader
-from minivdit.data.shards import cache_mismatches, clip_mismatches, start_frame_mismatches
+from minivdit.data.shards import (
+    cache_mismatches,
+    clip_mismatches,
+    precision_mismatches,
+    sampler_mismatches,
+    start_frame_mismatches,
+)
 from minivdit.eval.evaluate import EvalConfig
 from minivdit.log import MetricLogger, setup_logging
 from minivdit.models import cogvideox as cogvideox_model
@@ -986,7 +992,8 @@ def check_dataset(cfg: TrainConfig, dataset) -> None:
                 "captions with clips to encode online"
             )
     problems = cache_mismatches(meta, vae=to_dict(cfg.vae), teacher=teacher, grid=cfg.model.grid, text=text)
-    problems += clip_mismatches(meta, cfg.data)
+    problems += clip_mismatches(meta, cfg.data) + sampler_mismatches(meta, cfg.data)
+    problems += precision_mismatches(meta, cfg.precision)
     read = getattr(dataset, "fields", fields)  # the fields the run reads (--data.shard-fields)
     problems += start_frame_mismatches(meta, read, flashi2v=cfg.flashi2v is not None, i2v=cfg.i2v)
     if problems:

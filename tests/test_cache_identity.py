@@ -252,3 +252,41 @@ def test_the_vae_is_parked_only_when_nothing_in_the_step_encodes(tiny_cfg):
     assert not train_mod.vae_only_decodes(cfg, type("Clips", (), {})())  # no cache: the step encodes
     i2v = tiny_cfg(i2v={"mode": "first"}, model={"cond_channels": 3})
     assert not train_mod.vae_only_decodes(i2v, cached)  # the first frame is encoded in the step
+
+
+def test_frame_sampler_precision_and_text_dtype_stamps_are_compared():
+    """Issue 21 §2: a cache says how its clips were sampled, under which precision its latents were encoded
+    and in which dtype its text encoder ran; a run that would compute otherwise is refused, naming the field
+    and what rebuilds the cache or matches it."""
+    from minivdit.data import DataConfig
+
+    fps = {
+        "dataset": "folder",
+        "frame_sampling": "fps",
+        "fps": [8.0],
+        "skip_frames": 3,
+        "random_start": False,
+    }
+    meta = {"source": fps, "fields": {"latents": {}}, "precision": "bf16"}
+    run = DataConfig(frame_sampling="fps", fps=(8.0,), skip_frames=3, random_start=False)
+    assert S.sampler_mismatches(meta, run) == [] and S.precision_mismatches(meta, "bf16") == []
+    [why] = S.sampler_mismatches(meta, DataConfig())  # the default: 3 frames apart
+    assert "sampled with frame_sampling='fps', skip_frames=3" in why and "frame_sampling='interval'" in why
+    assert "--data.frame-sampling fps --data.fps 8 --data.skip-frames 3 --data.no-random-start" in why
+    [why] = S.sampler_mismatches(meta, dataclasses.replace(run, fps=(16.0,)))
+    assert "fps=[8.0]" in why and "fps=(16.0,)" in why and "skip_frames" not in why.split(":")[0]
+    interval = {"dataset": "ucf101", "frame_sampling": "interval", "frame_interval": 3, "fps": [8.0]}
+    assert S.sampler_mismatches({"source": interval}, DataConfig(fps=(2.0,))) == []  # fps unused there
+    assert S.sampler_mismatches({"source": {"dataset": "synthetic", "frame_sampling": "fps"}}, run) == []
+
+    [why] = S.precision_mismatches(meta, "fp32")
+    assert "--precision bf16 (meta.json precision)" in why and "--precision fp32 --overwrite" in why
+    assert S.precision_mismatches({"fields": {"video": {}}, "precision": "bf16"}, "fp32") == []  # clips only
+
+    identity = {k: "x" for k in S.TEXT_IDENTITY_KEYS} | {"dtype": "bfloat16"}
+    text = {"fields": {"text": {}}, "text_encoder": identity}
+    assert S.text_cache_mismatch(text, identity) is None
+    why = S.text_cache_mismatch(text, identity | {"dtype": "float32"})
+    assert why is not None and "differing: dtype" in why
+    old = {"fields": {"text": {}}, "text_encoder": {k: v for k, v in identity.items() if k != "dtype"}}
+    assert S.text_cache_mismatch(old, identity | {"dtype": "float32"}) is None  # no stamp: not compared

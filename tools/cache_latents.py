@@ -6,7 +6,7 @@
         --data.image-size 256 --data.num-workers 8 --out /data/cache/ucf101-sd-dino-sam2 \\
         --vae.kind sd --vae.path /models/sd-vae-ft-ema \\
         --teacher.dinov2 /models/dinov2-base --teacher.sam2 /models/sam2.1-hiera-base-plus \\
-        --device cuda --batch-size 16
+        --device cuda --batch-size 16 --precision bf16   # the recipe's precision (a run checks it)
 
     # then train from the cache: the loader fills Batch.latents / Batch.feats and train_step skips the VAE
     # encoder and the teachers (the VAE is still loaded to decode samples)
@@ -61,7 +61,9 @@ latents and clips only, ``--keep-video`` without teachers, and run the teachers 
 The clips are decoded, sampled and augmented as ``tools/make_shards.py`` does (repeat k = the loader's draw
 for epoch k, ``--repeats``). Resumable: finished shards are skipped on a rerun with the same flags.
 ``--precision bf16`` runs the VAE and teachers under bf16 autocast (as ``train_step`` with
-``--precision bf16``); fp32 by default.
+``--precision bf16``); fp32 by default. Give the run's: meta.json's ``precision`` is compared with the run's
+``--precision``, and another one is refused (``shards.precision_mismatches``), as are clips sampled with
+another frame sampler than the run's ``--data.*`` (``shards.sampler_mismatches``).
 
 Import from Python: ``main([...])`` or ``cache_latents(CacheConfig(...))`` (tests load this file with
 ``importlib``).

@@ -2,9 +2,10 @@
 
     # 1. clips (or latents) with captions: a CSV of videoid,name as ChronoMagic-ProH ships, 49 frames 480x720
     python tools/cache_latents.py --data.dataset folder --data.root /data/ChronoMagic-ProH/videos \\
-        --data.labels-csv ChronoMagic-ProH.csv --data.num-frames 49 --data.frame-interval 1 \\
-        --data.image-size 480 720 --vae.kind cogvideox --vae.path /models/CogVideoX-5b-I2V/vae \\
-        --keep-video --out /data/cache/chronomagic-49x480x720
+        --data.labels-csv ChronoMagic-ProH.csv --data.num-frames 49 --data.frame-sampling fps \\
+        --data.skip-frames 3 --data.no-random-start --data.image-size 480 720 --precision bf16 \\
+        --vae.kind cogvideox --vae.path /models/CogVideoX-5b-I2V/vae --keep-video \\
+        --out /data/cache/chronomagic-49x480x720
     # 2. the captions' T5 tokens, [226, 4096] bf16 per sample (1.8 MB), into the same shards
     python tools/cache_text.py --root /data/cache/chronomagic-49x480x720 \\
         --text.path /models/CogVideoX-5b-I2V --device cuda

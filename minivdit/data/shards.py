@@ -1082,8 +1082,9 @@ TEXT_IDENTITY_KEYS = (
     "frame_size",
     "system_prompt",
 )
-"""The keys of a text encoder's identity that decide its tokens (the folder names and dtype are recorded in
-meta.json but not compared: folders move between machines, and the cache has its own dtype). ``clean`` (the
+"""The keys of a text encoder's identity that decide its tokens (the folder names are recorded in meta.json
+but not compared: folders move between machines). Its ``dtype`` (the encoder's weights and compute, not the
+cache's storage dtype) is compared too, when the cache records one (``text_cache_mismatch``). ``clean`` (the
 Wan prompt cleaning) is present only when True, so identities made before it existed still match; the last
 five are a VLM's (``minivdit.conditioning.vlm.vlm_identity``: the prompt's template and frame, the layer),
 absent from a T5's."""
@@ -1110,6 +1111,8 @@ def text_cache_mismatch(meta: Mapping, identity: Mapping | None) -> str | None:
         return None
     have = meta.get("text_encoder") or {}
     diff = [k for k in TEXT_IDENTITY_KEYS if have.get(k) != identity.get(k)]
+    if have.get("dtype") is not None and identity.get("dtype") not in (None, have["dtype"]):
+        diff.append("dtype")  # the encoder's compute dtype (not the cache's storage dtype)
     if not diff:
         return None
     return (
@@ -1213,6 +1216,64 @@ def cache_mismatches(
                 f"re-run tools/cache_latents.py on the run's grid"
             )
     return out
+
+
+SAMPLER_FIELDS = {
+    "interval": ("frame_interval",),
+    "fps": ("fps", "skip_frames", "random_start"),
+    "even": ("skip_frames",),
+}
+"""``DataConfig.frame_sampling`` → the fields that decide which frames of a real video it takes."""
+
+
+def _data_flag(name: str, value) -> str:
+    """The command-line spelling of ``DataConfig.<name> = value`` (tyro: ``--data.no-x`` for a false bool)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--data.{flag}" if value else f"--data.no-{flag}"
+    if isinstance(value, (list, tuple)):
+        return f"--data.{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"--data.{flag} {value}"
+
+
+def sampler_mismatches(meta: Mapping, data) -> list[str]:
+    """Why the clips in the shards of ``meta`` were not taken from their videos as the run's ``data`` (a
+    ``DataConfig``) takes them (empty: they were). Compared: the frame sampler and the fields that decide its
+    frames (``SAMPLER_FIELDS``), from meta.json's ``source`` (``tools/make_shards.py``,
+    ``tools/cache_latents.py``). Synthetic sources are not compared: their clips span the whole motion
+    whatever the sampler."""
+    source = meta.get("source") or {}
+    if source.get("dataset") in (None, "synthetic") or "frame_sampling" not in source:
+        return []
+    names = ("frame_sampling", *SAMPLER_FIELDS.get(source["frame_sampling"], ()))
+    listed = lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else v  # JSON: tuples as lists
+    differ = [k for k in names if listed(source.get(k)) != listed(getattr(data, k))]
+    if not differ:
+        return []
+    theirs = ", ".join(f"{k}={source.get(k)!r}" for k in differ)
+    ours = ", ".join(f"{k}={getattr(data, k)!r}" for k in differ)
+    flags = " ".join(_data_flag(k, source.get(k)) for k in names)
+    return [
+        f"the shards' clips were sampled with {theirs} (meta.json source), the run samples with {ours}: "
+        f"rebuild them with the run's --data.* flags (python tools/make_shards.py ..., then any caches), "
+        f"or train on these clips with {flags}"
+    ]
+
+
+PRECISION_REBUILD = "python tools/cache_latents.py <the same flags> --precision {} --overwrite"
+
+
+def precision_mismatches(meta: Mapping, precision: str) -> list[str]:
+    """Why the latents / teacher features of ``meta`` were not computed in the run's ``precision`` (the
+    autocast the trainer would encode under: ``train_step``), empty when they were or when meta.json
+    predates the stamp (``precision``, written by ``tools/cache_latents.py``)."""
+    have = meta.get("precision")
+    if have is None or not ({"latents", "feats"} & set(meta.get("fields", {}))) or have == precision:
+        return []
+    return [
+        f"the cached latents/feats were computed under --precision {have} (meta.json precision), the run "
+        f"encodes under {precision}: re-cache with " + PRECISION_REBUILD.format(precision)
+    ]
 
 
 def clip_mismatches(meta: Mapping, data) -> list[str]:
