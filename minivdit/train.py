@@ -1224,11 +1224,13 @@ def restore(
     )
     step = meta["step"]
     loader.load_state_dict(rank_state["data"])
-    if meta.get("world", ctx.world) != ctx.world:
+    saved_dp = (meta.get("config") or {}).get("parallel", {}).get("cp", 1)  # context groups share data
+    saved_dp = meta.get("world", ctx.world) // max(int(saved_dp), 1)
+    if meta.get("world", ctx.world) != ctx.world or saved_dp != ctx.dp_world:
         log.warning(
-            f"resuming a {meta['world']}-rank checkpoint on {ctx.world} ranks: weights, EMA and "
-            f"optimizer state are exact, but the data order restarts from each rank's saved "
-            f"position (clips of this epoch may repeat or be skipped)"
+            f"resuming a checkpoint of {meta['world']} ranks ({saved_dp} data-parallel) on {ctx.world} "
+            f"({ctx.dp_world} data-parallel): weights, EMA and optimizer state are exact, but the data order "
+            f"restarts from each rank's saved position (clips of this epoch may repeat or be skipped)"
         )
     log.info(f"resumed from {resume_from} at step {step}")
     if step >= cfg.max_steps:

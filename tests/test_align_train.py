@@ -179,7 +179,8 @@ def test_config_errors(tiny_cfg, teachers):
 
 
 def test_quickstart_align_builds_tiny_teachers(tmp_path, metrics):
-    """The recipe with no teacher path trains against tiny random DINOv2 + SAM2 teachers (and says so)."""
+    """The recipe with its teacher folder cleared and ``--teacher.tiny-random`` trains against tiny random
+    DINOv2 + SAM2 teachers (and says so). Its default teacher: tests/test_syn_teacher.py."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_align.py"
@@ -190,7 +191,8 @@ def test_quickstart_align_builds_tiny_teachers(tmp_path, metrics):
         "--out-dir", str(tmp_path), "--max-steps", "2", "--log.every", "1", "--sample-every", "-1",
         "--model.depth", "2", "--model.hidden-size", "32", "--model.num-heads", "2",
         "--data.batch-size", "2", "--align.block-index", "1", "--align.projector-dim", "32",
-        "--log.no-tensorboard",
+        "--log.no-tensorboard", "--teacher.videomae", "None", "--teacher.tiny-random",
+        "--align.frame-match", "per_frame",
     ]  # fmt: skip
     cfg = tyro.cli(TrainConfig, default=recipe.config(), args=args, config=(tyro.conf.AvoidSubcommands,))
     train(cfg)

@@ -1,0 +1,154 @@
+"""The synthetic-world teacher (``minivdit/align/syn_teacher.py``, ``tools/train_syn_teacher.py``): a tiny
+one trained for two steps loads through ``TeacherConfig(videomae=...)``, is stamped, is reused from its cache,
+is never left half-written, probes to accuracies in [0, 1], and is the quickstart_align recipe's default
+teacher (trained on first use only when the run aligns to it).
+
+Run: ``pytest -q tests/test_syn_teacher.py`` (CPU, about 20 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minivdit.align import syn_teacher
+from minivdit.align.syn_teacher import STAMP, SynTeacherConfig, ensure, probe, read_stamp
+from minivdit.align.teachers import TeacherConfig, build_teacher
+from minivdit.train import parse, train
+
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
+]
+ROOT = Path(__file__).resolve().parents[1]
+# The quickstart's clip and grid (8 frames of 16x16, patch 4), a model a few hundred parameters wide.
+TINY = [
+    "--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--hidden-size", "16", "--num-layers", "1",
+    "--num-heads", "2", "--decoder-hidden-size", "16", "--decoder-layers", "1", "--threads", "1",
+    "--seed", "3",
+]  # fmt: skip
+TINY_CFG = SynTeacherConfig(
+    steps=2, batch_size=2, warmup_steps=1, hidden_size=16, num_layers=1, num_heads=2,
+    decoder_hidden_size=16, decoder_layers=1, threads=1, seed=3,
+)  # fmt: skip
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses resolve their (string) annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load(ROOT / "tools" / "train_syn_teacher.py", "train_syn_teacher")
+
+
+@pytest.fixture(scope="module")
+def folder(tool, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "teacher"
+    stamp = tool.main([*TINY, "--out", str(out)])
+    assert Path(stamp["out"]) == out.resolve()
+    return out
+
+
+def test_tool_folder_loads_through_teacher_config(folder):
+    teacher = build_teacher(TeacherConfig(videomae=str(folder)), grid=(4, 4))
+    assert teacher.names == ("videomae",) and teacher.dims == (16,)
+    video = torch.rand(3, 8, 3, 16, 16) * 2 - 1
+    feats = teacher(video)
+    assert feats.shape == (3, 4, 16, 16)  # [B, F' = T / tubelet, h·w, D]
+    assert torch.isfinite(feats).all()
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["VideoMAEModel"]
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_stamp_holds_seed_steps_and_settings(folder):
+    stamp = read_stamp(folder)
+    assert (stamp["seed"], stamp["steps"]) == (3, 2)
+    assert stamp["settings"]["hidden_size"] == 16 and stamp["settings"]["version"] == syn_teacher.VERSION
+    assert stamp["command"][0] == "tools/train_syn_teacher.py" and "--steps" in stamp["command"]
+    assert len(stamp["loss_curve"]) == 2 and stamp["loss_final"] > 0 and stamp["probe"] is None
+    assert stamp["data"]["split"] == "in_domain"  # no labels read; the out-of-domain pairs stay unseen
+
+
+def test_rerun_reuses_the_cache(tool, folder, monkeypatch):
+    before = (folder / STAMP).stat().st_mtime_ns, (folder / "model.safetensors").stat().st_mtime_ns
+
+    def no_training(cfg):
+        raise AssertionError("retrained a cached teacher")
+
+    monkeypatch.setattr(syn_teacher, "train", no_training)
+    assert tool.main([*TINY, "--out", str(folder)])["steps"] == 2
+    assert ensure(TINY_CFG, folder) == folder
+    after = (folder / STAMP).stat().st_mtime_ns, (folder / "model.safetensors").stat().st_mtime_ns
+    assert before == after
+    with pytest.raises(ValueError, match="another teacher's settings"):
+        ensure(dataclasses.replace(TINY_CFG, steps=3), folder)
+
+
+def test_default_folder_is_keyed_by_the_settings():
+    assert syn_teacher.default_dir() == syn_teacher.ROOT / syn_teacher.cache_key(SynTeacherConfig())
+    assert syn_teacher.default_dir(TINY_CFG) != syn_teacher.default_dir()
+    assert syn_teacher.cache_key(TINY_CFG) == syn_teacher.cache_key(dataclasses.replace(TINY_CFG))
+
+
+def test_interrupted_write_leaves_no_folder(tmp_path, monkeypatch):
+    out = tmp_path / "teacher"
+
+    def power_cut(tmp, final):
+        assert (Path(tmp) / "config.json").is_file() and (Path(tmp) / STAMP).is_file()  # written, unpublished
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(syn_teacher, "publish", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        ensure(TINY_CFG, out)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary one
+    monkeypatch.undo()
+    assert ensure(TINY_CFG, out) == out and read_stamp(out)["steps"] == 2  # the next call trains it whole
+
+
+def test_probe_returns_accuracies(folder):
+    result = probe(folder, TINY_CFG, clips_per_set=20)
+    for model in ("trained", "random_init"):
+        assert set(result[model]) == {"class", "motion", "class_max", "motion_max"}
+        assert all(0.0 <= acc <= 1.0 for acc in result[model].values())
+    assert result["chance"] == 0.1
+
+
+def test_linear_probe_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 5, generator=gen) * 0.1 + torch.nn.functional.one_hot(y, 5).float()
+    assert syn_teacher.linear_probe(x[:30], y[:30], x[30:], y[30:]) == 1.0
+
+
+def test_quickstart_align_defaults_to_the_syn_teacher(folder, tmp_path, monkeypatch):
+    recipe = load(ROOT / "recipes" / "quickstart_align.py", "quickstart_align")
+    default = recipe.config()
+    assert default.teacher.videomae == recipe.SYN_TEACHER == str(syn_teacher.default_dir())
+    assert default.align.frame_match == "tubelet_repeat"
+    calls = []
+    monkeypatch.setattr(syn_teacher, "ensure", lambda cfg, out: calls.append((cfg, out)))
+    recipe.ensure_teacher(default)  # the default folder: trained on first use (here: recorded)
+    assert calls == [(SynTeacherConfig(), recipe.SYN_TEACHER)]
+    args = [
+        "--out-dir", str(tmp_path), "--max-steps", "2", "--log.every", "1", "--sample-every", "-1",
+        "--model.depth", "2", "--model.hidden-size", "32", "--model.num-heads", "2", "--data.batch-size", "2",
+        "--align.block-index", "1", "--align.projector-dim", "32", "--log.no-tensorboard",
+        "--precision", "fp32", "--teacher.videomae", str(folder),
+    ]  # fmt: skip
+    cfg = parse(default, args)
+    recipe.ensure_teacher(cfg)  # a folder given on the command line is used as it is
+    assert len(calls) == 1
+    train(cfg)  # the recipe's alignment with a (tiny) synthetic-world teacher: tubelet features, 8 frames
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("loss/align" in r for r in rows)
