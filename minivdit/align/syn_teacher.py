@@ -103,15 +103,30 @@ class SynTeacherConfig:
 
     def __post_init__(self):
         check_types(self)
+        sizes = (
+            "steps",
+            "batch_size",
+            "num_frames",
+            "image_size",
+            "patch_size",
+            "tubelet_size",
+            "hidden_size",
+        )
+        sizes += ("num_layers", "num_heads", "decoder_hidden_size", "decoder_layers", "threads")
+        if small := [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]:
+            raise ValueError(f"SynTeacherConfig: {', '.join(small)} must be >= 1")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"SynTeacherConfig: lr > 0 (finite), warmup_steps >= 0 and weight_decay >= 0, got {self.lr}, "
+                f"{self.warmup_steps}, {self.weight_decay}"
+            )
         if self.image_size % self.patch_size or self.num_frames % self.tubelet_size:
             raise ValueError(
                 f"image_size {self.image_size} / num_frames {self.num_frames} must be multiples of "
                 f"patch_size {self.patch_size} / tubelet_size {self.tubelet_size}"
             )
-        if self.steps < 1 or self.batch_size < 1 or self.threads < 1:
-            raise ValueError("steps, batch_size and threads must be >= 1")
         if self.hidden_size % self.num_heads or self.decoder_hidden_size % self.num_heads:
             raise ValueError("hidden_size and decoder_hidden_size must be multiples of num_heads")
 
