@@ -114,7 +114,13 @@ def test_run_on_shards_of_real_videos_finds_the_source(tmp_path, tiny_cfg, capsy
     cfg = tiny_cfg(
         max_steps=2,
         model=TINY_MODEL | {"num_classes": 0},
-        data={"dataset": "shards", "root": str(shards), "num_frames": FRAMES, "image_size": SIZE},
+        data={
+            "dataset": "shards",
+            "root": str(shards),
+            "num_frames": FRAMES,
+            "image_size": SIZE,
+            "frame_interval": 1,
+        },
         eval=ev,
     )
     run_dir = train(cfg)

@@ -152,3 +152,14 @@ def test_quickstart_align_defaults_to_the_syn_teacher(folder, tmp_path, monkeypa
     train(cfg)  # the recipe's alignment with a (tiny) synthetic-world teacher: tubelet features, 8 frames
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("loss/align" in r for r in rows)
+
+
+def test_masks_hide_what_each_mode_says():
+    """'tube': the same positions in every tubelet; 'future': the last tubelets whole."""
+    gen = torch.Generator().manual_seed(0)
+    tube = syn_teacher.mask(SynTeacherConfig(mask_ratio=0.75), 3, gen).view(
+        3, 4, 16
+    )  # [B, tubelets, positions]
+    assert (tube == tube[:, :1]).all() and (tube.sum(-1) == 12).all()
+    future = syn_teacher.mask(SynTeacherConfig(masking="future", mask_ratio=0.5), 3, gen).view(3, 4, 16)
+    assert not future[:, :2].any() and future[:, 2:].all()
