@@ -106,7 +106,7 @@ class DistContext:
     local_rank: int
     device: torch.device
     cp: int = 1
-    context: ContextParallel | None = field(default=None, compare=False)
+    context: GroupContextParallel | None = field(default=None, compare=False)
     """This rank's context-parallel group (None when cp = 1); ``parallelize`` gives it to the backbone."""
 
     @property
@@ -172,7 +172,7 @@ def init(cp: int = 1) -> DistContext:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, (world // cp, cp), mesh_dim_names=("dp", "cp"))
-        context = ContextParallel(cp, rank % cp, mesh.get_group("cp"))
+        context = GroupContextParallel(cp, rank % cp, mesh.get_group("cp"))
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=device, cp=cp, context=context)
 
 
@@ -188,6 +188,62 @@ def teardown(clean: bool | None = None) -> None:
         return
     dist.barrier()
     dist.destroy_process_group()
+
+
+class GroupContextParallel(ContextParallel):
+    """``models.context_parallel.ContextParallel`` over a process group: its collectives are the autograd
+    all-to-all and all-gather below (that module's docstring: why the gradients are exact)."""
+
+    def __init__(self, size: int, rank: int, group: dist.ProcessGroup):
+        super().__init__(size, rank)
+        self.group = group
+
+    def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return _CPGather.apply(x, dim, self)
+
+    def _seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return _CPAllToAll.apply(x, 1, 2, self)
+
+    def _heads_to_seq(self, x: torch.Tensor) -> torch.Tensor:
+        return _CPAllToAll.apply(x, 2, 1, self)
+
+
+def _all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int, cp: GroupContextParallel) -> torch.Tensor:
+    """Cut ``x`` in ``cp.size`` chunks along ``scatter_dim``, send chunk j to rank j, and concatenate what
+    arrives (rank order) along ``gather_dim``."""
+    send = torch.stack(x.chunk(cp.size, dim=scatter_dim)).contiguous()  # [cp, ...chunk]
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=cp.group)
+    return torch.cat(recv.unbind(0), dim=gather_dim)
+
+
+class _CPAllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scatter_dim: int, gather_dim: int, cp: GroupContextParallel):
+        ctx.dims, ctx.cp = (scatter_dim, gather_dim), cp
+        return _all_to_all(x, scatter_dim, gather_dim, cp)
+
+    @staticmethod
+    def backward(ctx, grad):  # the inverse all-to-all
+        scatter_dim, gather_dim = ctx.dims
+        return _all_to_all(grad, gather_dim, scatter_dim, ctx.cp), None, None, None
+
+
+class _CPGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim: int, cp: GroupContextParallel):
+        ctx.dim, ctx.cp = dim, cp
+        whole = x.new_empty((cp.size * x.shape[0], *x.shape[1:]))  # rank slices stacked along dim 0
+        dist.all_gather_into_tensor(whole, x.contiguous(), group=cp.group)
+        return torch.cat(whole.chunk(cp.size), dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cp = ctx.cp
+        send = torch.cat(grad.chunk(cp.size, dim=ctx.dim)).contiguous()  # rank slices stacked along dim 0
+        mine = send.new_empty((send.shape[0] // cp.size, *send.shape[1:]))
+        dist.reduce_scatter_tensor(mine, send, group=cp.group)  # Σ over ranks of the gradient of my slice
+        return mine, None, None
 
 
 def barrier() -> None:

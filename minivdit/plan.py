@@ -194,7 +194,7 @@ def trace(cfg, *, batch: int, dtype: torch.dtype, device_type: str) -> dict:
         model = build_model(cfg).to(dtype)
     model.train()
     if cfg.parallel.cp > 1:  # one rank of a context group: its L/cp tokens, collectives as local copies
-        context_parallel.enable(model, ContextParallel(cfg.parallel.cp, 0, group=None))
+        context_parallel.enable(model, ContextParallel(cfg.parallel.cp, 0))
 
     def release(p: torch.Tensor) -> None:
         p.grad = None  # gradients are their own term (FSDP reduce-scatters and frees each block's)

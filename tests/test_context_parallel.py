@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from test_dist import torchrun, torchrun_train  # tests/ is on sys.path
 from tiny_cogvideox import TINY_TRANSFORMER
 
 from minivdit.align.teachers import TeacherConfig, make_tiny_teacher
-from minivdit.config import to_dict
 from minivdit.dist import ParallelConfig
 from minivdit.models import context_parallel
 from minivdit.models.context_parallel import ContextParallel
@@ -95,19 +92,6 @@ if ctx.rank == 0:
 mdist.teardown()
 """
 
-TRAIN_WORKER = """
-import json, sys
-from minivdit import dist
-from minivdit.config import from_dict
-from minivdit.train import TrainConfig, train
-
-cfg = from_dict(TrainConfig, json.loads(open(sys.argv[1]).read()))
-try:
-    train(cfg)
-finally:
-    dist.teardown()
-"""
-
 
 def build_case(name: str):
     """(model, (x_t, t, cond), tap) of a tiny backbone with every parameter perturbed away from its
@@ -162,29 +146,10 @@ def build_case(name: str):
     return model, inputs, 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(script: str, args: list[str], tmp: Path, nproc: int) -> None:
-    path = tmp / "worker.py"
-    path.write_text(script)
-    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    port = _free_port()
-    env.update(OMP_NUM_THREADS="1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", str(path), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-
-
 @pytest.mark.slow
 def test_backbones_on_two_ranks_equal_one_process(tmp_path):
     out = tmp_path / "results.json"
-    _torchrun(WORKER, [str(out), str(Path(__file__).parent), ",".join(CASES)], tmp_path, nproc=2)
+    torchrun(WORKER, [str(out), str(Path(__file__).parent), ",".join(CASES)], tmp_path, nproc=2)
     results = json.loads(out.read_text())
     assert set(results) == set(CASES)
     for name, r in results.items():
@@ -217,9 +182,7 @@ def test_dp2_cp2_training_equals_one_process(make_tiny_cfg, tmp_path, metrics, s
     split = replace(split, parallel=pcfg)
     os.environ["HF_HUB_OFFLINE"] = "1"
     train(solo)
-    cfg_file = tmp_path / "config.json"
-    cfg_file.write_text(json.dumps(to_dict(split)))
-    _torchrun(TRAIN_WORKER, [str(cfg_file)], tmp_path, nproc=4)
+    torchrun_train(split, tmp_path, nproc=4)
     for r, s in zip(metrics(solo.run_dir), metrics(split.run_dir), strict=True):
         for key in ("loss", "loss/align", "grad_norm"):
             assert s[key] == pytest.approx(r[key], rel=1e-5), (key, r, s)
@@ -232,9 +195,9 @@ def test_dp2_cp2_training_equals_one_process(make_tiny_cfg, tmp_path, metrics, s
 
 
 def test_shard_gather_and_simulated_all_to_all_shapes():
-    """The simulated group (``group=None``: ``minivdit.plan`` traces one rank on meta) keeps every shape a
+    """The one-process ``ContextParallel`` (``minivdit.plan`` traces one rank on meta) keeps every shape a
     real group gives: shard L/cp, heads ↔ sequence, gather back."""
-    cp = ContextParallel(size=2, rank=1, group=None)
+    cp = ContextParallel(size=2, rank=1)
     x = torch.arange(12.0).reshape(1, 6, 2)
     assert torch.equal(cp.shard(x, dim=1), x[:, 3:])
     assert cp.gather(cp.shard(x, dim=1), dim=1).shape == x.shape
@@ -246,7 +209,7 @@ def test_shard_gather_and_simulated_all_to_all_shapes():
 
 
 def test_divisibility_and_support_are_checked():
-    cp = ContextParallel(size=2, rank=0, group=None)
+    cp = ContextParallel(size=2, rank=0)
     with pytest.raises(ValueError, match="divisible by 2, got 5"):
         cp.shard(torch.zeros(1, 5, 4), dim=1)
     q = torch.zeros(1, 3, 4, 8)
@@ -255,7 +218,7 @@ def test_divisibility_and_support_are_checked():
     with pytest.raises(ValueError, match="does not support context parallelism"):
         context_parallel.enable(torch.nn.Linear(2, 2), cp)
     with pytest.raises(ValueError, match="group of >= 2 ranks"):
-        ContextParallel(size=1, rank=0, group=None)
+        ContextParallel(size=1, rank=0)
 
 
 def test_config_refuses_what_cannot_split(make_tiny_cfg, tmp_path):

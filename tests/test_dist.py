@@ -57,10 +57,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg, tmp: Path, nproc: int = 2, worker: str | None = None) -> None:
-    script, cfg_file = tmp / "worker.py", tmp / "config.json"
-    script.write_text(worker or WORKER)
-    cfg_file.write_text(json.dumps(to_dict(cfg)))
+def torchrun(script: str, args: list[str], tmp: Path, nproc: int = 2) -> None:
+    """Run the Python source ``script`` under ``torchrun --nproc_per_node nproc`` with ``args`` (CPU, gloo,
+    one thread per rank, a free port); fails the test with the end of its output when it fails."""
+    path = tmp / "worker.py"
+    path.write_text(script)
     launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     port = _free_port()
@@ -72,13 +73,20 @@ def _torchrun(cfg, tmp: Path, nproc: int = 2, worker: str | None = None) -> None
         f"--nproc_per_node={nproc}",
         "--master_addr=127.0.0.1",
         f"--master_port={port}",
-        str(script),
-        str(cfg_file),
+        str(path),
+        *args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (
         f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     )
+
+
+def torchrun_train(cfg, tmp: Path, nproc: int = 2, worker: str | None = None) -> None:
+    """``train(cfg)`` on ``nproc`` ranks (``WORKER``, or ``worker`` reading the same config.json)."""
+    cfg_file = tmp / "config.json"
+    cfg_file.write_text(json.dumps(to_dict(cfg)))
+    torchrun(worker or WORKER, [str(cfg_file)], tmp, nproc)
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -128,7 +136,7 @@ def test_two_ranks_match_one_process_with_accumulation(
     single_cfg, single_dir = reference(objective, grad_accum)
     cfg = _config(make_tiny_cfg, tmp_path / "runs", objective, grad_accum, strategy)
     cfg = replace(cfg, parallel=ParallelConfig(strategy=strategy))
-    _torchrun(cfg, tmp_path)
+    torchrun_train(cfg, tmp_path)
     run_dir = cfg.run_dir
 
     # Per-step losses (all terms) and gradient norms.
@@ -226,7 +234,7 @@ def test_nonfinite_report_on_fsdp_names_the_rank_and_block(make_tiny_cfg, tmp_pa
     rank's report names the block, the other's finds its own forward finite."""
     cfg = _config(make_tiny_cfg, tmp_path / "runs", "flow", 1, "poisoned")
     cfg = replace(cfg, parallel=ParallelConfig(strategy="fsdp"), max_steps=2)
-    _torchrun(cfg, tmp_path, worker=POISONED_WORKER)
+    torchrun_train(cfg, tmp_path, worker=POISONED_WORKER)
     assert [r["nonfinite_skipped"] for r in metrics(cfg.run_dir)] == [1, 1]
     folder = cfg.run_dir / "nonfinite"
     assert sorted(p.name for p in folder.iterdir()) == ["step_0.json", "step_0.rank1.json"]
@@ -245,7 +253,7 @@ def test_fsdp_cpu_offload_matches_one_process(make_tiny_cfg, reference, tmp_path
     single_cfg, single_dir = reference("flow", 1)
     cfg = _config(make_tiny_cfg, tmp_path / "runs", "flow", 1, "offload")
     cfg = replace(cfg, parallel=ParallelConfig(strategy="fsdp", cpu_offload=True))
-    _torchrun(cfg, tmp_path)
+    torchrun_train(cfg, tmp_path)
     for r, g in zip(metrics(single_dir), metrics(cfg.run_dir), strict=True):
         assert g["loss"] == pytest.approx(r["loss"], rel=1e-5) and g["grad_norm"] == pytest.approx(
             r["grad_norm"], rel=1e-5

@@ -132,12 +132,14 @@ class Conditioner:
         first = getattr(batch, "image_latents", None)  # [B, 1, C, h, w] cached frame 0 (cache_latents.py)
         first = first.to(device) if first is not None else None
         if self.i2v is not None:
-            from minivdit.conditioning.i2v import cached_image_condition, image_condition
+            from minivdit.conditioning.i2v import cached_image_condition, image_condition, latent_frames
 
             if first is not None and self.i2v.mode == "first":  # no encode, no pixels
-                frames = batch.latents.shape[1] if batch.latents is not None else None
-                if frames is None:
-                    frames = (batch.video.shape[1] - 1) // getattr(self.vae, "temporal_compression", 4) + 1
+                frames = (
+                    batch.latents.shape[1]
+                    if batch.latents is not None
+                    else latent_frames(self.vae, batch.video.shape[1])
+                )
                 latents = cached_image_condition(first, frames, self.vae, self.i2v, generator)
             else:
                 if batch.video is None:

@@ -189,7 +189,7 @@ def image_condition(
     if cfg.mode == "off":
         raise ValueError("image_condition: I2VConfig.mode is 'off' (no image condition to build)")
     B, F, _, H, W = _check_video(video, "video")
-    F_lat = _latent_frames(vae, F)
+    F_lat = latent_frames(vae, F)
     fixed = cfg.frame_index if cfg.mode == "anyframe" else 0
     if fixed is not None and fixed >= F:
         raise ValueError(
@@ -198,9 +198,7 @@ def image_condition(
     dev, gdev = video.device, generator.device
 
     # 1-3: σ, ε, keep — the same draws in both modes (module docstring)
-    log_sigma = torch.randn(B if cfg.noise_per == "sample" else 1, generator=generator, device=gdev)
-    sigma = (cfg.noise_log_mean + cfg.noise_log_std * log_sigma).exp().expand(B).to(dev)  # [B]
-    eps = torch.randn(B, 1, 3, H, W, generator=generator, device=gdev).to(dev)  # [B, 1, 3, H, W]
+    sigma, eps = _pixel_noise(cfg, B, H, W, generator, dev)  # [B], [B, 1, 3, H, W]
     u = torch.rand(B if cfg.dropout_per == "sample" else 1, generator=generator, device=gdev)
     keep = (u >= cfg.dropout).expand(B).to(dev)  # [B] bool
 
@@ -268,13 +266,11 @@ def cached_image_condition(
 
 
 def noised_first_frame(frame: Tensor, cfg: I2VConfig, generator: torch.Generator) -> Tensor:
-    """Frame 0 [B, 1, 3, H, W] + σ·ε, σ = exp(N(noise_log_mean, noise_log_std²)) per sample and ε ~ N(0, I)
-    (steps 1-2 of the module docstring), drawn from ``generator``: what ``tools/cache_latents.py
+    """Frame 0 [B, 1, 3, H, W] + σ·ε (steps 1-2 of the module docstring: σ log-normal per ``noise_per``, ε ~
+    N(0, I)), drawn from ``generator``: what ``tools/cache_latents.py
     --start-frame noised`` encodes once per clip."""
-    B = frame.shape[0]
-    log_sigma = torch.randn(B, generator=generator, device=generator.device)
-    sigma = (cfg.noise_log_mean + cfg.noise_log_std * log_sigma).exp().to(frame.device)  # [B]
-    eps = torch.randn(frame.shape, generator=generator, device=generator.device).to(frame.device)
+    B, _, _, H, W = frame.shape
+    sigma, eps = _pixel_noise(cfg, B, H, W, generator, frame.device)  # [B], [B, 1, 3, H, W]
     return (frame.float() + sigma.view(-1, 1, 1, 1, 1) * eps).to(frame.dtype)
 
 
@@ -315,7 +311,7 @@ def inference_condition(
             f"image must be float [B, 3, H, W] in [-1, 1], got {image.dtype} {tuple(image.shape)}"
         )
     B, _, H, W = image.shape
-    F_lat = _latent_frames(vae, num_frames)
+    F_lat = latent_frames(vae, num_frames)
     if not 0 <= frame_index < num_frames:
         raise ValueError(
             f"frame_index {frame_index} is out of range for a clip of F = {num_frames} frames "
@@ -348,7 +344,20 @@ def _check_video(video: Tensor, name: str) -> tuple[int, int, int, int, int]:
     return tuple(video.shape)  # type: ignore[return-value]
 
 
-def _latent_frames(vae: nn.Module, num_frames: int) -> int:
+def _pixel_noise(
+    cfg: I2VConfig, B: int, H: int, W: int, generator: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Steps 1-2 (module docstring): σ [B] = exp(N(noise_log_mean, noise_log_std²)), one per sample or one for
+    the batch (``noise_per``), and ε [B, 1, 3, H, W] ~ N(0, I); drawn on the generator's device, returned on
+    ``device``."""
+    gdev = generator.device
+    log_sigma = torch.randn(B if cfg.noise_per == "sample" else 1, generator=generator, device=gdev)
+    sigma = (cfg.noise_log_mean + cfg.noise_log_std * log_sigma).exp().expand(B).to(device)  # [B]
+    eps = torch.randn(B, 1, 3, H, W, generator=generator, device=gdev).to(device)  # [B, 1, 3, H, W]
+    return sigma, eps
+
+
+def latent_frames(vae: nn.Module, num_frames: int) -> int:
     """F' for F pixel frames; F must be r·k + 1 with r the VAE's temporal compression (4 for CogVideoX)."""
     r = getattr(vae, "temporal_compression", 4)
     if num_frames < 1 or (num_frames - 1) % r:

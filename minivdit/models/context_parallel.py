@@ -32,6 +32,12 @@ communication, so a rank can sample alone.
 Requirements, checked with a ``ValueError`` naming the sizes: the video tokens and the heads divisible by
 ``cp``. Padding uneven sequences (finetrainers does) is not done.
 
+Where the communication lives. This file does not talk to ``torch.distributed`` (DESIGN.md §1): the base
+class ``ContextParallel`` holds the token arithmetic and stands for the group on one process, its three
+collectives (``gather``, ``_seq_to_heads``, ``_heads_to_seq``) done as local ops of the same shapes (what
+``minivdit.plan`` traces on ``meta``); ``minivdit.dist.GroupContextParallel`` overrides them with the
+autograd all-to-all and all-gather of a real process group.
+
 References: torchtitan builds the ``(dp, cp)`` mesh with ``cp`` as the inner dimension and shards FSDP over
 the flattened ``dp × cp`` ranks, as ``minivdit.dist`` does; finetrainers and xDiT use Ulysses for CogVideoX
 and Wan; FlashI2V and UniWorld-OSP train with FSDP 8 × CP 2.
@@ -42,23 +48,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
 
 class ContextParallel:
-    """A ``cp`` group: this rank's place in it and the three collectives a backbone needs. ``group=None``
-    simulates the group on one process (``minivdit.plan`` traces one rank's step on ``meta``): collectives
-    become local ops of the same shapes."""
+    """This rank's place in a ``cp`` group and what a backbone calls (module docstring). On its own it
+    stands for the group on one process: the collectives are local ops of the same shapes, the values
+    meaningless (``minivdit.plan`` traces one rank's step on ``meta``); ``minivdit.dist.GroupContextParallel``
+    communicates."""
 
-    def __init__(self, size: int, rank: int, group: dist.ProcessGroup | None):
+    def __init__(self, size: int, rank: int):
         if size < 2 or not 0 <= rank < size:
             raise ValueError(f"context parallelism needs a group of >= 2 ranks, got size {size}, rank {rank}")
-        self.size, self.rank, self.group = size, rank, group
+        self.size, self.rank = size, rank
 
     def __repr__(self) -> str:
-        return f"ContextParallel(size={self.size}, rank={self.rank})"
+        return f"{type(self).__name__}(size={self.size}, rank={self.rank})"
 
     def _check(self, n: int, what: str) -> None:
         if n % self.size:
@@ -73,9 +79,7 @@ class ContextParallel:
 
     def gather(self, x: Tensor, dim: int) -> Tensor:
         """The whole tensor from every rank's slice along ``dim`` (rank order); backward sums and cuts."""
-        if self.group is None:
-            return torch.cat([x] * self.size, dim=dim)
-        return _Gather.apply(x, dim, self)
+        return torch.cat([x] * self.size, dim=dim)  # one process: the shape only
 
     def attention(
         self,
@@ -90,73 +94,24 @@ class ContextParallel:
         ``extra_qkv`` are tokens every rank holds whole ([B, H, Le, Dh]: CogVideoX's text), placed before the
         sequence as in one process. ``attend(q, k, v)`` is the backbone's kernel call. Returns the local
         output [B, H, L/cp, Dh] and the extra tokens' whole output [B, H, Le, Dh] (or None)."""
-        H = q.shape[1]
-        self._check(H, "the attention heads")
+        self._check(q.shape[1], "the attention heads")
         q, k, v = (self._seq_to_heads(t) for t in (q, k, v))  # [B, H/cp, L, Dh]
-        if (
-            extra_qkv is not None
-        ):  # this rank's heads of the replicated tokens, in front (one process's order)
-            eq, ek, ev = (self.shard(t, dim=1) for t in extra_qkv)  # [B, H/cp, Le, Dh]
-            q, k, v = torch.cat([eq, q], dim=2), torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)
-        out = attend(q, k, v)  # [B, H/cp, (Le +) L, Dh]
-        extra = None
-        if extra_qkv is not None:
-            Le = extra_qkv[0].shape[2]
-            extra, out = (
-                self.gather(out[:, :, :Le], dim=1),
-                out[:, :, Le:],
-            )  # [B, H, Le, Dh], [B, H/cp, L, Dh]
-        return self._heads_to_seq(out), extra  # [B, H, L/cp, Dh]
+        if extra_qkv is None:
+            return self._heads_to_seq(attend(q, k, v)), None  # [B, H, L/cp, Dh]
+        # this rank's heads of the replicated tokens, in front (one process's order)
+        eq, ek, ev = (self.shard(t, dim=1) for t in extra_qkv)  # [B, H/cp, Le, Dh]
+        out = attend(torch.cat([eq, q], dim=2), torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2))
+        Le = eq.shape[2]  # out: [B, H/cp, Le + L, Dh]
+        extra = self.gather(out[:, :, :Le], dim=1)  # [B, H, Le, Dh]
+        return self._heads_to_seq(out[:, :, Le:]), extra  # [B, H, L/cp, Dh]
 
     def _seq_to_heads(self, x: Tensor) -> Tensor:
         """[B, H, L/cp, Dh] → [B, H/cp, L, Dh]: head group j goes to rank j, the slices arrive in order."""
-        if self.group is None:
-            return rearrange(x, "b (g h) l d -> b h (g l) d", g=self.size)  # shapes only (meta)
-        return _AllToAll.apply(x, 1, 2, self)
+        return rearrange(x, "b (g h) l d -> b h (g l) d", g=self.size)  # one process: the shape only
 
     def _heads_to_seq(self, x: Tensor) -> Tensor:
         """[B, H/cp, L, Dh] → [B, H, L/cp, Dh]: the inverse of ``_seq_to_heads``."""
-        if self.group is None:
-            return rearrange(x, "b h (g l) d -> b (g h) l d", g=self.size)  # shapes only (meta)
-        return _AllToAll.apply(x, 2, 1, self)
-
-
-def _all_to_all(x: Tensor, scatter_dim: int, gather_dim: int, cp: ContextParallel) -> Tensor:
-    """Cut ``x`` in ``cp.size`` chunks along ``scatter_dim``, send chunk j to rank j, and concatenate what
-    arrives (rank order) along ``gather_dim``."""
-    send = torch.stack(x.chunk(cp.size, dim=scatter_dim)).contiguous()  # [cp, ...chunk]
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=cp.group)
-    return torch.cat(recv.unbind(0), dim=gather_dim)
-
-
-class _AllToAll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, scatter_dim: int, gather_dim: int, cp: ContextParallel) -> Tensor:
-        ctx.dims, ctx.cp = (scatter_dim, gather_dim), cp
-        return _all_to_all(x, scatter_dim, gather_dim, cp)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        scatter_dim, gather_dim = ctx.dims
-        return _all_to_all(grad, gather_dim, scatter_dim, ctx.cp), None, None, None
-
-
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, dim: int, cp: ContextParallel) -> Tensor:
-        ctx.dim, ctx.cp = dim, cp
-        whole = x.new_empty((cp.size * x.shape[0], *x.shape[1:]))  # rank slices stacked along dim 0
-        dist.all_gather_into_tensor(whole, x.contiguous(), group=cp.group)
-        return torch.cat(whole.chunk(cp.size), dim=dim)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        cp = ctx.cp
-        send = torch.cat(grad.chunk(cp.size, dim=ctx.dim)).contiguous()  # rank slices stacked along dim 0
-        mine = send.new_empty((send.shape[0] // cp.size, *send.shape[1:]))
-        dist.reduce_scatter_tensor(mine, send, group=cp.group)  # Σ over ranks of the gradient of my slice
-        return mine, None, None
+        return rearrange(x, "b h (g l) d -> b (g h) l d", g=self.size)  # one process: the shape only
 
 
 def enable(model: torch.nn.Module, cp: ContextParallel) -> int:
