@@ -1,21 +1,25 @@
-"""Quickstart with alignment: the quickstart's V-DiT plus Align4Gen alignment (seeds/004 §3) to a
-self-supervised video teacher that knows the synthetic world, on the built-in synthetic dataset.
+"""Quickstart with alignment: the quickstart (``recipes/quickstart.py``: its model, objective, data,
+optimizer, samples and evaluation, unchanged) plus Align4Gen alignment (seeds/004 §3) to a self-supervised
+video teacher that knows the synthetic world.
 
 Align4Gen L2-normalises each encoder's patch features, concatenates them, maps every DiT token of one block
 through one shared MLP (REPA's projector) and adds ``λ · (−cos)`` to the diffusion loss; λ = 0.5 (seeds/004
 §4, "alignment loss coefficient γ = 0.5"). Here the tap is block 3 of 8, a spatial block (Latte's layout
-alternates spatial, temporal, …; Align4Gen aligns after a spatial block).
+alternates spatial, temporal, …; Align4Gen aligns after a spatial block). With one teacher, ``align4gen`` is
+REPA's loss; ``--align.loss crepa|trd|drepa`` switches the loss, and ``--align.weight 0`` keeps everything
+(model, init, data, teacher) but the alignment gradient: the control of ``sweeps/alignment_search.toml``
+(docs/ablations/alignment.md).
 
 No pretrained weights ship with minivdit and none can be downloaded here, so **the teacher is trained here on
-first use**: a small VideoMAE (width 128, 4 layers, patch 4, tubelet 2) trained by masked autoencoding on the
-synthetic clips, never on their labels (REPA's teachers are self-supervised), cached in
-``runs/syn_teacher/<hash of its settings>`` and reused by every later run (``minivdit/align/syn_teacher.py``;
-``tools/train_syn_teacher.py --probe`` trains it by hand and measures it: 1500 steps, about 4 minutes on one
-CPU thread; a linear probe on its mean-pooled features reads the class at 0.62 and the motion of unseen
-appearance × motion pairings at 0.23, against 0.56 / 0.20 at random init: README "Alignment"). It runs at its
-native 16x16 pixels for the DiT's 4x4 token grid and gives one feature per tubelet of two frames, repeated
-over both frames (``--align.frame-match tubelet_repeat``, Align4Gen Table 4's VideoMAE arm). Other teachers
-replace it on the command line, with the frame matching of an image teacher:
+first use**: a small VideoMAE (width 128, 4 layers, patch 4, tubelet 2) trained by V-JEPA feature prediction
+on the synthetic clips, never on their labels (REPA's teachers are self-supervised), its output tokens
+centred, cached in ``runs/syn_teacher/<hash of its settings>`` and reused by every later run
+(``minivdit/align/syn_teacher.py``; ``tools/train_syn_teacher.py --probe`` trains it by hand and measures it:
+300 steps, about a minute on one CPU thread; a linear probe on its mean-pooled features reads the class at
+0.76 and the motion of unseen appearance × motion pairings at 0.32, against 0.56 / 0.20 at random init:
+README "Alignment"). It runs at its native 16x16 pixels for the DiT's 4x4 token grid and gives one feature per
+tubelet of two frames, repeated over both frames (``--align.frame-match tubelet_repeat``, Align4Gen Table 4's
+VideoMAE arm). Other teachers replace it on the command line, with the frame matching of an image teacher:
 
     python recipes/quickstart_align.py                                      # the synthetic-world VideoMAE
     python recipes/quickstart_align.py --teacher.videomae None --teacher.dinov2 /weights/dinov2-base \\
@@ -26,42 +30,29 @@ replace it on the command line, with the frame matching of an image teacher:
 Logged: ``loss/diff`` (flow matching), ``loss/align`` (−cos, in [−1, 1]) and ``loss`` = diff + λ·align.
 """
 
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 from minivdit.align import syn_teacher
 from minivdit.align.heads import AlignConfig
 from minivdit.align.teachers import TeacherConfig
-from minivdit.data import DataConfig
-from minivdit.models.dit import DiTConfig
-from minivdit.objectives.flow import FlowConfig
-from minivdit.train import CkptConfig, EMAConfig, LogConfig, OptimConfig, SampleEvalConfig, TrainConfig, main
+from minivdit.train import TrainConfig, main
+
+sys.path.insert(0, str(Path(__file__).parent))  # the quickstart sits next to this file
+from quickstart import config as quickstart  # noqa: E402
 
 SYN_TEACHER = str(syn_teacher.default_dir())  # runs/syn_teacher/<hash of the default settings>
 
 
 def config() -> TrainConfig:
-    return TrainConfig(
+    base = quickstart()
+    return replace(
+        base,
         run_name="quickstart_align",
-        # Everything but align/teacher as the quickstart before issue 11 (spatial/temporal blocks, so that
-        # block 3 is a spatial block, velocity prediction): the alignment smoke test keeps its baseline.
-        model=DiTConfig(
-            depth=8,
-            hidden_size=128,
-            num_heads=4,
-            patch_size=4,
-            in_channels=3,
-            input_size=(16, 16),
-            num_frames=8,
-            num_classes=8,
-            learn_sigma=False,
-        ),
-        objective=FlowConfig(sampler="heun"),
-        data=DataConfig(num_frames=8, image_size=16, num_classes=8, batch_size=16),
-        optim=OptimConfig(lr=5e-4, warmup_steps=100, grad_clip=1.0),
-        ema=EMAConfig(decay=0.995),
-        log=LogConfig(every=50),
-        ckpt=CkptConfig(every=500, keep=2),
-        sample=SampleEvalConfig(num=8, steps=30, cfg_scale=3.0),
-        max_steps=1500,
-        sample_every=0,
+        # Everything else is the quickstart's (model, objective, data, optimizer, EMA, samples, evaluation):
+        # this run and ``recipes/quickstart.py`` differ by the alignment alone (docs/ablations/alignment.md).
+        ckpt=replace(base.ckpt, every=500),
         # Projector hidden width 512 rather than REPA's 2048: the DiT is 128 wide.
         align=AlignConfig(
             loss="align4gen",

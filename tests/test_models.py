@@ -382,6 +382,42 @@ def test_full3d_rope_positions_matter_and_frames_are_free(monkeypatch):
     torch.testing.assert_close(model(x[:, perm], t).pred, model(x, t).pred[:, perm], atol=2e-5, rtol=1e-5)
 
 
+def test_temporal_patch_is_a_3d_patchify_and_its_exact_inverse():
+    """``patch_t=2``: the embedding is a Conv3d of kernel (2, p, p) over the clip, the tap holds F/2 token
+    frames, and the unpatchify puts token (j, h, w)'s values for frame τ back at frame 2j + τ."""
+    cfg = dataclasses.replace(TINY, block_type="full3d", patch_t=2, num_frames=4, learn_sigma=False)
+    model = _model(cfg)
+    x, t, _ = _inputs(cfg)
+    B, Fr, C, H, W = x.shape
+    p, pt, D = cfg.patch_size, 2, cfg.hidden_size
+    assert torch.equal(model(x, t).pred, torch.zeros_like(x))  # adaLN-Zero still closes every branch
+    model = _randomize(model)
+    conv = model.x_embedder.proj  # [D, pt·C, p, p], channels ordered (t c)
+    w3d = rearrange(conv.weight, "d (t c) p q -> d c t p q", t=pt)
+    clip = rearrange(x, "b f c h w -> b c f h w")
+    want = torch.nn.functional.conv3d(clip, w3d, conv.bias, stride=(pt, p, p))
+    want = rearrange(want, "b d f h w -> b f (h w) d")  # [B, F/2, N, D]
+    torch.testing.assert_close(rearrange(model.x_embedder(x), "(b f) n d -> b f n d", b=B), want)
+    seen = []
+    handle = model.final_layer.register_forward_hook(lambda m, args, out: seen.append(out))
+    out = model(x, t, tap=2)
+    handle.remove()
+    gh, gw = H // p, W // p
+    assert out.pred.shape == x.shape and out.hidden.shape == (B, Fr // pt, gh * gw, D)
+    tokens = seen[0].reshape(B, Fr // pt, gh, gw, p, p, pt, C)  # per token: (p q t c)
+    for j, tau, h, w in [(0, 0, 0, 0), (0, 1, 1, 0), (1, 0, 0, 1), (1, 1, 1, 1)]:
+        patch = out.pred[:, pt * j + tau, :, h * p : (h + 1) * p, w * p : (w + 1) * p]  # [B, C, p, p]
+        assert torch.equal(patch, rearrange(tokens[:, j, h, w, :, :, tau], "b p q c -> b c p q"))
+
+
+def test_temporal_patch_needs_full3d_and_whole_patches():
+    with pytest.raises(ValueError, match="patch_t=2 needs block_type='full3d'"):
+        dataclasses.replace(TINY, patch_t=2)
+    cfg = dataclasses.replace(TINY, block_type="full3d", patch_t=2)
+    with pytest.raises(ValueError, match="3 frames, not a multiple of patch_t=2"):
+        _model(cfg)(*_inputs(cfg)[:2])
+
+
 LATTE_COUNTS = {
     "V-DiT-S/2": 32_480_672,
     "V-DiT-B/2": 129_547_040,

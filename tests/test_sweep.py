@@ -312,3 +312,19 @@ def test_an_interrupted_quickstart_run_resumes_and_is_tabulated(tmp_path, monkey
         assert summary["table"]["syn_fvd"]["qs"][step]["n"] == 1
     assert summary["record"]["name"] == "synthetic" and summary["record"]["num_fake_used"] == 16
     assert "| qs |" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_parse_through_their_recipes(path, tmp_path):
+    """Every arm of every shipped spec is a command line its recipe accepts (a typo in a flag would surface
+    an hour into the sweep otherwise); the runs land in the spec's folder."""
+    from test_recipes import load
+
+    from minivdit.train import parse
+
+    spec = sweep.load_spec(path)
+    recipe = load(ROOT / spec.recipe)
+    for run in sweep.plan(spec, tmp_path):
+        flags = [a for a in run.args[1:] if a not in ("--resume", "auto")]
+        cfg = parse(recipe.config(), flags)
+        assert cfg.run_name == run.name and cfg.seed == run.seed

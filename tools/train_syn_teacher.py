@@ -1,14 +1,17 @@
-"""Train the synthetic-world teacher (``minivdit/align/syn_teacher.py``): a small self-supervised VideoMAE
-(masked autoencoding on the synthetic clips, no labels) saved as a Hugging Face folder that
-``--teacher.videomae`` loads, the teacher ``recipes/quickstart_align.py`` aligns to by default.
+"""Train the synthetic-world teacher (``minivdit/align/syn_teacher.py``): a small self-supervised video ViT
+(V-JEPA feature prediction on the synthetic clips by default, ``--objective mae`` for masked autoencoding; no
+labels) saved as a Hugging Face ``VideoMAEModel`` folder that ``--teacher.videomae`` loads, the teacher
+``recipes/quickstart_align.py`` aligns to by default.
 
     python tools/train_syn_teacher.py --probe                  # -> runs/syn_teacher/<settings hash>, probed
-    python tools/train_syn_teacher.py --seed 1 --steps 300 --out /tmp/teacher
+    python tools/train_syn_teacher.py --seed 1 --steps 200 --out /tmp/teacher
+    python tools/train_syn_teacher.py --objective mae --masking tube --steps 1500 --out /tmp/mae  # VERSION 1
 
 A folder already holding the same settings is reused (no training); one holding other settings is refused.
 The write is atomic (a temporary folder, then one rename) and durable; ``minivdit_teacher.json`` in the folder
-holds the settings, seed, steps, loss curve, training time and, with ``--probe``, the linear-probe accuracies
-(class and motion; trained vs the same architecture at random init). Prints the stamp as JSON on stdout.
+holds the settings, seed, steps, loss curve, the JEPA target tokens' std (collapse check), training time and,
+with ``--probe``, the linear-probe accuracies (class and motion, on mean-, max- and tubelet-pooled tokens;
+trained vs the same architecture at random init). Prints the stamp as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from minivdit.log import setup_logging
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSynTeacherConfig:
-    """Train (or reuse) the synthetic-world VideoMAE teacher."""
+    """Train (or reuse) the synthetic-world teacher (a VideoMAEModel folder)."""
 
     teacher: Annotated[SynTeacherConfig, tyro.conf.OmitArgPrefixes] = SynTeacherConfig()
     out: str | None = None
     """Teacher folder; default ``runs/syn_teacher/<hash of the settings>`` (what the quickstart uses)."""
     probe: bool = False
-    """Linear-probe the trained teacher and the same architecture at random init (class and motion)."""
+    """Linear-probe the trained teacher and the same architecture at random init (class and motion; mean-,
+    max- and tubelet-pooled tokens)."""
     probe_clips: int = 500
     """Clips per probe set (fit and held-out, each)."""
 

@@ -10,6 +10,9 @@ Reference: Latte (Ma et al., 2024; Vchitect/Latte ``models/latte.py`` @ b27c24a)
   per-frame unpatchify. Timestep (+ class) conditioning is one vector per sample (Latte's "S-AdaLN").
 ``block_type="full3d"``:
   the same blocks, each attending jointly over all F·N tokens of a clip, positions given by 3-D RoPE.
+  ``patch_t > 1`` (full-3-D only) makes each token span ``patch_t`` frames as well as p×p pixels (CogVideoX
+  1.5's ``patch_size_t``): F/patch_t token frames, ``patch_t``× fewer tokens, and the tap's ``hidden`` holds
+  F/patch_t frames (a tubelet-2 teacher then matches ``per_frame``).
 
 Indexing rule for ``tap`` (DESIGN.md §2): ``tap=k`` returns the output of ``blocks[k-1]`` ("block k",
 1-indexed as REPA's ``encoder_depth``); spatial and temporal blocks count separately, as in Latte's flat
@@ -20,7 +23,8 @@ Notable deviations from Latte:
   its EMA and checkpoints carry); the Latte key map drops them;
 - non-square latents are supported (``input_size=(h, w)``); Latte's unpatchify assumes square frames;
 - adaLN modulation is computed once per sample and broadcast (``blocks.py``); Latte repeats it per sequence;
-- optional RepVideo gate, 3-D RoPE, QK-norm and activation checkpointing; all off for Latte parity;
+- optional RepVideo gate, 3-D RoPE, QK-norm, temporal patches and activation checkpointing; all off for Latte
+  parity;
 - full-3-D only: Ulysses context parallelism (``models/context_parallel.py``, ``--parallel.cp``) splits the
   F·N tokens of a clip over ranks after the patch embedding (the RoPE table with them) and gathers them
   back before the final layer's unpatchify and at the tap.
@@ -78,6 +82,9 @@ class DiTConfig:
     """MLP hidden width / D."""
     patch_size: int = 2
     """Per-frame square patch (p=2 on 32x32 latents gives N = 256 tokens per frame)."""
+    patch_t: int = 1
+    """Temporal patch (full3d only): each token spans ``patch_t`` consecutive frames (CogVideoX 1.5: 2), so
+    a clip has F/patch_t token frames; 1 = per-frame patches (Latte)."""
     in_channels: int = 4
     """Input channels C (4 for SD-VAE latents, 3 in pixel space)."""
     cond_channels: int = 0
@@ -110,7 +117,7 @@ class DiTConfig:
 
     def __post_init__(self):
         check_types(self)
-        sizes = ("depth", "hidden_size", "num_heads", "patch_size", "in_channels", "num_frames")
+        sizes = ("depth", "hidden_size", "num_heads", "patch_size", "patch_t", "in_channels", "num_frames")
         if small := {n: getattr(self, n) for n in sizes if getattr(self, n) < 1}:
             raise ValueError(f"DiTConfig sizes must be >= 1, got {small}")
         if self.cond_channels < 0:
@@ -125,6 +132,11 @@ class DiTConfig:
         if self.block_type == "spatiotemporal" and self.depth % 2:
             raise ValueError(
                 f"spatiotemporal depth must be even (spatial + temporal pairs), got {self.depth}"
+            )
+        if self.block_type == "spatiotemporal" and self.patch_t != 1:
+            raise ValueError(
+                f"patch_t={self.patch_t} needs block_type='full3d': Latte's temporal blocks attend across "
+                f"single frames"
             )
         if self.block_type == "spatiotemporal" and self.hidden_size % 4:
             raise ValueError(
@@ -180,18 +192,22 @@ class DiTConfig:
 @dataclass(frozen=True)
 class DiTOutput:
     pred: Tensor  # [B, F, C_out, H, W]
-    hidden: Tensor | None = field(default=None)  # [B, F, N, D], output of block `tap`; None without tap
+    hidden: Tensor | None = field(default=None)  # [B, F/patch_t, N, D]: block `tap`'s output, or None
 
 
 class PatchEmbed(nn.Module):
-    """Per-frame 2-D patchify as a strided conv (timm ``PatchEmbed``; key ``x_embedder.proj``)."""
+    """2-D patchify as a strided conv (timm ``PatchEmbed``; key ``x_embedder.proj``). A temporal patch of
+    ``patch_t`` frames stacks them along the channels first, which is a Conv3d of kernel (patch_t, p, p)
+    written as a Conv2d, so ``patch_t=1`` keeps Latte's weights and keys."""
 
-    def __init__(self, patch_size: int, in_channels: int, dim: int):
+    def __init__(self, patch_size: int, in_channels: int, dim: int, patch_t: int = 1):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_t = patch_t
+        self.proj = nn.Conv2d(patch_t * in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return rearrange(self.proj(x), "s d h w -> s (h w) d")  # [B·F, N, D]
+        x = rearrange(x, "b (f t) c h w -> (b f) (t c) h w", t=self.patch_t)  # [B·F/pt, pt·C, H, W]
+        return rearrange(self.proj(x), "s d h w -> s (h w) d")  # [B·F/pt, N, D]
 
 
 class VDiT(nn.Module):
@@ -203,7 +219,7 @@ class VDiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels + cfg.cond_channels, D)
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels + cfg.cond_channels, D, cfg.patch_t)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = (
             LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
@@ -212,7 +228,7 @@ class VDiT(nn.Module):
             DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm, backend=cfg.attn_backend)
             for _ in range(cfg.depth)
         )
-        self.final_layer = FinalLayer(D, cfg.patch_size, cfg.out_channels)
+        self.final_layer = FinalLayer(D, cfg.patch_size, cfg.patch_t * cfg.out_channels)
         self.repvideo = (
             RepVideoGate(
                 cfg.depth, group=cfg.repvideo_group, param=cfg.repvideo_gate, window=cfg.repvideo_window
@@ -288,6 +304,8 @@ class VDiT(nn.Module):
             raise ValueError(f"x_t has {C} channels, model expects in_channels={cfg.in_channels}")
         if tuple(cfg.input_size) != (H, W):
             raise ValueError(f"x_t frames are {H}x{W}, model expects input_size={tuple(cfg.input_size)}")
+        if F % cfg.patch_t:
+            raise ValueError(f"x_t has {F} frames, not a multiple of patch_t={cfg.patch_t}")
         if cfg.block_type == "spatiotemporal" and cfg.num_frames != F:
             raise ValueError(f"x_t has {F} frames but the temporal table holds num_frames={cfg.num_frames}")
         if t_model.shape != (B,):
@@ -328,13 +346,14 @@ class VDiT(nn.Module):
         gh, gw = cfg.grid
         if cfg.cond_channels:  # channel-concat image condition (CogVideoX-I2V's layout: noisy video first)
             x_t = torch.cat([x_t, cond.image_latents.to(x_t.dtype)], dim=2)  # [B, F, C + Cc, H, W]
-        x = self.x_embedder(rearrange(x_t, "b f c h w -> (b f) c h w"))  # [B·F, N, D]
-        x = rearrange(x, "(b f) n d -> b f n d", b=B)  # [B, F, N, D]
+        Ft = F // cfg.patch_t  # token frames
+        x = self.x_embedder(x_t)  # [B·Ft, N, D]
+        x = rearrange(x, "(b f) n d -> b f n d", b=B)  # [B, Ft, N, D]
         rope = None
         if cfg.block_type == "spatiotemporal":
             x = x + self.pos_embed[:, None]  # [B, F, N, D]
         else:
-            rope = rope_3d(cfg.head_dim, F, gh, gw, cfg.rope_theta).to(x.device)  # [F·N, Dh/2]
+            rope = rope_3d(cfg.head_dim, Ft, gh, gw, cfg.rope_theta).to(x.device)  # [Ft·N, Dh/2]
         c = self.t_embedder(t_model)  # [B, D]
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)  # [B, D]
@@ -358,18 +377,18 @@ class VDiT(nn.Module):
                 x = self.repvideo.mix(i, x, cache)
             if i == 1 and cfg.block_type == "spatiotemporal":
                 x = x + self.temp_embed[:, :, None]  # once, before the first temporal block (Latte)
-            x = run_block(ac, i, self._run_block, i, x, c, rope)  # [B, F, N, D]
+            x = run_block(ac, i, self._run_block, i, x, c, rope)  # [B, Ft, N, D]
             if self.repvideo is not None:
                 cache = self.repvideo.update(i, x, cache)
             if tap == i + 1:  # under cp: every rank's tokens, back in one [B, F, N, D]
-                hidden = x if cp is None else rearrange(cp.gather(x, 2), "b 1 (f n) d -> b f n d", f=F)
+                hidden = x if cp is None else rearrange(cp.gather(x, 2), "b 1 (f n) d -> b f n d", f=Ft)
 
-        x = self.final_layer(rearrange(x, "b f n d -> (b f) n d"), c)  # [B·F, N, p·p·C_out]
+        x = self.final_layer(rearrange(x, "b f n d -> (b f) n d"), c)  # [B·Ft, N, p·p·pt·C_out]
         if cp is not None:  # [B, F·N/cp, p·p·C_out] → every rank's tokens
-            x = rearrange(cp.gather(x, dim=1), "b (f n) e -> (b f) n e", f=F)
-        p = cfg.patch_size
-        pred = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=gh, w=gw, p=p, q=p)
-        return DiTOutput(pred=pred, hidden=hidden)  # pred [B, F, C_out, H, W]
+            x = rearrange(cp.gather(x, dim=1), "b (f n) e -> (b f) n e", f=Ft)
+        p, pt = cfg.patch_size, cfg.patch_t
+        pred = rearrange(x, "(b f) (h w) (p q t c) -> b (f t) c (h p) (w q)", b=B, h=gh, w=gw, p=p, q=p, t=pt)
+        return DiTOutput(pred=pred, hidden=hidden)  # pred [B, F·pt, C_out, H, W]
 
 
 def num_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -398,7 +417,7 @@ def preset(name: str) -> DiTConfig:
 
 def flops_per_sample(cfg: DiTConfig, num_frames: int | None = None) -> float:
     """Forward FLOPs (2·MAC) of one clip through the blocks and the embed/final layers (matmuls only)."""
-    F = num_frames or cfg.num_frames
+    F = (num_frames or cfg.num_frames) // cfg.patch_t  # token frames
     N = cfg.grid[0] * cfg.grid[1]
     D, L = cfg.hidden_size, F * N
     mlp = int(cfg.mlp_ratio * D)
@@ -407,10 +426,8 @@ def flops_per_sample(cfg: DiTConfig, num_frames: int | None = None) -> float:
         attn = [2 * L * L * D] * cfg.depth  # QK^T and AV over the whole clip
     else:  # spatial blocks attend over N tokens in F sequences; temporal over F tokens in N sequences
         attn = [2 * F * N * N * D if i % 2 == 0 else 2 * N * F * F * D for i in range(cfg.depth)]
-    embed = (
-        L * (cfg.in_channels + cfg.cond_channels) * cfg.patch_size**2 * D
-        + L * D * cfg.patch_size**2 * cfg.out_channels
-    )
+    voxels = cfg.patch_t * cfg.patch_size**2  # pixels (or latents) per token
+    embed = L * (cfg.in_channels + cfg.cond_channels) * voxels * D + L * D * voxels * cfg.out_channels
     return 2.0 * (cfg.depth * linear + sum(attn) + embed)
 
 
