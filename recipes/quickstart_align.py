@@ -6,9 +6,11 @@ Align4Gen L2-normalises each encoder's patch features, concatenates them, maps e
 through one shared MLP (REPA's projector) and adds ``λ · (−cos)`` to the diffusion loss; λ = 0.5 (seeds/004
 §4, "alignment loss coefficient γ = 0.5"). Here the tap is block 3 of 8, a spatial block (Latte's layout
 alternates spatial, temporal, …; Align4Gen aligns after a spatial block). With one teacher, ``align4gen`` is
-REPA's loss; ``--align.loss crepa|trd|drepa`` switches the loss, and ``--align.weight 0`` keeps everything
-(model, init, data, teacher) but the alignment gradient: the control of ``sweeps/alignment_search.toml``
-(docs/ablations/alignment.md).
+REPA's loss; ``--teacher.videomae2 SYN_TEACHER_MAE`` (this file's name for ``runs/syn_teacher/<its hash>``)
+adds the same teacher trained by masked autoencoding as a second encoder, fused as Align4Gen fuses DINOv2 and
+SAM2 (also trained on first use); ``--align.loss crepa|trd|drepa`` switches the loss, and ``--align.weight 0``
+keeps everything (model, init, data, teacher) but the alignment gradient: the control of
+``sweeps/alignment_search.toml`` (docs/ablations/alignment.md).
 
 No pretrained weights ship with minivdit and none can be downloaded here, so **the teacher is trained here on
 first use**: a small VideoMAE (width 128, 4 layers, patch 4, tubelet 2) trained by V-JEPA feature prediction
@@ -43,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the quickstart sits next to th
 from quickstart import config as quickstart  # noqa: E402
 
 SYN_TEACHER = str(syn_teacher.default_dir())  # runs/syn_teacher/<hash of the default settings>
+MAE = syn_teacher.SynTeacherConfig(objective="mae", masking="tube")  # the same teacher by masked autoencoding
+SYN_TEACHER_MAE = str(syn_teacher.default_dir(MAE))  # Align4Gen's second encoder: --teacher.videomae2
 
 
 def config() -> TrainConfig:
@@ -67,10 +71,12 @@ def config() -> TrainConfig:
 
 
 def ensure_teacher(cfg: TrainConfig) -> None:
-    """Train the synthetic-world teacher on first use when the run aligns to it (``SYN_TEACHER``); a
-    folder given with ``--teacher.videomae`` is used as it is."""
+    """Train the synthetic-world teachers on first use when the run aligns to them (``SYN_TEACHER``, and
+    ``SYN_TEACHER_MAE`` as ``--teacher.videomae2``); a folder given on the command line is used as it is."""
     if cfg.teacher.videomae == SYN_TEACHER:
         syn_teacher.ensure(syn_teacher.SynTeacherConfig(), SYN_TEACHER)
+    if cfg.teacher.videomae2 == SYN_TEACHER_MAE:
+        syn_teacher.ensure(MAE, SYN_TEACHER_MAE)
 
 
 if __name__ == "__main__":

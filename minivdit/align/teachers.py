@@ -5,10 +5,10 @@ grid ``(h, w)``: the DiT's, or ``TeacherConfig.token_grid`` (VideoREPA's video t
 10×15 grid, against CogVideoX's 30×45; the align head matches the grids). Every encoder resizes and normalises
 the video itself, drops its non-patch tokens,
 returns ``[B, F', h·w, D]``, and ``Teacher`` concatenates the encoders' **raw** tokens in a fixed order:
-dinov2, dinov3, sam2, vjepa2, videomae. Normalisation comes last, in the align head, after the frame
-averaging and grid resampling (VideoREPA ``finetune/models/cogvideox_t2v_align/lora_trainer.py`` averages
-the raw DINOv2 tokens with ``avg_pool1d`` at l.233 and normalises at l.318-319): the head L2-normalises each
-encoder's part before a fused projector (Align4Gen, seeds/004 Appendix B / Algorithm 1:
+dinov2, dinov3, sam2, vjepa2, videomae, videomae2. Normalisation comes last, in the align head, after the
+frame averaging and grid resampling (VideoREPA ``finetune/models/cogvideox_t2v_align/lora_trainer.py``
+averages the raw DINOv2 tokens with ``avg_pool1d`` at l.233 and normalises at l.318-319): the head
+L2-normalises each encoder's part before a fused projector (Align4Gen, seeds/004 Appendix B / Algorithm 1:
 ``F = [F1/‖F1‖; F2/‖F2‖]``), and every loss normalises its inputs. Cached features
 (``tools/cache_latents.py``) are these raw tokens, stamped ``"features": FEATURES`` in meta.json; caches of
 normalised tokens (written before) are refused.
@@ -124,7 +124,7 @@ def _hf(name: str):
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ORDER = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")  # concatenation order of Teacher features
+ORDER = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae", "videomae2")  # concatenation order of features
 PrenormName = Literal["dinov2", "dinov3", "vjepa2", "videomae"]  # the encoders with a final LayerNorm
 CONFIG_NAME = "config.json"
 FEATURES = "raw"
@@ -136,7 +136,7 @@ not at all (those were L2-normalised per token before the head's frame averaging
 @dataclass(frozen=True, kw_only=True)
 class TeacherConfig:
     """Which frozen encoders supervise the alignment head, each a local Hugging Face folder (None = unused).
-    Features are concatenated in the order dinov2, dinov3, sam2, vjepa2, videomae."""
+    Features are concatenated in the order dinov2, dinov3, sam2, vjepa2, videomae, videomae2."""
 
     dinov2: str | None = None
     """DINOv2 folder, registers or not (facebook/dinov2-base, facebook/dinov2-with-registers-base)."""
@@ -149,6 +149,9 @@ class TeacherConfig:
     """V-JEPA 2 folder (facebook/vjepa2-vitl-fpc64-256); video encoder, tubelet 2."""
     videomae: str | None = None
     """VideoMAE folder (MCG-NJU/videomae-base); video encoder, tubelet 2."""
+    videomae2: str | None = None
+    """A second VideoMAE folder, fused after the first: two video teachers of one architecture trained with
+    different objectives (the synthetic-world teacher's V-JEPA and MAE, ``sweeps/alignment.toml``)."""
     sam2_stage: int = 2
     """0-indexed Hiera stage whose map is used: stride 4·2^stage pixels (stage 2 = stride 16)."""
     layer: Literal["last", "prenorm"] = "last"
@@ -638,7 +641,8 @@ class VideoMAEEncoder(FrozenEncoder):
 class Teacher(nn.Module):
     """Frozen encoders run on the same clean video: ``[B, T, 3, H, W]`` in [-1, 1] → ``[B, F', h·w, ΣD]``
     in fp32, each encoder's raw (unnormalised) tokens concatenated in the given order (``build_teacher`` uses
-    dinov2, dinov3, sam2, vjepa2, videomae); the align head normalises after averaging (module docstring).
+    dinov2, dinov3, sam2, vjepa2, videomae, videomae2); the align head normalises after averaging (module
+    docstring).
     The caller wraps it in autocast."""
 
     def __init__(self, encoders: Sequence[FrozenEncoder]):
@@ -690,6 +694,13 @@ class Teacher(nn.Module):
             return torch.cat([f.float() for f in feats], dim=-1)  # [B, F', h·w, ΣD]
 
 
+def _named(encoder: FrozenEncoder, name: str) -> FrozenEncoder:
+    """``encoder`` under another name (its features' name in the teacher, its errors, the head's log): a
+    second encoder of one class. Its folder was read under the class's name."""
+    encoder.name = name
+    return encoder
+
+
 def build_teacher(cfg: TeacherConfig, *, grid: tuple[int, int]) -> Teacher | None:
     """The teacher of ``cfg`` on ``cfg.token_grid``, or on the DiT token grid ``grid`` = (h, w) when that is
     None; None when no encoder is set. Each encoder is read at ``cfg.layer_of(name)``."""
@@ -703,6 +714,9 @@ def build_teacher(cfg: TeacherConfig, *, grid: tuple[int, int]) -> Teacher | Non
         "sam2": lambda p: SAM2Encoder(p, stage=cfg.sam2_stage, **common),
         "vjepa2": lambda p: VJEPA2Encoder(p, layer=cfg.layer_of("vjepa2"), **video),
         "videomae": lambda p: VideoMAEEncoder(p, layer=cfg.layer_of("videomae"), **video),
+        "videomae2": lambda p: _named(
+            VideoMAEEncoder(p, layer=cfg.layer_of("videomae2"), **video), "videomae2"
+        ),
     }
     return Teacher([build[name](getattr(cfg, name)) for name in ORDER if getattr(cfg, name)])
 

@@ -1161,7 +1161,7 @@ def write_text_null(
     return {"file": TEXT_NULL, "mask_file": TEXT_NULL_MASK if mask is not None else None}
 
 
-TEACHER_FOLDERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae")
+TEACHER_FOLDERS = ("dinov2", "dinov3", "sam2", "vjepa2", "videomae", "videomae2")
 """``TeacherConfig`` fields naming encoder folders (``minivdit.align.teachers.ORDER``)."""
 TEACHER_SETTINGS = ("sam2_stage", "layer", "prenorm", "drop_first_frame")
 """``TeacherConfig`` fields that change the features of the same encoders (``token_grid`` too: compared as
