@@ -64,6 +64,10 @@ loads unchanged.
   thread). JEPA beats MAE on the class, not on the motion. The saved tokens vary little from token to token
   (std 0.09: mostly one shared direction) though the probes read them. The EMA target encoder, probed alike
   in five trials (0.59-0.71 / 0.24-0.31 mean-pooled), beat its context encoder in two, the default in none.
+- **Centring** (``center``, :func:`center_output`): that shared direction put every token at cosine 0.99
+  from the mean token, a constant target for REPA's per-token cosine; the mean token of held-out clips is
+  folded into the final LayerNorm's bias, so the saved folder outputs centred tokens (mean cosine 0.03
+  between two tokens of a clip) and the probes, on standardised features, read the same.
 - **Data**: fresh clips every step (``SyntheticVideos`` with ``data_seed``, indices ``step·B …``, never
   repeated) of the ten classes' ``in_domain`` appearance × motion pairings (70 pairs; the 30
   ``out_of_domain`` pairings are kept for the motion probe). The labels are never read.
